@@ -1,0 +1,389 @@
+"""Invertible preprocessing: physics units ↔ the space a model trains in.
+
+A :class:`Pipeline` holds transforms of ``x`` and of ``cond``. Transforms of
+``x`` see the *raw* condition (the incident energy in MeV), so a normalisation
+by incident energy is inverted with the same condition the caller samples at.
+Everything is computed and returned in float64 (a surrogate casts to its
+network's dtype at the boundary), so ``inverse(forward(x))`` reproduces real
+showers to float64 precision, empty voxels included; a pipeline saves to and
+loads from plain JSON (no pickle).
+
+Example:
+    >>> import torch
+    >>> from physgen.data.transforms import Pipeline, NormaliseByIncidentEnergy, Logit, LogCondition
+    >>> p = Pipeline(x=[NormaliseByIncidentEnergy(), Logit(alpha=1e-6)], cond=[LogCondition()])
+    >>> x, e = torch.tensor([[1.0, 0.0, 3.0]]), torch.tensor([[10.0]])
+    >>> y, c = p.fit(x, e).forward(x, e)
+    >>> torch.allclose(p.inverse(y, e), x, atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from physgen.errors import InvalidDataError, UnknownNameError
+
+__all__ = [
+    "Transform",
+    "Pipeline",
+    "NormaliseByIncidentEnergy",
+    "LayerFractions",
+    "Logit",
+    "Log",
+    "Standardise",
+    "Dequantise",
+    "LogCondition",
+    "calorimeter_pipeline",
+]
+
+_REGISTRY: dict[str, type[Transform]] = {}
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64)
+
+
+class Transform:
+    """An invertible map with JSON state. Subclasses set ``name`` and implement the maps."""
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            _REGISTRY[cls.name] = cls
+
+    def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> Transform:
+        """Learn parameters (if any) from training data already in this transform's input space."""
+        return self
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments and fitted values."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.state()}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Transform:
+        d = dict(d)
+        name = d.pop("name", None)
+        if name not in _REGISTRY:
+            raise UnknownNameError("transform", str(name), _REGISTRY)
+        return _REGISTRY[name](**d)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.state().items() if not isinstance(v, list))
+        return f"{type(self).__name__}({args})"
+
+
+def _incident(cond: torch.Tensor | None, who: str) -> torch.Tensor:
+    if cond is None or cond.ndim != 2 or cond.shape[1] < 1:
+        raise InvalidDataError(f"{who} needs cond [N, ≥1] with the incident energy in column 0; got {None if cond is None else tuple(cond.shape)}")
+    return _f64(cond[:, :1])
+
+
+class NormaliseByIncidentEnergy(Transform):
+    """``x / (scale · E_inc)``: voxel energies as fractions of the incident energy."""
+
+    name = "normalise_by_incident_energy"
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return _f64(x) / (self.scale * _incident(cond, self.name))
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return _f64(y) * (self.scale * _incident(cond, self.name))
+
+    def state(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+
+class LayerFractions(Transform):
+    """CaloFlow's split: ``[N, V]`` → ``[N, V + L]`` = voxel / layer energy, then the L layer energies.
+
+    A layer with no energy gets fractions 0 (its voxels are 0 on the way back).
+    Invert with the same layer sizes; the fractions are renormalised to sum to
+    1 per layer on the way back, so a model's small errors do not leak energy.
+    """
+
+    name = "layer_fractions"
+
+    def __init__(self, layer_sizes: Sequence[int]):
+        self.layer_sizes = [int(s) for s in layer_sizes if int(s) > 0]
+        self._index = torch.repeat_interleave(
+            torch.arange(len(self.layer_sizes)), torch.tensor(self.layer_sizes, dtype=torch.long)
+        )
+
+    @property
+    def n_voxels(self) -> int:
+        return sum(self.layer_sizes)
+
+    def _layer_sums(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], len(self.layer_sizes), dtype=x.dtype)
+        return out.index_add_(1, self._index, x)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        x = _f64(x)
+        if x.shape[1] != self.n_voxels:
+            raise InvalidDataError(f"{self.name} expects {self.n_voxels} voxels; got {x.shape[1]}")
+        e_layer = self._layer_sums(x)
+        denom = e_layer[:, self._index]
+        frac = torch.where(denom > 0, x / denom.clamp_min(1e-300), torch.zeros_like(x))
+        return torch.cat([frac, e_layer], dim=1)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        y = _f64(y)
+        frac, e_layer = y[:, : self.n_voxels].clamp_min(0), y[:, self.n_voxels :].clamp_min(0)
+        sums = self._layer_sums(frac)[:, self._index]
+        frac = torch.where(sums > 0, frac / sums.clamp_min(1e-300), torch.zeros_like(frac))
+        return frac * e_layer[:, self._index]
+
+    def state(self) -> dict[str, Any]:
+        return {"layer_sizes": self.layer_sizes}
+
+
+class Logit(Transform):
+    """CaloFlow's logit: ``u = α + (1 − 2α) · x / scale``, ``y = log(u / (1 − u))``.
+
+    ``scale`` is fitted as max(1, 1.01 · max x) so values slightly above 1
+    (sampling fluctuations) stay inside the domain. The inverse clips to
+    ``[0, scale]``, so generated values are physical.
+    """
+
+    name = "logit"
+
+    def __init__(self, alpha: float = 1e-6, scale: float = 1.0):
+        if not 0 < alpha < 0.5:
+            raise InvalidDataError(f"logit alpha must be in (0, 0.5); got {alpha}")
+        self.alpha, self.scale = float(alpha), float(scale)
+
+    def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> Logit:
+        self.scale = max(1.0, 1.01 * float(x.max()))
+        return self
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        u = self.alpha + (1 - 2 * self.alpha) * (_f64(x) / self.scale).clamp(0, 1)
+        return torch.log(u) - torch.log1p(-u)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        u = torch.sigmoid(_f64(y))
+        return ((u - self.alpha) / (1 - 2 * self.alpha)).clamp(0, 1) * self.scale
+
+    def state(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "scale": self.scale}
+
+
+class Log(Transform):
+    """``log(x + eps)``; the inverse clips at 0."""
+
+    name = "log"
+
+    def __init__(self, eps: float = 1e-6):
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return torch.log(_f64(x) + self.eps)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return (torch.exp(_f64(y)) - self.eps).clamp_min(0)
+
+    def state(self) -> dict[str, Any]:
+        return {"eps": self.eps}
+
+
+class Standardise(Transform):
+    """Per-feature ``(x − mean) / std``, fitted on the training data (std floored at 1e-8)."""
+
+    name = "standardise"
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float64)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float64)
+
+    def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> Standardise:
+        x = _f64(x).reshape(-1, x.shape[-1])
+        self.mean = x.mean(0)
+        self.std = x.std(0, unbiased=False).clamp_min(1e-8) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=torch.float64)
+        return self
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mean is None or self.std is None:
+            raise InvalidDataError("Standardise must be fitted (Pipeline.fit) before use")
+        return self.mean, self.std
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        mean, std = self._params()
+        return (_f64(x) - mean) / std
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        mean, std = self._params()
+        return _f64(y) * std + mean
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "mean": None if self.mean is None else self.mean.tolist(),
+            "std": None if self.std is None else self.std.tolist(),
+        }
+
+
+class Dequantise(Transform):
+    """CaloFlow's dequantisation: add U(0, ``noise``) to every voxel while training.
+
+    In evaluation (the default) the forward map adds nothing; the inverse sets
+    values below ``threshold`` (default: 0, i.e. none) to zero, the readout
+    threshold that turns the smeared zeros of a sample back into empty voxels.
+    Call :meth:`Pipeline.train` to switch the noise on.
+    """
+
+    name = "dequantise"
+
+    def __init__(self, noise: float = 1e-3, threshold: float = 0.0, seed: int = 0):
+        self.noise, self.threshold, self.seed = float(noise), float(threshold), int(seed)
+        self.training = False
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        x = _f64(x)
+        if not self.training:
+            return x
+        return x + self.noise * torch.rand(x.shape, generator=self._gen, dtype=torch.float64)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        y = _f64(y)
+        return torch.where(y < self.threshold, torch.zeros_like(y), y)
+
+    def state(self) -> dict[str, Any]:
+        return {"noise": self.noise, "threshold": self.threshold, "seed": self.seed}
+
+
+class LogCondition(Transform):
+    """``log(cond / ref)`` on conditions (e.g. incident energy in MeV → log E)."""
+
+    name = "log_condition"
+
+    def __init__(self, ref: float = 1.0):
+        self.ref = float(ref)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        x = _f64(x)
+        if (x <= 0).any():
+            raise InvalidDataError(f"{self.name} needs conditions > 0; got min {float(x.min())}")
+        return torch.log(x / self.ref)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return torch.exp(_f64(y)) * self.ref
+
+    def state(self) -> dict[str, Any]:
+        return {"ref": self.ref}
+
+
+class Pipeline:
+    """Transforms of ``x`` (which see the raw ``cond``) and of ``cond``, applied in order.
+
+    Args:
+        x: transforms applied to ``x`` in order (inverted in reverse order).
+        cond: transforms applied to ``cond`` in order.
+    """
+
+    def __init__(self, x: Sequence[Transform] = (), cond: Sequence[Transform] = ()):
+        self.x_transforms = list(x)
+        self.cond_transforms = list(cond)
+
+    def fit(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> Pipeline:
+        """Fit each transform on the output of the ones before it."""
+        y = x
+        for t in self.x_transforms:
+            y = t.fit(y, cond).forward(y, cond)
+        if cond is not None:
+            c = cond
+            for t in self.cond_transforms:
+                c = t.fit(c, None).forward(c, None)
+        return self
+
+    def train(self, mode: bool = True) -> Pipeline:
+        """Switch training-only behaviour (dequantisation noise) on or off."""
+        for t in self.x_transforms:
+            if isinstance(t, Dequantise):
+                t.training = mode
+        return self
+
+    def forward_x(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        y = x
+        for t in self.x_transforms:
+            y = t.forward(y, cond)
+        return _finite(_f64(y), "forward")
+
+    def forward_cond(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        if cond is None:
+            return None
+        c = cond
+        for t in self.cond_transforms:
+            c = t.forward(c, None)
+        return _f64(c)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Physics units → model space: ``(x', cond')``, float64."""
+        return self.forward_x(x, cond), self.forward_cond(cond)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Model space → physics units for ``x`` (float32), given the *raw* conditions."""
+        y = _f64(y)
+        for t in reversed(self.x_transforms):
+            y = t.inverse(y, cond)
+        return y.to(torch.float32)
+
+    def output_dim(self, input_dim: int) -> int:
+        """Features per event in model space for ``input_dim`` features in physics units."""
+        extra = sum(len(t.layer_sizes) for t in self.x_transforms if isinstance(t, LayerFractions))
+        return input_dim + extra
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"x": [t.to_dict() for t in self.x_transforms], "cond": [t.to_dict() for t in self.cond_transforms]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Pipeline:
+        return cls(
+            x=[Transform.from_dict(t) for t in d.get("x", [])],
+            cond=[Transform.from_dict(t) for t in d.get("cond", [])],
+        )
+
+    def __repr__(self) -> str:
+        return f"Pipeline(x={self.x_transforms}, cond={self.cond_transforms})"
+
+
+def _finite(y: torch.Tensor, where: str) -> torch.Tensor:
+    if not bool(torch.isfinite(y).all()):
+        raise InvalidDataError(f"preprocessing {where} produced non-finite values; check the input ranges")
+    return y
+
+
+def calorimeter_pipeline(
+    layer_sizes: Sequence[int] | None = None, alpha: float = 1e-6, noise: float | None = None
+) -> Pipeline:
+    """The CaloFlow-style preprocessing for showers conditioned on incident energy.
+
+    ``x``: (optional dequantisation) → / E_inc → (optional layer fractions) → logit → standardise;
+    ``cond``: log E_inc → standardise.
+    """
+    xt: list[Transform] = []
+    if noise:
+        xt.append(Dequantise(noise=noise, threshold=noise))
+    xt.append(NormaliseByIncidentEnergy())
+    if layer_sizes is not None:
+        xt.append(LayerFractions(layer_sizes))
+    xt += [Logit(alpha=alpha), Standardise()]
+    return Pipeline(x=xt, cond=[LogCondition(), Standardise()])
+

@@ -1,0 +1,161 @@
+"""Adapters: read any supported file into :class:`~physgen.data.Data`, and write back.
+
+The format is detected from the file's content (HDF5 and ROOT signatures, then
+the dataset names inside an HDF5 file), not from its extension:
+
+==================  =====================================================
+``calochallenge``   HDF5 with ``incident_energies`` and ``showers``
+``calogan``         HDF5 with ``layer_0``, ``layer_1``, ``layer_2``, ``energy``
+``hdf5``            any other HDF5; name the datasets with ``x_key``/``cond_key``
+``root``            ROOT TTree through uproot (flat or jagged branches)
+``spins``           plain text, one 0/1 row per measured spin configuration
+==================  =====================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from physgen.data.container import Data
+from physgen.errors import FileFormatError, UnknownNameError
+from physgen.io._common import InvalidContentError, atomic_path, sniff
+from physgen.io.calochallenge import iter_calochallenge, read_calochallenge, write_calochallenge
+from physgen.io.calogan import iter_calogan, read_calogan, write_calogan
+from physgen.io.hdf5 import dataset_paths, iter_hdf5, open_hdf5, read_hdf5, write_hdf5
+from physgen.io.root import iter_root, read_root, write_root
+from physgen.io.spins import read_spins, write_spins
+
+__all__ = [
+    "FORMATS",
+    "detect_format",
+    "read",
+    "iter_chunks",
+    "write",
+    "read_calochallenge",
+    "iter_calochallenge",
+    "write_calochallenge",
+    "read_calogan",
+    "iter_calogan",
+    "write_calogan",
+    "read_hdf5",
+    "iter_hdf5",
+    "write_hdf5",
+    "read_root",
+    "iter_root",
+    "write_root",
+    "read_spins",
+    "write_spins",
+    "InvalidContentError",
+    "atomic_path",
+]
+
+FORMATS = ("calochallenge", "calogan", "hdf5", "root", "spins")
+
+
+def detect_format(path: str | Path) -> str:
+    """One of :data:`FORMATS`, from the file's content.
+
+    Raises:
+        FileFormatError: empty, truncated or unsupported files.
+    """
+    family = sniff(path)
+    if family == "root":
+        return "root"
+    if family == "text":
+        return "spins"
+    from physgen.io.calochallenge import is_calochallenge
+    from physgen.io.calogan import is_calogan
+
+    with open_hdf5(path) as h5:
+        if is_calochallenge(h5):
+            return "calochallenge"
+        if is_calogan(h5):
+            return "calogan"
+        if not dataset_paths(h5):
+            raise FileFormatError("the HDF5 file holds no datasets", file=path)
+    return "hdf5"
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UnknownNameError("format", fmt, FORMATS)
+
+
+def read(path: str | Path, format: str | None = None, **kwargs: Any) -> Data:
+    """Read a file into :class:`Data`.
+
+    Args:
+        path: the file.
+        format: one of :data:`FORMATS`; detected from the content when omitted.
+        **kwargs: passed to the format's reader (``binning=`` for CaloChallenge,
+            ``x_key=``/``cond_key=`` for generic HDF5, ``tree=``/``branches=``/
+            ``max_length=`` for ROOT).
+
+    Example:
+        >>> from physgen.data import load_default
+        >>> load_default().x.shape[1]
+        768
+    """
+    fmt = format or detect_format(path)
+    _check_format(fmt)
+    if fmt == "calochallenge":
+        return read_calochallenge(path, **kwargs)
+    if fmt == "calogan":
+        return read_calogan(path, **kwargs)
+    if fmt == "root":
+        return read_root(path, **kwargs)
+    if fmt == "spins":
+        return read_spins(path, **kwargs)
+    if "x_key" not in kwargs:
+        with open_hdf5(path) as h5:
+            keys = dataset_paths(h5)
+        raise FileFormatError(
+            f"generic HDF5 layout; name the datasets with x_key= (and cond_key=); it holds {keys}", file=path
+        )
+    return read_hdf5(path, **kwargs)
+
+
+def iter_chunks(path: str | Path, chunk_size: int = 10_000, format: str | None = None, **kwargs: Any) -> Iterator[Data]:
+    """Stream a file as ``Data`` chunks of at most ``chunk_size`` events (for files larger than memory)."""
+    fmt = format or detect_format(path)
+    _check_format(fmt)
+    if fmt == "calochallenge":
+        return iter_calochallenge(path, chunk_size=chunk_size, **kwargs)
+    if fmt == "calogan":
+        return iter_calogan(path, chunk_size=chunk_size, **kwargs)
+    if fmt == "root":
+        return iter_root(path, chunk_size=chunk_size, **kwargs)
+    if fmt == "spins":
+        return read_spins(path, **kwargs).iter_batches(chunk_size)
+    return iter_hdf5(path, chunk_size=chunk_size, **kwargs)
+
+
+def write(data: Data, path: str | Path, format: str | None = None, **kwargs: Any) -> Path:
+    """Write ``data`` in ``format``, by default the format it was read from.
+
+    With neither, calorimeter data with a polar geometry go to CaloChallenge
+    HDF5, ``.root`` paths to ROOT, spins to text and anything else to generic HDF5.
+    Writes are atomic: a temporary file renamed on success.
+    """
+    fmt = format or data.schema.source_format
+    suffix = Path(path).suffix.lower()
+    if fmt is None or (suffix == ".root" and format is None):
+        if suffix == ".root":
+            fmt = "root"
+        elif data.schema.kind == "spins":
+            fmt = "spins"
+        elif data.schema.kind == "calorimeter" and data.geometry is not None and data.geometry.kind == "polar":
+            fmt = "calochallenge"
+        else:
+            fmt = "hdf5"
+    _check_format(fmt)
+    writer = {
+        "calochallenge": write_calochallenge,
+        "calogan": write_calogan,
+        "hdf5": write_hdf5,
+        "root": write_root,
+        "spins": write_spins,
+    }[fmt]
+    return writer(data, path, **kwargs)

@@ -1,0 +1,160 @@
+"""CaloChallenge 2022 HDF5: ``incident_energies`` (N, 1) and ``showers`` (N, n_voxels), MeV.
+
+Voxels are ordered layer → angle → radius; the geometry comes from a binning
+XML. Where it is not given, physgen looks, in order, at a schema it stored in
+the file, at the ``aux`` group attributes of the Geant4 files made for this
+project (``r_edges_mm``, ``n_alpha``, ``z_edges_mm``), and at the four official
+binnings (matched by voxel count).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from physgen.data.container import Data, Schema
+from physgen.data.geometry import CalorimeterGeometry, official_binning, read_binning_xml
+from physgen.errors import GeometryError, InvalidDataError
+from physgen.io._common import InvalidContentError, atomic_path, check_values, chunk_bounds
+from physgen.io.hdf5 import _build, _n_rows, get_dataset, open_hdf5, read_rows
+
+__all__ = ["read_calochallenge", "iter_calochallenge", "write_calochallenge", "is_calochallenge"]
+
+ENERGY_KEY = "incident_energies"
+SHOWER_KEY = "showers"
+
+
+def is_calochallenge(h5: h5py.File) -> bool:
+    return SHOWER_KEY in h5 or ENERGY_KEY in h5
+
+
+def _geometry(
+    h5: h5py.File, path: str | Path, n_voxels: int, binning: str | Path | CalorimeterGeometry | None
+) -> CalorimeterGeometry | None:
+    geo: CalorimeterGeometry | None
+    if isinstance(binning, CalorimeterGeometry):
+        geo = binning
+    elif binning is not None:
+        geo = read_binning_xml(binning)
+    elif "physgen_schema" in h5.attrs:
+        stored = json.loads(h5.attrs["physgen_schema"])
+        geo = CalorimeterGeometry.from_dict(stored["geometry"]) if stored.get("geometry") else None
+    elif "aux" in h5 and "r_edges_mm" in h5["aux"].attrs:
+        a = h5["aux"].attrs
+        z = np.asarray(a["z_edges_mm"]) if "z_edges_mm" in a else None
+        n_layers = len(z) - 1 if z is not None else n_voxels // ((len(a["r_edges_mm"]) - 1) * int(a["n_alpha"]))
+        geo = CalorimeterGeometry.polar(
+            a["r_edges_mm"], int(a["n_alpha"]), n_layers, z, particle=_text(a.get("particle"))
+        )
+    else:
+        geo = official_binning(n_voxels)
+    if geo is not None and geo.n_voxels != n_voxels:
+        raise GeometryError(
+            f"the showers have {n_voxels} voxels but the binning describes {geo.n_voxels} "
+            f"({geo.n_layers} layers)",
+            file=path,
+            key=SHOWER_KEY,
+        )
+    return geo
+
+
+def _text(v: object) -> str | None:
+    if v is None:
+        return None
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def iter_calochallenge(
+    path: str | Path,
+    *,
+    binning: str | Path | CalorimeterGeometry | None = None,
+    chunk_size: int = 10_000,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[Data]:
+    """Stream a CaloChallenge file in chunks (dataset 3: 100k × 40,500 voxels).
+
+    Args:
+        path: the HDF5 file.
+        binning: a binning XML path or a geometry; see the module docstring when omitted.
+        chunk_size: events per chunk.
+        start, stop: read only events ``start:stop``.
+
+    Raises:
+        MissingKeyError, InvalidContentError, GeometryError, FileFormatError.
+    """
+    with open_hdf5(path) as h5:
+        sds = get_dataset(h5, SHOWER_KEY, path)
+        eds = get_dataset(h5, ENERGY_KEY, path)
+        n = _n_rows(sds, path, SHOWER_KEY)
+        _n_rows(eds, path, ENERGY_KEY)
+        if sds.ndim != 2:
+            raise InvalidContentError(f"expected showers of shape (N, n_voxels); got {sds.shape}", file=path, key=SHOWER_KEY)
+        if eds.shape not in ((n, 1), (n,)):
+            raise InvalidContentError(
+                f"expected shape ({n}, 1) to match the showers; got {eds.shape}", file=path, key=ENERGY_KEY
+            )
+        geo = _geometry(h5, path, int(sds.shape[1]), binning)
+        aux_ds = {}
+        if "aux" in h5 and isinstance(h5["aux"], h5py.Group):
+            aux_ds = {k: v for k, v in h5["aux"].items() if isinstance(v, h5py.Dataset) and v.shape == (n,)}
+        particle = geo.particle if geo is not None else None
+        if "aux" in h5 and "particle" in h5["aux"].attrs:
+            particle = _text(h5["aux"].attrs["particle"])
+        schema = Schema(
+            kind="calorimeter",
+            units="MeV",
+            cond_names=("incident_energy",),
+            cond_units=("MeV",),
+            geometry=geo,
+            source_format="calochallenge",
+            meta={"particle": particle} if particle else {},
+        )
+        stop = n if stop is None else min(stop, n)
+        for s0, s1 in chunk_bounds(stop - start, chunk_size):
+            a, b = start + s0, start + s1
+            showers = read_rows(sds, a, b, path, SHOWER_KEY)
+            energies = read_rows(eds, a, b, path, ENERGY_KEY).reshape(-1, 1)
+            check_values(showers, file=path, key=SHOWER_KEY, nonnegative=True)
+            check_values(energies, file=path, key=ENERGY_KEY, positive=True)
+            aux = {k: np.asarray(v[a:b], dtype=np.float64) for k, v in aux_ds.items()}
+            yield _build(path, SHOWER_KEY, showers, schema, energies, aux=aux)
+
+
+def read_calochallenge(
+    path: str | Path,
+    *,
+    binning: str | Path | CalorimeterGeometry | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> Data:
+    """Read a CaloChallenge file whole (or events ``start:stop``) as float32."""
+    return next(iter_calochallenge(path, binning=binning, chunk_size=1 << 62, start=start, stop=stop))
+
+
+def write_calochallenge(data: Data, path: str | Path, *, compression: str | None = "gzip") -> Path:
+    """Write ``incident_energies`` (N, 1) and ``showers`` (N, n_voxels) as float32, atomically.
+
+    The official evaluator reads these two datasets with h5py; physgen adds the
+    schema (geometry included) as a JSON attribute and ``aux`` arrays in a group,
+    which other readers ignore.
+    """
+    if data.schema.kind != "calorimeter" or data.x.ndim != 2:
+        raise InvalidDataError(f"CaloChallenge files hold calorimeter showers [N, n_voxels]; got {data!r}")
+    if data.cond is None or data.cond.shape[1] < 1:
+        raise InvalidDataError("CaloChallenge files need the incident energy as cond[:, 0] (MeV); cond is missing")
+    path = Path(path)
+    opts = {"compression": compression, "shuffle": True} if compression else {}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset(ENERGY_KEY, data=data.cond[:, :1].numpy().astype(np.float32), **opts)
+        h5.create_dataset(SHOWER_KEY, data=data.x.numpy().astype(np.float32), **opts)
+        h5.attrs["physgen_schema"] = json.dumps(data.schema.to_dict())
+        if data.aux:
+            grp = h5.create_group("aux")
+            for k, v in data.aux.items():
+                grp.create_dataset(k, data=v)
+    return path

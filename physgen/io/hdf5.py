@@ -1,0 +1,135 @@
+"""Generic HDF5: the user names the datasets holding ``x`` and ``cond``.
+
+Also the HDF5 helpers the CaloChallenge and CaloGAN adapters share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from physgen.data.container import Data, Kind, Schema
+from physgen.errors import FileFormatError, InvalidDataError, MissingKeyError
+from physgen.io._common import InvalidContentError, atomic_path, check_values, chunk_bounds
+
+__all__ = ["read_hdf5", "write_hdf5", "iter_hdf5", "open_hdf5", "dataset_paths"]
+
+
+def open_hdf5(path: str | Path) -> h5py.File:
+    """Open read-only; a truncated or corrupt file becomes :class:`FileFormatError`."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FileFormatError(
+            f"cannot open as HDF5 (truncated or corrupt?): {exc}", file=path
+        ) from exc
+
+
+def dataset_paths(h5: h5py.File) -> list[str]:
+    """Every dataset's path inside the file, e.g. ``["aux/geant4_cpu_s", "showers"]``."""
+    found: list[str] = []
+    h5.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def get_dataset(h5: h5py.File, key: str, path: str | Path) -> h5py.Dataset:
+    obj = h5.get(key)
+    if not isinstance(obj, h5py.Dataset):
+        raise MissingKeyError(file=path, key=key, available=dataset_paths(h5))
+    return obj
+
+
+def read_rows(ds: h5py.Dataset, start: int, stop: int, path: str | Path, key: str) -> np.ndarray:
+    """Rows ``start:stop`` converted to float32 during the read (no float64 copy)."""
+    if ds.dtype.kind not in "biuf":
+        raise InvalidContentError(f"expected a numeric dataset; got dtype {ds.dtype}", file=path, key=key)
+    try:
+        return ds.astype(np.float32)[start:stop]
+    except OSError as exc:  # chunks past the end of a truncated file
+        raise FileFormatError(f"cannot read rows {start}:{stop} (truncated or corrupt?): {exc}", file=path, key=key) from exc
+
+
+def _n_rows(ds: h5py.Dataset, path: str | Path, key: str) -> int:
+    """Events in a dataset, after checking it is a numeric array with ≥ 1 row."""
+    if ds.dtype.kind not in "biuf":
+        raise InvalidContentError(f"expected a numeric dataset; got dtype {ds.dtype}", file=path, key=key)
+    if ds.ndim == 0:
+        raise InvalidContentError("expected an array with one row per event; got a scalar", file=path, key=key)
+    if ds.shape[0] == 0:
+        raise InvalidContentError("the dataset holds no events (0 rows)", file=path, key=key)
+    return int(ds.shape[0])
+
+
+def iter_hdf5(
+    path: str | Path,
+    x_key: str,
+    cond_key: str | None = None,
+    *,
+    kind: Kind = "event",
+    chunk_size: int = 10_000,
+    feature_names: tuple[str, ...] | None = None,
+    units: str = "",
+) -> Iterator[Data]:
+    """Stream a generic HDF5 file as ``Data`` chunks of ``chunk_size`` rows."""
+    with open_hdf5(path) as h5:
+        xds = get_dataset(h5, x_key, path)
+        n = _n_rows(xds, path, x_key)
+        cds = get_dataset(h5, cond_key, path) if cond_key else None
+        if cds is not None and cds.shape[:1] != (n,):
+            raise InvalidContentError(
+                f"expected {n} rows to match {x_key!r}; got shape {cds.shape}", file=path, key=cond_key
+            )
+        schema = Schema(
+            kind=kind,
+            feature_names=feature_names,
+            units=units,
+            cond_names=(cond_key,) if cond_key and (cds is None or cds.ndim == 1 or cds.shape[1] == 1) else (),
+            source_format="hdf5",
+            meta={"x_key": x_key, "cond_key": cond_key},
+        )
+        for start, stop in chunk_bounds(n, chunk_size):
+            x = read_rows(xds, start, stop, path, x_key)
+            if x.ndim == 1:
+                x = x[:, None]
+            check_values(x, file=path, key=x_key, nonnegative=(kind == "calorimeter"))
+            cond = None
+            if cds is not None:
+                cond = read_rows(cds, start, stop, path, cond_key)  # type: ignore[arg-type]
+                check_values(cond, file=path, key=cond_key)  # type: ignore[arg-type]
+            yield _build(path, x_key, x, schema, cond)
+
+
+def read_hdf5(path: str | Path, x_key: str, cond_key: str | None = None, **kwargs: Any) -> Data:
+    """Read a generic HDF5 file whole. See :func:`iter_hdf5` for the arguments."""
+    parts = list(iter_hdf5(path, x_key, cond_key, chunk_size=1 << 62, **kwargs))
+    return parts[0]
+
+
+def _build(path: str | Path, key: str, x: np.ndarray, schema: Schema, cond: Any = None, **kw: Any) -> Data:
+    try:
+        return Data(x, schema, cond=cond, **kw)
+    except InvalidDataError as exc:
+        raise InvalidContentError(str(exc), file=path, key=key) from exc
+
+
+def write_hdf5(data: Data, path: str | Path, x_key: str = "x", cond_key: str = "cond") -> Path:
+    """Write ``x`` (and ``cond``, ``mask``) as float32 datasets, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset(x_key, data=data.x.numpy(), compression="gzip", shuffle=True)
+        if data.cond is not None:
+            h5.create_dataset(cond_key, data=data.cond.numpy())
+        if data.mask is not None:
+            h5.create_dataset("mask", data=data.mask.numpy())
+        h5.attrs["physgen_schema"] = _schema_json(data.schema)
+    return path
+
+
+def _schema_json(schema: Schema) -> str:
+    import json
+
+    return json.dumps(schema.to_dict())

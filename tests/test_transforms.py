@@ -1,0 +1,104 @@
+"""Preprocessing is invertible on real showers, zeros included, and saves as JSON."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from physgen.data import (
+    Dequantise,
+    LayerFractions,
+    Logit,
+    NormaliseByIncidentEnergy,
+    Pipeline,
+    Standardise,
+    calorimeter_pipeline,
+)
+from physgen.errors import InvalidDataError, UnknownNameError
+
+
+def _close(back, x):
+    # 1e-5 relative on every voxel; zeros must come back as (numerically) zero
+    err = (back.double() - x.double()).abs()
+    assert bool((err <= 1e-5 * x.double().abs() + 1e-9).all()), float(err.max())
+
+
+@pytest.mark.parametrize("layers", [False, True])
+def test_calorimeter_pipeline_inverts_real_showers(showers, layers):
+    sizes = [la.n_voxels for la in showers.geometry.layers] if layers else None
+    p = calorimeter_pipeline(sizes).fit(showers.x, showers.cond)
+    assert bool((showers.x == 0).any())  # the sample has empty voxels
+    y, c = p.forward(showers.x, showers.cond)
+    assert y.shape == (2000, 768 + (24 if layers else 0)) == (2000, p.output_dim(768))
+    assert abs(float(y.mean())) < 1e-3 and abs(float(y.std()) - 1) < 1e-2
+    assert abs(float(c.mean())) < 1e-5
+    _close(p.inverse(y, showers.cond), showers.x)
+
+
+def test_float32_model_space_costs_only_sub_alpha_precision(showers):
+    # a network works in float32: voxels above alpha * E_inc keep 1e-5 relative,
+    # and empty voxels come back below 1e-6 * E_inc (far below any readout threshold)
+    p = calorimeter_pipeline().fit(showers.x, showers.cond)
+    back = p.inverse(p.forward_x(showers.x, showers.cond).float(), showers.cond).double()
+    x, e = showers.x.double(), showers.cond.double()
+    big = x > 1e-6 * e
+    assert bool(((back - x).abs()[big] <= 1e-5 * x[big]).all())
+    assert bool(((back - x).abs() <= 1e-6 * e).all())
+
+
+def test_pipeline_json_round_trip(showers):
+    p = calorimeter_pipeline([32] * 24, noise=1e-4).fit(showers.x, showers.cond)
+    q = Pipeline.from_dict(json.loads(json.dumps(p.to_dict())))
+    y1, c1 = p.forward(showers.x[:50], showers.cond[:50])
+    y2, c2 = q.forward(showers.x[:50], showers.cond[:50])
+    assert torch.equal(y1, y2) and torch.equal(c1, c2)
+
+
+def test_layer_fractions_closed_form():
+    t = LayerFractions([2, 1])
+    x = torch.tensor([[1.0, 3.0, 0.0]])
+    y = t.forward(x, None)
+    torch.testing.assert_close(y, torch.tensor([[0.25, 0.75, 0.0, 4.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(t.inverse(y, None), x.double())
+
+
+def test_logit_closed_form():
+    t = Logit(alpha=0.1)
+    y = t.forward(torch.tensor([[0.5, 0.0]]), None)
+    # u = 0.1 + 0.8 * 0.5 = 0.5 -> 0; u = 0.1 -> log(1/9)
+    torch.testing.assert_close(y, torch.tensor([[0.0, np.log(1 / 9)]], dtype=torch.float64))
+
+
+def test_dequantise_adds_noise_only_when_training():
+    t = Dequantise(noise=1e-2, threshold=1e-2)
+    p = Pipeline(x=[t])
+    x = torch.zeros(4, 3)
+    assert torch.equal(p.forward_x(x), x)
+    noisy = p.train().forward_x(x)
+    assert bool((noisy > 0).all()) and bool((noisy < 1e-2).all())
+    assert torch.equal(p.inverse(noisy), x)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e5, allow_nan=False), min_size=6, max_size=6),
+    st.floats(min_value=1.0, max_value=1e6),
+)
+def test_inverse_of_forward_property(values, energy):
+    x = torch.tensor([values], dtype=torch.float32)
+    cond = torch.tensor([[energy]], dtype=torch.float32)
+    scale = max(float(x.sum()), 1.0)
+    p = Pipeline(x=[NormaliseByIncidentEnergy(scale=scale / energy), LayerFractions([4, 2]), Logit(1e-6), Standardise(mean=[0.0] * 8, std=[2.0] * 8)])
+    _close(p.inverse(p.forward_x(x, cond), cond), x)
+
+
+def test_unfitted_and_unknown_transforms_fail_clearly():
+    with pytest.raises(InvalidDataError, match="fitted"):
+        Standardise().forward(torch.zeros(2, 2), None)
+    with pytest.raises(UnknownNameError, match="valid: .*logit"):
+        Pipeline.from_dict({"x": [{"name": "logitt"}]})
+    with pytest.raises(InvalidDataError, match="incident energy"):
+        NormaliseByIncidentEnergy().forward(torch.zeros(2, 2), None)
