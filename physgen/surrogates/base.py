@@ -1,0 +1,328 @@
+"""The :class:`Surrogate` interface every generative family implements.
+
+Sample-shape convention, for the whole library:
+
+* conditional surrogates: ``sample(cond)`` with ``cond`` of shape ``[B, C]`` in
+  physics units (e.g. incident energy in MeV) returns :class:`~physgen.data.Data`
+  with ``x`` of shape ``[B, *event_shape]`` — one sample per condition row;
+* unconditional surrogates: ``sample(n=B)`` returns ``B`` samples;
+* ``seed=`` makes sampling reproducible; sampling runs in batches of
+  ``batch_size`` rows, so a million samples never need a million-row forward pass.
+
+Samples are returned in physics units: the preprocessing pipeline is fitted on
+the training data, saved with the model, and inverted on the way out.
+
+A family subclasses :class:`Surrogate`, sets ``family`` and ``capabilities``,
+and implements :meth:`Surrogate.build` (create its networks once the dimensions
+are known), :meth:`Surrogate.forward` (the training loss on a model-space batch)
+and :meth:`Surrogate.sample_model` (draw model-space samples). Families with an
+exact or bounded density implement :meth:`Surrogate.log_prob_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from physgen.data import Data, Pipeline, Schema, calorimeter_pipeline
+from physgen.data.transforms import Standardise
+from physgen.errors import CheckpointError, InvalidDataError, UnknownNameError
+from physgen.surrogates import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from physgen.surrogates.training import TrainConfig, TrainContext
+
+__all__ = ["Capabilities", "Surrogate"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a surrogate can do, so callers need not try-and-catch.
+
+    Attributes:
+        exact_density: ``log_prob`` is the exact log-density (flows, Gaussian, small RBMs).
+        density_bound: ``log_prob`` is a lower bound (the VAE's ELBO).
+        unnormalised_density: ``log_prob`` is known only up to a constant (large RBMs).
+        conditional: ``sample`` takes conditions.
+        gradient_trained: ``fit`` runs the shared training loop (resume, DDP, AMP).
+    """
+
+    exact_density: bool = False
+    density_bound: bool = False
+    unnormalised_density: bool = False
+    conditional: bool = True
+    gradient_trained: bool = True
+
+    @property
+    def has_log_prob(self) -> bool:
+        return self.exact_density or self.density_bound or self.unnormalised_density
+
+
+class Surrogate(nn.Module):
+    """A generative surrogate behind one interface.
+
+    Args:
+        **config: family hyperparameters; JSON-serialisable, saved with the model.
+    """
+
+    family: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, **config: Any):
+        super().__init__()
+        self.config: dict[str, Any] = dict(config)
+        self.preprocessing: Pipeline | None = None
+        self.schema: Schema | None = None
+        self.dims: dict[str, int] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # -- what a family implements ----------------------------------------------------
+    def build(self, dim: int, cond_dim: int) -> None:
+        """Create the networks for ``dim`` model-space features and ``cond_dim`` conditions."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of a model-space batch ``x`` ``[B, dim]``, ``cond`` ``[B, C]``.
+
+        Returns the scalar loss and extra numbers to log. Being ``forward``, it
+        runs through DistributedDataParallel unchanged.
+        """
+        raise NotImplementedError
+
+    def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """``n`` model-space samples ``[n, dim]`` (``cond`` ``[n, C]`` when conditional)."""
+        raise NotImplementedError
+
+    def log_prob_model(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Log-density ``[B]`` of model-space ``x`` (only where ``capabilities`` claim one)."""
+        raise NotImplementedError
+
+    def configure_optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+        """The optimisers the loop steps (one Adam by default; a GAN returns two)."""
+        if cfg.weight_decay:
+            return [torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
+        return [torch.optim.Adam(self.parameters(), lr=cfg.lr)]
+
+    def train_batch(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        cond: torch.Tensor | None,
+        optimizers: list[torch.optim.Optimizer],
+        ctx: TrainContext,
+    ) -> dict[str, float]:
+        """One optimisation step on a batch; ``model`` is ``self`` or its DDP wrapper (call it, not ``self``)."""
+        optimizer = optimizers[0]
+        optimizer.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            loss, logs = model(x, cond)
+        ctx.step(loss, optimizer)
+        return {"loss": float(loss.detach()), **logs}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, cond: torch.Tensor | None, batch_size: int = 4096) -> float:
+        """Mean training loss over model-space validation data, in eval mode."""
+        was_training = self.training
+        self.eval()
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            loss, _ = self(xb, None if cond is None else cond[start : start + batch_size])
+            total += float(loss) * len(xb)
+        self.train(was_training)
+        return total / len(x)
+
+    def default_preprocessing(self, data: Data) -> Pipeline:
+        """The pipeline used when ``fit`` is given none: CaloFlow-style for showers, standardisation otherwise."""
+        if data.schema.kind == "calorimeter" and data.cond is not None:
+            # CaloFlow's split: layer energies set the total, fractions shape each layer
+            geo = data.schema.geometry
+            sizes = [la.n_voxels for la in geo.layers] if geo is not None else None
+            return calorimeter_pipeline(sizes, alpha=float(self.config.get("logit_alpha", 1e-6)))
+        if data.schema.kind == "spins":
+            return Pipeline()
+        return Pipeline(x=[Standardise()], cond=[Standardise()] if data.cond is not None else [])
+
+    # -- shared machinery ------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return self.schema is not None
+
+    def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fit the preprocessing on ``data``, build the networks, return model-space tensors (float32)."""
+        if data.mask is not None or data.x.ndim != 2:
+            raise InvalidDataError(
+                f"surrogates model flat events [N, D]; got x {tuple(data.x.shape)}"
+                + (" with a mask (padded lists): select a fixed number of objects first" if data.mask is not None else "")
+            )
+        self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing(data)
+        self.preprocessing.fit(data.x, data.cond)
+        y, c = self.preprocessing.forward(data.x, data.cond)
+        self.schema = data.schema
+        self.dims = {"event_dim": int(data.x.shape[1]), "dim": int(y.shape[1]), "cond_dim": 0 if c is None else int(c.shape[1])}
+        self.build(self.dims["dim"], self.dims["cond_dim"])
+        return y.float(), None if c is None else c.float()
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.dims.get("cond_dim", 0) > 0
+
+    def fit(self, data: Data, preprocessing: Pipeline | None = None, **train_config: Any) -> list[dict[str, Any]]:
+        """Train on ``data`` (physics units); returns the per-epoch history.
+
+        Args:
+            data: training data; a validation split is taken from it (``val_fraction``).
+            preprocessing: a pipeline to fit instead of :meth:`default_preprocessing`.
+            **train_config: fields of :class:`physgen.surrogates.training.TrainConfig`
+                (epochs, batch_size, lr, device, precision, checkpoint_dir, resume, ...).
+        """
+        from physgen.surrogates.training import TrainConfig, train
+
+        return train(self, data, TrainConfig(**train_config), preprocessing=preprocessing)
+
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor | Data | Any | None = None,
+        n: int | None = None,
+        *,
+        seed: int | None = None,
+        batch_size: int = 10_000,
+    ) -> Data:
+        """Draw samples in physics units.
+
+        Args:
+            cond: ``[B, C]`` conditions in physics units (or a ``Data`` whose
+                ``cond`` to use) for conditional surrogates: one sample per row.
+            n: number of samples for unconditional surrogates.
+            seed: makes the samples reproducible.
+            batch_size: rows per forward pass.
+
+        Returns:
+            ``Data`` with ``x`` ``[B, *event_shape]`` (float32, physics units) and ``cond``.
+        """
+        if not self.is_fitted or self.preprocessing is None or self.schema is None:
+            raise InvalidDataError(f"{self.family} surrogate is not fitted: call fit(data) or load(dir) first")
+        if isinstance(cond, Data):
+            cond = cond.cond
+        if self.is_conditional:
+            if cond is None:
+                raise InvalidDataError(f"this {self.family} surrogate is conditional: pass cond [B, {self.dims['cond_dim']}] in physics units")
+            cond_t = torch.as_tensor(cond, dtype=torch.float32)
+            if cond_t.ndim == 1:
+                cond_t = cond_t[:, None]
+            if n is not None and n != cond_t.shape[0]:
+                raise InvalidDataError(f"n={n} disagrees with the {cond_t.shape[0]} condition rows; give one or the other")
+            total = cond_t.shape[0]
+        else:
+            if n is None:
+                raise InvalidDataError(f"this {self.family} surrogate is unconditional: pass n (number of samples)")
+            cond_t, total = None, int(n)
+        if total < 1:
+            raise InvalidDataError(f"asked for {total} samples; expected at least 1")
+        generator = torch.Generator(device=self._device())
+        generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        was_training = self.training
+        self.eval()
+        parts = []
+        try:
+            for start in range(0, total, batch_size):
+                stop = min(start + batch_size, total)
+                raw = None if cond_t is None else cond_t[start:stop]
+                model_cond = None if raw is None else self.preprocessing.forward_cond(raw).float().to(self._device())
+                y = self.sample_model(stop - start, model_cond, generator).float().cpu()
+                parts.append(self.postprocess(self.preprocessing.inverse(y, raw)))
+        finally:
+            self.train(was_training)
+        x = torch.cat(parts)
+        return Data(x, self.schema, cond=cond_t, validate=False)
+
+    def postprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Physics-unit clean-up of samples (non-negative energies, binary spins)."""
+        if self.schema is not None and self.schema.kind == "calorimeter":
+            return x.clamp_min(0)
+        if self.schema is not None and self.schema.kind == "spins":
+            return (x > 0.5).float()
+        return x
+
+    @torch.no_grad()
+    def log_prob(self, data: Data) -> torch.Tensor:
+        """Log-density ``[N]`` of ``data`` in the model's (preprocessed) space.
+
+        Exact, a lower bound or unnormalised as :attr:`capabilities` says.
+        Densities are per model-space volume: compare surrogates that share a
+        preprocessing, or add the pipeline's log-Jacobian yourself.
+        """
+        if not self.capabilities.has_log_prob:
+            raise InvalidDataError(f"the {self.family} surrogate has no log_prob (capabilities: {self.capabilities})")
+        if self.preprocessing is None:
+            raise InvalidDataError(f"{self.family} surrogate is not fitted")
+        y, c = self.preprocessing.forward(data.x, data.cond)
+        self.eval()
+        return self.log_prob_model(y.float().to(self._device()), None if c is None or not self.is_conditional else c.float().to(self._device())).cpu()
+
+    # -- persistence -----------------------------------------------------------------
+    def checkpoint_config(self) -> dict[str, Any]:
+        from physgen import __version__
+
+        if self.preprocessing is None or self.schema is None:
+            raise CheckpointError(f"cannot save an unfitted {self.family} surrogate")
+        return {
+            "family": self.family,
+            "physgen_version": __version__,
+            "hyperparameters": self.config,
+            "dims": self.dims,
+            "schema": self.schema.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "capabilities": asdict(self.capabilities),
+        }
+
+    def save(self, directory: str | Path, training_state: dict[str, Any] | None = None) -> Path:
+        """Save weights (safetensors) and config (JSON) to ``directory``, atomically."""
+        return ckpt.write_checkpoint(directory, self.cpu_state_module(), self.checkpoint_config(), training_state)
+
+    def cpu_state_module(self) -> nn.Module:
+        return self
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Surrogate:
+        """Load a saved surrogate; ``Surrogate.load`` picks the family from the config.
+
+        Raises:
+            CheckpointError: incomplete directory, unknown family, newer format, mismatched weights.
+        """
+        from physgen.surrogates import registry
+
+        config = ckpt.read_config(directory)
+        family = config.get("family")
+        try:
+            family_cls = registry.get(str(family))
+        except UnknownNameError as exc:
+            raise CheckpointError(f"checkpoint {str(directory)!r}: {exc}") from exc
+        if cls is not Surrogate and family_cls is not cls:
+            raise CheckpointError(f"checkpoint {str(directory)!r} holds a {family!r} surrogate, not {cls.family!r}")
+        model = family_cls(**config.get("hyperparameters", {}))
+        model.schema = Schema.from_dict(config["schema"])
+        model.preprocessing = Pipeline.from_dict(config["preprocessing"])
+        model.dims = {k: int(v) for k, v in config["dims"].items()}
+        model.build(model.dims["dim"], model.dims["cond_dim"])
+        ckpt.load_weights(model, directory)
+        state = ckpt.read_training_state(directory)
+        if state is not None and "history" in state:
+            model.history = list(state["history"])
+        model.eval()
+        return model
+
+    def extra_repr(self) -> str:
+        return f"family={self.family!r}, dims={self.dims}"

@@ -1,0 +1,334 @@
+"""One training loop for every gradient-trained family.
+
+Each family supplies its loss (``Surrogate.forward``) and, if it needs more
+than one optimiser (a GAN), its own ``train_batch``; the loop supplies the
+rest: device, mixed precision, gradient clipping, validation split and early
+stopping, a learning-rate schedule, a tqdm progress bar with loss and
+throughput, a history, seeds, periodic checkpoints, resume, an EMA of the
+weights, and DistributedDataParallel under ``torchrun``.
+
+Reproducibility: every random draw of epoch ``e`` (shuffling, noise in the
+loss) is seeded from ``(seed, e)``, and checkpoints are taken at epoch
+boundaries with optimiser, scheduler, EMA and early-stopping state, so a run
+killed at any point and resumed from its last checkpoint ends with the same
+weights as an uninterrupted run (on CPU, same thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from physgen.data import Data, Pipeline
+from physgen.errors import InvalidDataError, PhysgenError
+from physgen.surrogates import checkpoint as ckpt
+
+if TYPE_CHECKING:
+    from physgen.surrogates.base import Surrogate
+
+__all__ = ["TrainConfig", "TrainContext", "TrainingDivergedError", "train", "resolve_device"]
+
+
+class TrainingDivergedError(PhysgenError, RuntimeError):
+    """The loss became NaN/inf or exploded; nothing broken was saved."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the shared loop (every field has a sensible default).
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: global batch size (split across ranks under torchrun).
+        lr, weight_decay: Adam(W) settings; families may use their own betas.
+        schedule: ``"cosine"`` (to 0 over the run, after ``warmup_epochs``), ``"constant"``.
+        grad_clip: clip the global gradient norm to this (``None``: off).
+        val_fraction: share of ``data`` held out for validation (0: none).
+        patience: stop after this many epochs without a better validation loss and
+            restore the best weights (``None``: train all epochs).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        precision: ``"fp32"``, ``"bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (CUDA, with loss scaling).
+        seed: seeds initialisation, shuffling and every random draw.
+        ema_decay: keep an exponential moving average of the weights and end with it.
+        checkpoint_dir: write ``epoch-NNNNNN`` checkpoints and ``LATEST`` here.
+        checkpoint_every: epochs between checkpoints.
+        resume: continue from ``checkpoint_dir``'s latest checkpoint if there is one.
+        time_budget_s: stop (cleanly, after the epoch) once this much wall time has passed.
+        divergence_factor: stop if the training loss exceeds this multiple of its
+            first-epoch magnitude (exploding critic or likelihood), as well as on NaN/inf.
+        progress: show a tqdm bar (``None``: only on a terminal).
+        on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch's checkpoint.
+    """
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    grad_clip: float | None = 5.0
+    val_fraction: float = 0.1
+    patience: int | None = None
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    ema_decay: float | None = None
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int = 1
+    resume: bool = False
+    time_budget_s: float | None = None
+    divergence_factor: float = 1e6
+    progress: bool | None = None
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InvalidDataError(f"epochs and batch_size must be ≥ 1; got {self.epochs}, {self.batch_size}")
+        if not 0 <= self.val_fraction < 1:
+            raise InvalidDataError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise InvalidDataError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise InvalidDataError(f"schedule must be 'cosine' or 'constant'; got {self.schedule!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise InvalidDataError("resume=True needs checkpoint_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_epoch_end"}
+        out["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
+        return out
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidDataError(f"device {device!r} asked for, but this machine has no CUDA device; use device='cpu'")
+    return dev
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] % (2**62))
+
+
+class TrainContext:
+    """What a family's ``train_batch`` needs from the loop: autocast, backward+step, the config."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, module: nn.Module):
+        self.cfg, self.device, self.module = cfg, device, module
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        if cfg.precision == "fp16" and device.type != "cuda":
+            raise InvalidDataError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+        self.amp_dtype = dtype
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Any = None) -> None:
+        """Backward, clip, step (with loss scaling under fp16)."""
+        params = list(parameters) if parameters is not None else [p for g in optimizer.param_groups for p in g["params"]]
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment, initialising the group once."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("PHYSGEN_DIST_BACKEND", "") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), world, local
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> Iterator[np.ndarray]:
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    if world > 1:  # equal shares so ranks stay in lockstep
+        perm = perm[: (n // world) * world][rank::world]
+    local_bs = max(1, batch_size // world)
+    for start in range(0, len(perm), local_bs):
+        yield perm[start : start + local_bs]
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipeline | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` on ``data`` with the shared loop; returns (and stores) the history."""
+    from tqdm.auto import tqdm
+
+    rank, world, local_rank = _distributed()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    train_data, val_data = (data.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed) if cfg.val_fraction > 0 else (data, None))
+
+    torch.manual_seed(cfg.seed)
+    y, c = model.prepare(train_data, preprocessing)
+    assert model.preprocessing is not None  # set by prepare
+    yv = cv = None
+    if val_data is not None:
+        yv64, cv64 = model.preprocessing.forward(val_data.x, val_data.cond)
+        yv, cv = yv64.float().to(device), None if cv64 is None else cv64.float().to(device)
+    model.to(device)
+    y, c = y.to(device), None if c is None else c.to(device)
+    optimizers = model.configure_optimizers(cfg)
+    ctx = TrainContext(cfg, device, model)
+    steps_per_epoch = math.ceil(((len(y) // world) if world > 1 else len(y)) / max(1, cfg.batch_size // world))
+    total_steps = cfg.epochs * steps_per_epoch
+    base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": math.inf, "bad_epochs": 0, "best_weights": None, "loss_scale0": None}
+    history: list[dict[str, Any]] = []
+    run_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
+    if cfg.resume and run_dir is not None and (last := ckpt.latest_checkpoint(run_dir)) is not None:
+        ckpt.load_weights(model, last)
+        saved = ckpt.read_training_state(last) or {}
+        for opt, s in zip(optimizers, saved.get("optimizers", []), strict=False):
+            opt.load_state_dict(s)
+        if ema is not None and saved.get("ema") is not None:
+            for e_t, s_t in zip(ema, saved["ema"], strict=True):
+                e_t.copy_(s_t.to(device))
+        history = list(saved.get("history", []))
+        state.update({k: saved[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0") if k in saved})
+        state["best_weights"] = saved.get("best_weights")
+    ddp_model: nn.Module = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def swap_in_ema() -> list[torch.Tensor] | None:
+        if ema is None:
+            return None
+        backup = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, e_t in zip(params, ema, strict=True):
+                p.copy_(e_t)
+        return backup
+
+    def restore(backup: list[torch.Tensor] | None) -> None:
+        if backup is not None:
+            with torch.no_grad():
+                for p, b in zip(params, backup, strict=True):
+                    p.copy_(b)
+
+    start_time = time.perf_counter()
+    # tqdm's disable=None shows the bar only on a terminal
+    disable = True if rank != 0 or cfg.progress is False else (None if cfg.progress is None else False)
+    bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs, desc=model.family, disable=disable, unit="epoch")
+    for epoch in bar:
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        model.preprocessing.train(True)
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        n_batches = n_samples = 0
+        for idx in _batches(len(y), cfg.batch_size, cfg.seed, epoch, rank, world):
+            factor = _lr_factor(cfg, state["step"], total_steps, steps_per_epoch)
+            for opt, lrs in zip(optimizers, base_lrs, strict=True):
+                for g, lr0 in zip(opt.param_groups, lrs, strict=True):
+                    g["lr"] = lr0 * factor
+            xb = y[idx]
+            cb = None if c is None else c[idx]
+            logs = model.train_batch(ddp_model, xb, cb, optimizers, ctx)
+            loss_value = logs["loss"]
+            if not math.isfinite(loss_value):
+                raise TrainingDivergedError(
+                    f"{model.family}: training loss became {loss_value} at epoch {epoch + 1}, step {state['step']}; "
+                    "lower lr, enable grad_clip, or check the data; no checkpoint of the diverged model was written"
+                )
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_batches += 1
+            n_samples += len(idx)
+            state["step"] += 1
+        model.preprocessing.train(False)
+        record: dict[str, Any] = {k: v / max(n_batches, 1) for k, v in sums.items()}
+        elapsed = time.perf_counter() - t0
+        record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples_per_s=n_samples * world / max(elapsed, 1e-9))
+        if state["loss_scale0"] is None:
+            state["loss_scale0"] = max(abs(record["loss"]), 1.0)
+        if abs(record["loss"]) > cfg.divergence_factor * state["loss_scale0"]:
+            raise TrainingDivergedError(
+                f"{model.family}: training loss exploded to {record['loss']:.3g} (first epoch {state['loss_scale0']:.3g}) "
+                f"at epoch {epoch + 1}; lower lr or raise divergence_factor; nothing was saved"
+            )
+        if yv is not None:
+            backup = swap_in_ema()
+            record["val_loss"] = model.validation_loss(yv, cv)
+            if cfg.patience is not None and record["val_loss"] < state["best"]:
+                state["best"], state["bad_epochs"] = record["val_loss"], 0
+                state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            elif cfg.patience is not None:
+                state["bad_epochs"] += 1
+            restore(backup)
+        history.append(record)
+        state["epoch"] = epoch + 1
+        bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss") if k in record} | {"samples/s": f"{record['samples_per_s']:.0f}"})
+        stop = (cfg.patience is not None and state["bad_epochs"] >= cfg.patience) or (
+            cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s
+        )
+        last = stop or epoch + 1 == cfg.epochs
+        if run_dir is not None and rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+            name = f"epoch-{epoch + 1:06d}"
+            model.history = history
+            model.save(run_dir / name, training_state={
+                "optimizers": [opt.state_dict() for opt in optimizers],
+                "ema": None if ema is None else [e_t.detach().cpu() for e_t in ema],
+                "history": history,
+                "train_config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool | type(None))},
+                **{k: state[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0", "best_weights")},
+            })
+            ckpt.point_latest(run_dir, name)
+        if world > 1:
+            dist.barrier()
+        if cfg.on_epoch_end is not None:
+            cfg.on_epoch_end(epoch + 1, record)
+        if stop:
+            break
+    bar.close()
+    if state["best_weights"] is not None:
+        model.load_state_dict(state["best_weights"])
+    elif ema is not None:
+        swap_in_ema()
+    model.history = history
+    model.eval()
+    return history

@@ -1,0 +1,61 @@
+"""A training job the loop tests run in subprocesses (SIGKILL-and-resume, torchrun).
+
+    python tests/train_job.py OUT [--epochs N] [--kill-after K] [--resume] [--no-checkpoints]
+    torchrun --standalone --nproc_per_node=2 tests/train_job.py OUT --no-checkpoints
+
+Trains the gradient-solved Gaussian on the first 800 embedded Geant4 showers and
+writes OUT/final (a saved surrogate) and OUT/result.json (final validation loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+import physgen
+from physgen.surrogates import create
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--kill-after", type=int, default=None)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--no-checkpoints", action="store_true")
+    ap.add_argument("--family", default="gaussian")
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # identical summation order in every process
+    data = physgen.load_default()[:800]
+    model = create(args.family, solver="gradient") if args.family == "gaussian" else create(args.family)
+
+    def maybe_die(epoch: int, record: dict) -> None:
+        if args.kill_after is not None and epoch == args.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash
+
+    history = model.fit(
+        data,
+        epochs=args.epochs,
+        batch_size=128,
+        lr=3e-3,
+        seed=7,
+        progress=False,
+        checkpoint_dir=None if args.no_checkpoints else args.out / "run",
+        resume=args.resume,
+        on_epoch_end=maybe_die,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        model.save(args.out / "final")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        (args.out / "result.json").write_text(json.dumps({"val_loss": history[-1]["val_loss"], "world": world, "epochs": len(history)}))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
