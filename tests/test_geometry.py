@@ -42,8 +42,10 @@ def test_voxel_centres_follow_layer_angle_radius_order():
     geo = CalorimeterGeometry(layers=(Layer(r_edges=(0.0, 2.0, 4.0), n_alpha=2), Layer(r_edges=(0.0, 10.0), n_alpha=1)))
     x, y, r = geo.voxel_centres()
     np.testing.assert_allclose(r, [1, 3, 1, 3, 5])
-    np.testing.assert_allclose(x, [0, 0, 0, 0, 0], atol=1e-12)
+    # the official XMLHandler: alpha centres on -pi..pi; one alpha bin -> alpha = 0 -> x = r
+    np.testing.assert_allclose(x, [0, 0, 0, 0, 5], atol=1e-12)
     np.testing.assert_allclose(y, [-1, -3, 1, 3, 0], atol=1e-12)
+    assert geo.layers_binned_in_alpha == [0]
     assert geo.layer_offsets == (0, 4, 5)
     np.testing.assert_array_equal(geo.layer_index(), [0, 0, 0, 0, 1])
     assert math.isclose(np.hypot(x, y)[:4].max(), 3.0)

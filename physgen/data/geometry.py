@@ -100,6 +100,11 @@ class CalorimeterGeometry:
         return self._offsets
 
     @property
+    def layers_binned_in_alpha(self) -> list[int]:
+        """Ids of polar layers with more than one angular bin (the evaluator's x/y-feature layers)."""
+        return [i for i, la in enumerate(self.layers) if la.n_voxels > 0 and (la.shape is not None or la.n_alpha > 1)]
+
+    @property
     def relevant_layers(self) -> list[int]:
         """Ids of the layers that hold voxels."""
         return [i for i, layer in enumerate(self.layers) if layer.n_voxels > 0]
@@ -115,10 +120,11 @@ class CalorimeterGeometry:
         """Per-voxel ``(x, y, r)`` centres in mm, ``[n_voxels]`` each.
 
         Polar: ``r`` is the radial bin centre, ``x = r cos α``, ``y = r sin α``
-        with α the angular bin centre on −π … π; a layer with one angular bin
-        puts its voxels on the axis in x and y (x = y = 0), as the CaloChallenge
-        evaluator treats layers not binned in α. Cartesian: cell centres relative
-        to the layer centre, in mm if cell sizes are known, else in cell units.
+        with α the angular bin centre on −π … π, exactly as the CaloChallenge
+        ``XMLHandler`` computes its ``eta``/``phi`` (a layer with one angular
+        bin has α = 0, so x = r, y = 0; the evaluator computes x/y centres only
+        for layers binned in α). Cartesian: cell centres relative to the layer
+        centre, in mm if cell sizes are known, else in cell units.
         """
         xs, ys, rs = [], [], []
         for layer in self.layers:
@@ -138,17 +144,12 @@ class CalorimeterGeometry:
                 continue
             edges = np.asarray(layer.r_edges, dtype=np.float64)
             r_mid = 0.5 * (edges[1:] + edges[:-1])
-            if layer.n_alpha > 1:
-                a_edges = np.linspace(-math.pi, math.pi, layer.n_alpha + 1)
-                a_mid = 0.5 * (a_edges[1:] + a_edges[:-1])
-                aa, rr = np.meshgrid(a_mid, r_mid, indexing="ij")  # alpha-major, as voxels are
-                xs.append((rr * np.cos(aa)).ravel())
-                ys.append((rr * np.sin(aa)).ravel())
-            else:
-                rr = r_mid[None, :]
-                xs.append(np.zeros(rr.size))
-                ys.append(np.zeros(rr.size))
-            rs.append(np.broadcast_to(rr, (layer.n_alpha, layer.n_r)).ravel())
+            a_edges = np.linspace(-math.pi, math.pi, layer.n_alpha + 1)
+            a_mid = 0.5 * (a_edges[1:] + a_edges[:-1])
+            aa, rr = np.meshgrid(a_mid, r_mid, indexing="ij")  # alpha-major, as voxels are
+            xs.append((rr * np.cos(aa)).ravel())
+            ys.append((rr * np.sin(aa)).ravel())
+            rs.append(rr.ravel())
         if not xs:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         return np.concatenate(xs), np.concatenate(ys), np.concatenate(rs)
