@@ -16,6 +16,8 @@ from physgen.surrogates import Surrogate, available, create, load
 # family -> (constructor config, fit config) small enough for CI
 FAST: dict[str, tuple[dict, dict]] = {
     "gaussian": ({}, {}),
+    "flow": ({"n_layers": 4, "hidden": 64, "n_blocks": 1}, {"epochs": 4, "batch_size": 128, "lr": 1e-3}),
+    "diffusion": ({"hidden": 128, "n_blocks": 2, "steps": 8}, {"epochs": 4, "batch_size": 128, "lr": 1e-3}),
 }
 
 FAMILIES = available()

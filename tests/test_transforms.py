@@ -58,11 +58,24 @@ def test_pipeline_json_round_trip(showers):
 
 
 def test_layer_fractions_closed_form():
-    t = LayerFractions([2, 1])
+    t = LayerFractions([2, 1], layer_energy="absolute")
     x = torch.tensor([[1.0, 3.0, 0.0]])
     y = t.forward(x, None)
     torch.testing.assert_close(y, torch.tensor([[0.25, 0.75, 0.0, 4.0, 0.0]], dtype=torch.float64))
     torch.testing.assert_close(t.inverse(y, None), x.double())
+
+
+def test_recursive_layer_energies_are_calo_flow_u_variables():
+    # layers of 1, 2, 1 voxels with energies 2, 3 (1 + 2), 5: total 10
+    t = LayerFractions([1, 2, 1])
+    x = torch.tensor([[2.0, 1.0, 2.0, 5.0]])
+    y = t.forward(x, None)
+    # fractions 1, 1/3, 2/3, 1; u0 = 10, u1 = 2/10, u2 = 3/8
+    torch.testing.assert_close(y, torch.tensor([[1.0, 1 / 3, 2 / 3, 1.0, 10.0, 0.2, 0.375]], dtype=torch.float64))
+    torch.testing.assert_close(t.inverse(y, None), x.double())
+    # any u in range gives layers that add up to the total exactly
+    u = torch.tensor([[1.0, 0.5, 0.5, 0.5, 7.0, 0.9, 0.3]], dtype=torch.float64)
+    assert float(t.inverse(u, None).sum()) == pytest.approx(7.0)
 
 
 def test_logit_closed_form():

@@ -112,17 +112,26 @@ class NormaliseByIncidentEnergy(Transform):
 
 
 class LayerFractions(Transform):
-    """CaloFlow's split: ``[N, V]`` → ``[N, V + L]`` = voxel / layer energy, then the L layer energies.
+    """CaloFlow's split: ``[N, V]`` → ``[N, V + L]``: voxel / layer energy, then L layer-energy variables.
 
-    A layer with no energy gets fractions 0 (its voxels are 0 on the way back).
-    Invert with the same layer sizes; the fractions are renormalised to sum to
-    1 per layer on the way back, so a model's small errors do not leak energy.
+    With ``layer_energy="recursive"`` (the default, CaloFlow's u-variables) the L
+    variables are u₀ = Σₗ Eₗ (the total) and uₗ = Eₗ₋₁ / Σ_{k≥l−1} E_k for
+    l = 1 … L−1, all in [0, 1] for inputs normalised by the incident energy: the
+    total is one coordinate and the layers always add up to it. With
+    ``"absolute"`` they are the L layer energies themselves.
+
+    A layer (or remainder) with no energy gets fractions 0. On the way back the
+    voxel fractions are renormalised to sum to 1 per layer, so a model's small
+    errors do not leak energy.
     """
 
     name = "layer_fractions"
 
-    def __init__(self, layer_sizes: Sequence[int]):
+    def __init__(self, layer_sizes: Sequence[int], layer_energy: str = "recursive"):
+        if layer_energy not in ("recursive", "absolute"):
+            raise InvalidDataError(f"layer_energy must be 'recursive' or 'absolute'; got {layer_energy!r}")
         self.layer_sizes = [int(s) for s in layer_sizes if int(s) > 0]
+        self.layer_energy = layer_energy
         self._index = torch.repeat_interleave(
             torch.arange(len(self.layer_sizes)), torch.tensor(self.layer_sizes, dtype=torch.long)
         )
@@ -135,24 +144,45 @@ class LayerFractions(Transform):
         out = torch.zeros(x.shape[0], len(self.layer_sizes), dtype=x.dtype)
         return out.index_add_(1, self._index, x)
 
+    @staticmethod
+    def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         x = _f64(x)
         if x.shape[1] != self.n_voxels:
             raise InvalidDataError(f"{self.name} expects {self.n_voxels} voxels; got {x.shape[1]}")
         e_layer = self._layer_sums(x)
-        denom = e_layer[:, self._index]
-        frac = torch.where(denom > 0, x / denom.clamp_min(1e-300), torch.zeros_like(x))
-        return torch.cat([frac, e_layer], dim=1)
+        frac = self._ratio(x, e_layer[:, self._index])
+        if self.layer_energy == "absolute":
+            return torch.cat([frac, e_layer], dim=1)
+        remaining = torch.flip(torch.cumsum(torch.flip(e_layer, [1]), 1), [1])  # Σ_{k≥l} E_k
+        u = torch.cat([remaining[:, :1], self._ratio(e_layer[:, :-1], remaining[:, :-1])], dim=1)
+        return torch.cat([frac, u], dim=1)
+
+    def _energies(self, u: torch.Tensor) -> torch.Tensor:
+        if self.layer_energy == "absolute":
+            return u.clamp_min(0)
+        remaining = u[:, 0].clamp_min(0)
+        shares = u[:, 1:].clamp(0, 1)
+        out = []
+        for ell in range(shares.shape[1]):
+            e = shares[:, ell] * remaining
+            out.append(e)
+            remaining = remaining - e
+        out.append(remaining)
+        return torch.stack(out, dim=1)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         y = _f64(y)
-        frac, e_layer = y[:, : self.n_voxels].clamp_min(0), y[:, self.n_voxels :].clamp_min(0)
+        frac = y[:, : self.n_voxels].clamp_min(0)
+        e_layer = self._energies(y[:, self.n_voxels :])
         sums = self._layer_sums(frac)[:, self._index]
-        frac = torch.where(sums > 0, frac / sums.clamp_min(1e-300), torch.zeros_like(frac))
+        frac = self._ratio(frac, sums)
         return frac * e_layer[:, self._index]
 
     def state(self) -> dict[str, Any]:
-        return {"layer_sizes": self.layer_sizes}
+        return {"layer_sizes": self.layer_sizes, "layer_energy": self.layer_energy}
 
 
 class Logit(Transform):

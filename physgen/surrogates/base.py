@@ -71,6 +71,8 @@ class Surrogate(nn.Module):
 
     family: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: TrainConfig fields this family changes by default (e.g. diffusion turns on the EMA)
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **config: Any):
         super().__init__()
@@ -182,7 +184,7 @@ class Surrogate(nn.Module):
         """
         from physgen.surrogates.training import TrainConfig, train
 
-        return train(self, data, TrainConfig(**train_config), preprocessing=preprocessing)
+        return train(self, data, TrainConfig(**{**self.train_defaults, **train_config}), preprocessing=preprocessing)
 
     def _device(self) -> torch.device:
         for p in self.parameters():

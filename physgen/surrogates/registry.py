@@ -21,6 +21,8 @@ __all__ = ["available", "create", "get"]
 # physgen does not import every family's dependencies
 _FAMILIES: dict[str, str] = {
     "gaussian": "physgen.surrogates.gaussian:GaussianSurrogate",
+    "flow": "physgen.surrogates.flow:FlowSurrogate",
+    "diffusion": "physgen.surrogates.diffusion:DiffusionSurrogate",
 }
 
 

@@ -60,7 +60,8 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         precision: ``"fp32"``, ``"bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (CUDA, with loss scaling).
         seed: seeds initialisation, shuffling and every random draw.
-        ema_decay: keep an exponential moving average of the weights and end with it.
+        ema_decay: keep an exponential moving average of the weights (decay warmed up as
+            min(ema_decay, (1 + step) / (10 + step))), validate with it and end with it.
         checkpoint_dir: write ``epoch-NNNNNN`` checkpoints and ``LATEST`` here.
         checkpoint_every: epochs between checkpoints.
         resume: continue from ``checkpoint_dir``'s latest checkpoint if there is one.
@@ -252,7 +253,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
     disable = True if rank != 0 or cfg.progress is False else (None if cfg.progress is None else False)
     bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs, desc=model.family, disable=disable, unit="epoch")
     for epoch in bar:
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + rank)  # each rank draws its own noise
         model.preprocessing.train(True)
         model.train()
         t0 = time.perf_counter()
@@ -273,8 +274,10 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
                     "lower lr, enable grad_clip, or check the data; no checkpoint of the diverged model was written"
                 )
             if ema is not None:
+                # warm-up (TensorFlow's num_updates rule): early averages do not drag in the initial weights
+                decay = min(cfg.ema_decay, (1 + state["step"]) / (10 + state["step"]))
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - cfg.ema_decay)
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_batches += 1
