@@ -18,6 +18,8 @@ FAST: dict[str, tuple[dict, dict]] = {
     "gaussian": ({}, {}),
     "flow": ({"n_layers": 4, "hidden": 64, "n_blocks": 1}, {"epochs": 4, "batch_size": 128, "lr": 1e-3}),
     "diffusion": ({"hidden": 128, "n_blocks": 2, "steps": 8}, {"epochs": 4, "batch_size": 128, "lr": 1e-3}),
+    "vae": ({"latent": 16, "hidden": 128, "layers": 2, "kl_warmup_steps": 20}, {"epochs": 6, "batch_size": 128, "lr": 1e-3}),
+    "wgan": ({"hidden": 128, "critic_hidden": 128, "layers": 2, "critic_layers": 2, "n_critic": 2}, {"epochs": 6, "batch_size": 128}),
 }
 
 FAMILIES = available()

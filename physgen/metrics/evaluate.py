@@ -139,6 +139,7 @@ def evaluate(
         c_floor = classifier_two_sample(_classifier_input(ref), _classifier_input(half), epochs=classifier_epochs, seed=seed)
         summary["classifier_auc"] = _entry(c_test["auc"], c_floor["auc"])
         summary["classifier_jsd"] = _entry(c_test["jsd"], c_floor["jsd"])
+    mode_collapse = _energy_spread_by_bin(half, gen) if real.schema.kind == "calorimeter" and paired else None
     worst = max(report_features.items(), key=lambda kv: kv[1]["separation_power"]["value"])
     return {
         "kind": real.schema.kind,
@@ -151,5 +152,27 @@ def evaluate(
         "worst_feature": {"name": worst[0], "separation_power": worst[1]["separation_power"]["value"]},
         "mean_separation_power": float(np.mean([v["separation_power"]["value"] for v in report_features.values()])),
         "mean_separation_power_floor": float(np.mean([v["separation_power"]["floor"] for v in report_features.values()])),
+        **({"mode_collapse": mode_collapse} if mode_collapse is not None else {}),
     }
+
+
+def _energy_spread_by_bin(real: Data, gen: Data, n_bins: int = 5) -> dict[str, Any]:
+    """Mode-collapse check: in quantile bins of incident energy, the spread of E_tot/E_inc, generated over real.
+
+    ``real`` and ``gen`` share their conditions row by row. A collapsed generator
+    (every shower alike at a given energy) shows ratios far below 1.
+    """
+    e = real.cond[:, 0].double().numpy()  # type: ignore[index]
+    r_real = real.x.double().sum(1).numpy() / e
+    r_gen = gen.x.double().sum(1).numpy() / e
+    edges = np.quantile(e, np.linspace(0, 1, n_bins + 1))
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (e >= lo) & (e <= hi)
+        if sel.sum() < 5:
+            continue
+        s_real, s_gen = float(r_real[sel].std()), float(r_gen[sel].std())
+        bins.append({"e_min_mev": float(lo), "e_max_mev": float(hi), "std_real": s_real, "std_generated": s_gen, "ratio": s_gen / s_real if s_real > 0 else None})
+    ratios = [b["ratio"] for b in bins if b["ratio"] is not None]
+    return {"bins": bins, "min_ratio": min(ratios) if ratios else None, "collapsed": bool(ratios) and min(ratios) < 0.5}
 

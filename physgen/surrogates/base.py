@@ -144,7 +144,8 @@ class Surrogate(nn.Module):
             # CaloFlow's split: layer energies set the total, fractions shape each layer
             geo = data.schema.geometry
             sizes = [la.n_voxels for la in geo.layers] if geo is not None else None
-            return calorimeter_pipeline(sizes, alpha=float(self.config.get("logit_alpha", 1e-6)))
+            noise = self.config.get("dequantise_mev")
+            return calorimeter_pipeline(sizes, alpha=float(self.config.get("logit_alpha", 1e-6)), noise=float(noise) if noise else None)
         if data.schema.kind == "spins":
             return Pipeline()
         return Pipeline(x=[Standardise()], cond=[Standardise()] if data.cond is not None else [])
@@ -163,7 +164,10 @@ class Surrogate(nn.Module):
             )
         self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing(data)
         self.preprocessing.fit(data.x, data.cond)
-        y, c = self.preprocessing.forward(data.x, data.cond)
+        # training-only steps (dequantisation noise) apply to the training tensor, drawn once
+        # from the global generator the caller seeded
+        y, c = self.preprocessing.train(True).forward(data.x, data.cond)
+        self.preprocessing.train(False)
         self.schema = data.schema
         self.dims = {"event_dim": int(data.x.shape[1]), "dim": int(y.shape[1]), "cond_dim": 0 if c is None else int(c.shape[1])}
         self.build(self.dims["dim"], self.dims["cond_dim"])

@@ -23,6 +23,8 @@ _FAMILIES: dict[str, str] = {
     "gaussian": "physgen.surrogates.gaussian:GaussianSurrogate",
     "flow": "physgen.surrogates.flow:FlowSurrogate",
     "diffusion": "physgen.surrogates.diffusion:DiffusionSurrogate",
+    "vae": "physgen.surrogates.vae:VAESurrogate",
+    "wgan": "physgen.surrogates.wgan:WGANSurrogate",
 }
 
 

@@ -65,9 +65,11 @@ class TrainConfig:
         checkpoint_dir: write ``epoch-NNNNNN`` checkpoints and ``LATEST`` here.
         checkpoint_every: epochs between checkpoints.
         resume: continue from ``checkpoint_dir``'s latest checkpoint if there is one.
-        time_budget_s: stop (cleanly, after the epoch) once this much wall time has passed.
-        divergence_factor: stop if the training loss exceeds this multiple of its
-            first-epoch magnitude (exploding critic or likelihood), as well as on NaN/inf.
+        time_budget_s: stop (cleanly, after the epoch) once this much wall time has passed; the
+            cosine schedule then anneals over the budget (such runs depend on the machine's speed,
+            so they are not bit-reproducible).
+        divergence_factor: stop if a batch's training loss exceeds this multiple of the first
+            batch's magnitude (exploding critic or likelihood), as well as on NaN/inf.
         progress: show a tqdm bar (``None``: only on a terminal).
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch's checkpoint.
     """
@@ -178,13 +180,16 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: i
         yield perm[start : start + local_bs]
 
 
-def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, elapsed_s: float = 0.0) -> float:
     warm = cfg.warmup_epochs * steps_per_epoch
     if warm and step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
     progress = (step - warm) / max(1, total - warm)
+    if cfg.time_budget_s:
+        # anneal over whichever runs out first: the epochs or the wall-clock budget
+        progress = max(progress, elapsed_s / cfg.time_budget_s)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -203,7 +208,10 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
     assert model.preprocessing is not None  # set by prepare
     yv = cv = None
     if val_data is not None:
-        yv64, cv64 = model.preprocessing.forward(val_data.x, val_data.cond)
+        # the validation split goes through the same training-time preprocessing (e.g. dequantisation),
+        # so its loss measures the distribution the model is fitted to
+        yv64, cv64 = model.preprocessing.train(True).forward(val_data.x, val_data.cond)
+        model.preprocessing.train(False)
         yv, cv = yv64.float().to(device), None if cv64 is None else cv64.float().to(device)
     model.to(device)
     y, c = y.to(device), None if c is None else c.to(device)
@@ -231,7 +239,11 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         state["best_weights"] = saved.get("best_weights")
     ddp_model: nn.Module = model
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
+        )
 
     def swap_in_ema() -> list[torch.Tensor] | None:
         if ema is None:
@@ -254,13 +266,12 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
     bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs, desc=model.family, disable=disable, unit="epoch")
     for epoch in bar:
         torch.manual_seed(_epoch_seed(cfg.seed, epoch) + rank)  # each rank draws its own noise
-        model.preprocessing.train(True)
         model.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         n_batches = n_samples = 0
         for idx in _batches(len(y), cfg.batch_size, cfg.seed, epoch, rank, world):
-            factor = _lr_factor(cfg, state["step"], total_steps, steps_per_epoch)
+            factor = _lr_factor(cfg, state["step"], total_steps, steps_per_epoch, time.perf_counter() - start_time)
             for opt, lrs in zip(optimizers, base_lrs, strict=True):
                 for g, lr0 in zip(opt.param_groups, lrs, strict=True):
                     g["lr"] = lr0 * factor
@@ -268,6 +279,13 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
             cb = None if c is None else c[idx]
             logs = model.train_batch(ddp_model, xb, cb, optimizers, ctx)
             loss_value = logs["loss"]
+            if state["loss_scale0"] is None:  # the first batch's loss, from the initial weights
+                state["loss_scale0"] = max(abs(loss_value), 1.0)
+            if math.isfinite(loss_value) and abs(loss_value) > cfg.divergence_factor * state["loss_scale0"]:
+                raise TrainingDivergedError(
+                    f"{model.family}: training loss exploded to {loss_value:.3g} (first batch {state['loss_scale0']:.3g}) "
+                    f"at epoch {epoch + 1}, step {state['step']}; lower lr or raise divergence_factor; nothing was saved"
+                )
             if not math.isfinite(loss_value):
                 raise TrainingDivergedError(
                     f"{model.family}: training loss became {loss_value} at epoch {epoch + 1}, step {state['step']}; "
@@ -283,17 +301,9 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
             n_batches += 1
             n_samples += len(idx)
             state["step"] += 1
-        model.preprocessing.train(False)
         record: dict[str, Any] = {k: v / max(n_batches, 1) for k, v in sums.items()}
         elapsed = time.perf_counter() - t0
         record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples_per_s=n_samples * world / max(elapsed, 1e-9))
-        if state["loss_scale0"] is None:
-            state["loss_scale0"] = max(abs(record["loss"]), 1.0)
-        if abs(record["loss"]) > cfg.divergence_factor * state["loss_scale0"]:
-            raise TrainingDivergedError(
-                f"{model.family}: training loss exploded to {record['loss']:.3g} (first epoch {state['loss_scale0']:.3g}) "
-                f"at epoch {epoch + 1}; lower lr or raise divergence_factor; nothing was saved"
-            )
         if yv is not None:
             backup = swap_in_ema()
             record["val_loss"] = model.validation_loss(yv, cv)

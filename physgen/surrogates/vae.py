@@ -1,0 +1,174 @@
+"""Conditional variational autoencoder.
+
+    q(h | y, c) = N(μ_φ(y, c), diag σ²_φ(y, c))      (encoder)
+    p(y | h, c) = N(m_θ(h, c), diag s²)              (decoder; s learned per feature, or fixed)
+    p(h)        = N(0, I)
+
+trained on the negative ELBO per dimension,
+−ELBO = E_q[−log p(y | h, c)] + β_t KL(q ‖ p), with the reparameterisation
+h = μ + σ ε and the analytic KL ½ Σ (μ² + σ² − 1 − log σ²). β_t ramps linearly
+from 0 to β over ``kl_warmup_steps`` (KL warm-up against posterior collapse).
+
+Likelihood choice: a Gaussian with a *learned* per-feature variance (the
+default) suits the standardised logit space the preprocessing produces, and
+lets the model say how noisy each voxel is instead of imposing one scale; a
+fixed σ (``likelihood="fixed"``, ``fixed_sigma``) is the classic choice.
+Sampling draws h ~ p(h) and returns the decoder mean m(h, c) (the default), or
+also adds the likelihood's independent per-feature noise (``sample_noise=True``,
+the model's full distribution). The mean is the default because that noise breaks
+the correlations physics quantities rest on: on the CMS dimuon events the
+fraction of generated pairs in the Z window (81–101 GeV) is 0.40 from the mean and
+0.15 with the noise.
+
+``log_prob`` is the ELBO, a lower bound on log p(y | c) (capabilities say
+``density_bound``); :meth:`VAESurrogate.log_prob_iw` gives the importance-weighted
+bound with K samples (Burda et al. 2016), which tightens as K grows. The
+history reports the active latent dimensions, Cov_y(E_q[h]) > 0.01 per
+dimension (Burda et al.'s definition), so a collapsed posterior is visible.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from physgen.data import Data
+from physgen.errors import InvalidDataError
+from physgen.surrogates.base import Capabilities, Surrogate
+
+__all__ = ["VAESurrogate", "gaussian_kl"]
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag e^logvar) ‖ N(0, I)) per row: ½ Σ (μ² + e^logvar − 1 − logvar)."""
+    return 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum(-1)
+
+
+def _mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    width = n_in
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    mods.append(nn.Linear(width, n_out))
+    return nn.Sequential(*mods)
+
+
+class VAESurrogate(Surrogate):
+    """Conditional VAE with a diagonal Gaussian posterior.
+
+    Args:
+        latent: latent dimensions.
+        hidden, layers: width and depth of the encoder and decoder MLPs.
+        beta: weight of the KL term (1: the ELBO).
+        kl_warmup_steps: optimiser steps over which β ramps from 0 (0: no warm-up).
+        likelihood: ``"learned"`` (per-feature variance) or ``"fixed"``.
+        fixed_sigma: σ of the fixed likelihood.
+        sample_noise: also add the likelihood's independent per-feature noise when sampling
+            (off by default: see the module docstring).
+    """
+
+    family = "vae"
+    capabilities = Capabilities(density_bound=True, conditional=True, gradient_trained=True)
+
+    def __init__(
+        self,
+        latent: int = 32,
+        hidden: int = 512,
+        layers: int = 3,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 2000,
+        likelihood: str = "learned",
+        fixed_sigma: float = 0.3,
+        sample_noise: bool = False,
+        **config: Any,
+    ):
+        if likelihood not in ("learned", "fixed"):
+            raise InvalidDataError(f"likelihood must be 'learned' or 'fixed'; got {likelihood!r}")
+        if latent < 1 or beta < 0:
+            raise InvalidDataError(f"latent must be ≥ 1 and beta ≥ 0; got {latent}, {beta}")
+        super().__init__(
+            latent=int(latent), hidden=int(hidden), layers=int(layers), beta=float(beta), kl_warmup_steps=int(kl_warmup_steps),
+            likelihood=likelihood, fixed_sigma=float(fixed_sigma), sample_noise=bool(sample_noise), **config,
+        )
+
+    def build(self, dim: int, cond_dim: int) -> None:
+        c = self.config
+        self.encoder = _mlp(dim + cond_dim, 2 * c["latent"], c["hidden"], c["layers"])
+        self.decoder = _mlp(c["latent"] + cond_dim, dim, c["hidden"], c["layers"])
+        self.log_sigma = nn.Parameter(torch.zeros(dim), requires_grad=c["likelihood"] == "learned")
+        if c["likelihood"] == "fixed":
+            with torch.no_grad():
+                self.log_sigma.fill_(math.log(c["fixed_sigma"]))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def _cat(self, a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([a, cond], 1) if cond is not None and self.dims.get("cond_dim") else a
+
+    def encode(self, y: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(self._cat(y, cond)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 8)
+
+    def decode(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(self._cat(h, cond))
+
+    def _log_lik(self, y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        log_sigma = self.log_sigma
+        return (-0.5 * ((y - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def beta_now(self) -> float:
+        warm = self.config["kl_warmup_steps"]
+        return self.config["beta"] * (min(1.0, float(self.steps) / warm) if warm > 0 else 1.0)
+
+    def elbo(self, y: torch.Tensor, cond: torch.Tensor | None, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-row (ELBO with KL weight ``beta``, reconstruction log-likelihood, KL)."""
+        mu, logvar = self.encode(y, cond)
+        h = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        rec = self._log_lik(y, self.decode(h, cond))
+        kl = gaussian_kl(mu, logvar)
+        return rec - beta * kl, rec, kl
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        beta = self.beta_now() if self.training else self.config["beta"]
+        elbo, rec, kl = self.elbo(x, cond, beta)
+        if self.training:
+            self.steps += 1
+        with torch.no_grad():
+            mu, _ = self.encode(x, cond)
+            active = float((mu.var(0) > 0.01).sum()) if len(x) > 1 else float("nan")
+        d = x.shape[1]
+        return -elbo.mean() / d, {"kl": float(kl.mean().detach()) / d, "rec_nll": float(-rec.mean().detach()) / d, "beta": beta, "active_dims": active}
+
+    def log_prob_model(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The ELBO (β = 1) of each row: a lower bound on log p(y | c)."""
+        return self.elbo(x, cond, 1.0)[0]
+
+    @torch.no_grad()
+    def log_prob_iw(self, data: Data, k: int = 100) -> torch.Tensor:
+        """Importance-weighted bound log (1/K) Σₖ p(y, hₖ | c) / q(hₖ | y, c) per event (model space)."""
+        if self.preprocessing is None:
+            raise InvalidDataError("vae surrogate is not fitted")
+        y, c = self.preprocessing.forward(data.x, data.cond)
+        y, c = y.float().to(self._device()), None if c is None else c.float().to(self._device())
+        self.eval()
+        mu, logvar = self.encode(y, c)
+        std = (0.5 * logvar).exp()
+        terms = []
+        for _ in range(k):
+            eps = torch.randn_like(mu)
+            h = mu + eps * std
+            log_q = (-0.5 * eps**2 - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(1)
+            log_p_h = (-0.5 * h**2 - 0.5 * math.log(2 * math.pi)).sum(1)
+            terms.append(self._log_lik(y, self.decode(h, c)) + log_p_h - log_q)
+        return (torch.logsumexp(torch.stack(terms), 0) - math.log(k)).cpu()
+
+    def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        device = self._device()
+        h = torch.randn(n, self.config["latent"], generator=generator, device=device)
+        mean = self.decode(h, cond)
+        if not self.config["sample_noise"]:
+            return mean
+        return mean + torch.randn(mean.shape, generator=generator, device=device) * self.log_sigma.exp()

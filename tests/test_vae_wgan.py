@@ -1,0 +1,124 @@
+"""Conditional VAE and WGAN-GP: closed forms, a known likelihood, divergence, and real physics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import physgen
+from physgen.data import Data, Pipeline, Schema
+from physgen.metrics import event_features, high_level_features
+from physgen.surrogates import TrainingDivergedError, create
+from physgen.surrogates.vae import gaussian_kl
+
+ZMUMU = ["E1", "px1", "py1", "pz1", "E2", "px2", "py2", "pz2"]
+
+
+def test_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(6, 4), torch.randn(6, 4)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(4), torch.ones(4))
+    torch.testing.assert_close(gaussian_kl(mu, logvar), torch.distributions.kl_divergence(q, p).sum(-1))
+    assert float(gaussian_kl(torch.zeros(1, 3), torch.zeros(1, 3))) == 0.0
+
+
+def test_elbo_bounds_the_exact_likelihood_of_a_linear_gaussian_model():
+    # probabilistic PCA: y = W h + b + ε, h ~ N(0, I₂), ε ~ N(0, 0.3² I₅): log p(y) = N(y; b, W Wᵀ + 0.09 I)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 2))
+    b = rng.normal(size=5)
+    cov = w @ w.T + 0.09 * np.eye(5)
+    y = rng.multivariate_normal(b, cov, size=6000)
+    data = Data(y, Schema(kind="event", feature_names=tuple(f"y{i}" for i in range(5))))
+    vae = create("vae", latent=2, hidden=64, layers=2, kl_warmup_steps=200)
+    vae.fit(data, preprocessing=Pipeline(), epochs=40, batch_size=200, lr=3e-3, progress=False, seed=0)
+    test = rng.multivariate_normal(b, cov, size=3000)
+    sign, logdet = np.linalg.slogdet(cov)
+    diff = test - b
+    exact = -0.5 * (np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff) + logdet + 5 * math.log(2 * math.pi))
+    td = Data(test, data.schema)
+    torch.manual_seed(1)
+    elbo = vae.log_prob(td).numpy()
+    iw = vae.log_prob_iw(td, k=64).numpy()
+    # bounds hold on average (stochastic estimates: a few standard errors of slack)
+    se = exact.std() / math.sqrt(len(exact))
+    assert elbo.mean() <= exact.mean() + 3 * se
+    assert iw.mean() <= exact.mean() + 3 * se
+    assert iw.mean() >= elbo.mean()  # the importance-weighted bound is tighter
+    # and the model is good: within 0.15 nats per dimension of the truth
+    assert (exact.mean() - iw.mean()) / 5 < 0.15
+
+
+def test_vae_history_reports_active_latent_dimensions(showers):
+    vae = create("vae", latent=8, hidden=64, layers=1, kl_warmup_steps=4)  # 4 batches per epoch
+    hist = vae.fit(showers[:400], epochs=3, batch_size=100, progress=False)
+    assert all(0 <= h["active_dims"] <= 8 for h in hist)
+    assert hist[-1]["beta"] == 1.0 and hist[0]["kl"] >= 0
+
+
+def test_wgan_divergence_is_detected_and_nothing_saved(tmp_path, showers):
+    wgan = create("wgan", hidden=64, critic_hidden=64, layers=2, critic_layers=2, lr_critic=50.0, lr_generator=50.0, n_critic=1)
+    with pytest.raises(TrainingDivergedError, match="nothing was saved|no checkpoint"):
+        wgan.fit(showers[:600], epochs=20, batch_size=100, progress=False, checkpoint_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "LATEST").exists()
+
+
+def test_wgan_logs_gan_diagnostics(showers):
+    wgan = create("wgan", hidden=64, critic_hidden=64, layers=2, critic_layers=2, n_critic=2)
+    hist = wgan.fit(showers[:400], epochs=2, batch_size=100, progress=False)
+    for key in ("critic_loss", "generator_loss", "wasserstein", "gp", "val_loss"):
+        assert key in hist[-1] and math.isfinite(hist[-1][key])
+
+
+@pytest.fixture(scope="module")
+def dimuons(zmumu_path):
+    return physgen.read(zmumu_path, branches=ZMUMU, units="GeV")
+
+
+def _z_peak(data):
+    """(position of the highest 4 GeV bin in 40–140 GeV, its height over the 40–66/116–140 GeV sidebands)."""
+    m = event_features(data)["m_pair"]
+    h, e = np.histogram(m, bins=np.arange(40, 142, 4))
+    c = 0.5 * (e[1:] + e[:-1])
+    side = (h[c < 66].mean() + h[c > 116].mean()) / 2
+    return float(c[np.argmax(h)]), float(h.max() / max(side, 1.0))
+
+
+def test_the_real_events_and_the_gaussian(dimuons):
+    position, height = _z_peak(dimuons)
+    assert 86 <= position <= 96 and height > 50  # the CMS Z peak
+    gauss = create("gaussian")
+    gauss.fit(dimuons)
+    assert _z_peak(gauss.sample(n=2304, seed=0))[1] < 2.5  # no peak from a Gaussian
+
+
+@pytest.mark.parametrize(
+    "family, config, fit",
+    [
+        ("vae", {"latent": 8, "hidden": 128, "layers": 2, "kl_warmup_steps": 300}, {"epochs": 80, "lr": 2e-3, "batch_size": 128}),
+        pytest.param(
+            "wgan",
+            {"hidden": 256, "critic_hidden": 256, "layers": 3, "critic_layers": 3, "noise_dim": 16, "lr_critic": 2e-4, "lr_generator": 2e-4, "gp_weight": 1.0},
+            {"epochs": 300, "batch_size": 64},
+            marks=pytest.mark.slow,  # ~90 s on 2 cores
+        ),
+    ],
+)
+def test_dimuon_mass_shows_the_z_peak(dimuons, family, config, fit):
+    model = create(family, **config)
+    model.fit(dimuons, progress=False, seed=0, **fit)
+    position, height = _z_peak(model.sample(n=2304, seed=0))
+    assert 84 <= position <= 98 and height > 3.5, (position, height)
+
+
+def test_vae_quality_on_a_small_real_sample(showers):
+    train, test = showers.split((0.75, 0.25), seed=0)
+    vae = create("vae", latent=16, hidden=256, layers=2, kl_warmup_steps=200)
+    vae.fit(train, epochs=30, batch_size=128, lr=1e-3, progress=False, seed=0)
+    fr, fg = high_level_features(test), high_level_features(vae.sample(test.cond, seed=0))
+    assert abs(fg["E_ratio"].mean() - fr["E_ratio"].mean()) < 0.05
+    assert abs(fg["shower_depth"].mean() - fr["shower_depth"].mean()) < 1.0
