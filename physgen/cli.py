@@ -1,4 +1,4 @@
-"""The ``physgen`` command line.
+"""The ``physgen`` command line: info, train, sample, evaluate, bench.
 
 Errors for bad arguments and bad files are one clear line on stderr (exit 2);
 ``--debug`` shows the traceback.
@@ -10,11 +10,58 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from physgen.errors import PhysgenError
+from physgen.errors import InvalidDataError, PhysgenError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+
+def _add_read_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading the data (format detected from content)")
+    g.add_argument("--format", help="skip detection: calochallenge, calogan, hdf5, root, spins")
+    g.add_argument("--x-key", help="generic HDF5: dataset holding x")
+    g.add_argument("--cond-key", help="generic HDF5: dataset holding cond")
+    g.add_argument("--tree", help="ROOT: TTree name")
+    g.add_argument("--branches", help="ROOT: comma-separated feature branches")
+    g.add_argument("--cond-branches", help="ROOT: comma-separated condition branches")
+    g.add_argument("--units", help="unit of the features (e.g. GeV)")
+    g.add_argument("--binning", help="CaloChallenge: binning XML")
+
+
+def _read(path: str, args: argparse.Namespace) -> Any:
+    from physgen.io import read
+
+    kwargs: dict[str, Any] = {}
+    for key, name in (("x_key", "x_key"), ("cond_key", "cond_key"), ("tree", "tree"), ("binning", "binning"), ("units", "units")):
+        if getattr(args, key, None):
+            kwargs[name] = getattr(args, key)
+    if getattr(args, "branches", None):
+        kwargs["branches"] = args.branches.split(",")
+    if getattr(args, "cond_branches", None):
+        kwargs["cond_branches"] = args.cond_branches.split(",")
+    return read(path, format=getattr(args, "format", None), **kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_values(items: Sequence[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise InvalidDataError(f"{what} options are KEY=VALUE; got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.replace("-", "_")] = _parse_value(value)
+    return out
 
 
 def _fmt_summary(path: str, s: dict[str, Any]) -> str:
@@ -38,42 +85,183 @@ def _fmt_summary(path: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- subcommands ------------------------------------------------------------------------------
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from physgen.data import default_path
-    from physgen.io import read
 
     path = args.file or str(default_path())
-    kwargs: dict[str, Any] = {}
-    if args.x_key:
-        kwargs["x_key"] = args.x_key
-    if args.cond_key:
-        kwargs["cond_key"] = args.cond_key
-    if args.tree:
-        kwargs["tree"] = args.tree
-    if args.branches:
-        kwargs["branches"] = args.branches.split(",")
-    if args.binning:
-        kwargs["binning"] = args.binning
-    data = read(path, format=args.format, **kwargs)
-    s = data.summary()
+    s = _read(path, args).summary()
     print(json.dumps(s, indent=2) if args.json else _fmt_summary(path, s))
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from physgen.surrogates import create, get
+
+    get(args.model)  # unknown names fail before the data is read
+    data = _read(args.data, args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = create(args.model, **_key_values(args.config, "--config"))
+    train_cfg: dict[str, Any] = {
+        "checkpoint_dir": out / "run",
+        "resume": args.resume,
+        "seed": args.seed,
+        "device": args.device,
+        "precision": args.precision,
+        "progress": True if args.progress else None,
+    }
+    for key in ("epochs", "batch_size", "lr", "patience", "val_fraction", "time_budget_s", "checkpoint_every"):
+        value = getattr(args, key)
+        if value is not None:
+            train_cfg[key] = value
+    train_cfg.update(_key_values(args.train, "--train"))
+    if args.model == "gaussian" and model.config.get("solver") != "gradient":
+        train_cfg = {k: v for k, v in train_cfg.items() if k in ("val_fraction", "seed")}
+    history = model.fit(data, **train_cfg)
+    model.save(out / "model")
+    (out / "history.json").write_text(json.dumps(history, indent=1, default=str))
+    last = history[-1]
+    print(
+        f"trained {args.model} on {len(data)} events: {len(history)} epochs, "
+        f"val loss {last.get('val_loss', float('nan')):.4f}; model in {out / 'model'}"
+    )
+    return 0
+
+
+def _model_dir(path: str) -> Path:
+    p = Path(path)
+    return p / "model" if (p / "model" / "config.json").exists() else p
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from physgen.io import write
+    from physgen.surrogates import load
+
+    model = load(str(_model_dir(args.model_dir)))
+    cond = None
+    if args.cond:
+        src = _read(args.cond, args)
+        if src.cond is None:
+            raise InvalidDataError(f"--cond file {args.cond!r} holds no conditions")
+        cond = src.cond
+    elif args.energies:
+        energies = torch.tensor([float(e) for e in args.energies.split(",")])
+        cond = energies.repeat((args.n or len(energies)) // len(energies) + 1)[: args.n or len(energies)][:, None]
+    if model.is_conditional:
+        if cond is None:
+            raise InvalidDataError("this surrogate is conditional: give --cond FILE or --energies E1,E2,... (MeV)")
+        if args.n and args.cond:
+            cond = cond[torch.arange(args.n) % len(cond)]
+        out = model.sample(cond, seed=args.seed, batch_size=args.batch_size)
+    else:
+        if not args.n:
+            raise InvalidDataError("this surrogate is unconditional: give --n N")
+        out = model.sample(n=args.n, seed=args.seed, batch_size=args.batch_size)
+    path = write(out, args.out, format=args.out_format)
+    print(f"wrote {len(out)} generated {out.schema.kind} events to {path} ({args.out_format or out.schema.source_format or 'auto'} format)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from physgen.metrics import evaluate
+    from physgen.report import evaluation_plots, write_json
+
+    real, generated = _read(args.real, args), _read(args.generated, args)
+    report = evaluate(real, generated, seed=args.seed, classifier=not args.no_classifier)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", report)
+    plots = evaluation_plots(real, {"generated": generated}, out / "plots")
+    print(f"{'metric':24s} {'value':>12s} {'± error':>10s} {'floor':>12s}")
+    for name, entry in report["summary"].items():
+        print(f"{name:24s} {entry['value']:12.5g} {entry['error'] or float('nan'):10.3g} {entry['floor']:12.5g}")
+    print(f"mean separation power {report['mean_separation_power']:.4f} (floor {report['mean_separation_power_floor']:.4f}); "
+          f"worst feature {report['worst_feature']['name']}")
+    print(f"wrote {out / 'metrics.json'} and {len(plots)} plots in {out / 'plots'}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from physgen.bench import load_suite, run_suite
+    from physgen.report import leaderboard_text, write_report
+
+    suite = load_suite(args.suite)
+    out = Path(args.out)
+    payload = run_suite(suite, out, only=args.only.split(",") if args.only else None, keep_samples=True)
+    paths = write_report(payload, out)
+    print()
+    print(leaderboard_text(payload))
+    print(f"\nresults: {out / 'results.json'}\nreport:  {paths['html']}\nsummary: {paths['markdown']}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="physgen", description="Physics-focused generative surrogates.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = ap.add_subparsers(dest="command", required=True)
+
     info = sub.add_parser("info", help="what a data file holds (default: the embedded Geant4 sample)")
     info.add_argument("file", nargs="?", help="HDF5 (CaloChallenge, CaloGAN, generic), ROOT or spin text")
-    info.add_argument("--format", help="skip detection: calochallenge, calogan, hdf5, root, spins")
-    info.add_argument("--x-key", help="generic HDF5: dataset holding x")
-    info.add_argument("--cond-key", help="generic HDF5: dataset holding cond")
-    info.add_argument("--tree", help="ROOT: TTree name")
-    info.add_argument("--branches", help="ROOT: comma-separated branches")
-    info.add_argument("--binning", help="CaloChallenge: binning XML")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_read_options(info)
     info.set_defaults(func=_cmd_info)
+
+    train = sub.add_parser("train", help="train a registered surrogate on a data file")
+    train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, ...)")
+    train.add_argument("data", help="training data file")
+    train.add_argument("--out", required=True, help="run directory: checkpoints in OUT/run, the model in OUT/model")
+    train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/run's last checkpoint")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--patience", type=int)
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--time-budget-s", type=float)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    train.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    train.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="surrogate hyperparameters (JSON values)")
+    train.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="other training-loop settings (see TrainConfig)")
+    _add_read_options(train)
+    train.set_defaults(func=_cmd_train)
+
+    sample = sub.add_parser("sample", help="generate events with a trained surrogate, written in the input's format")
+    sample.add_argument("model_dir", help="a saved model (or a train run directory)")
+    src = sample.add_mutually_exclusive_group()
+    src.add_argument("--cond", help="take the conditions (e.g. incident energies) from this data file")
+    src.add_argument("--energies", help="comma-separated incident energies in MeV (cycled up to --n)")
+    sample.add_argument("--n", type=int, help="number of events")
+    sample.add_argument("--out", required=True, help="output file")
+    sample.add_argument("--out-format", help="override the output format (calochallenge, hdf5, root, spins)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=10_000)
+    _add_read_options(sample)
+    sample.set_defaults(func=_cmd_sample)
+
+    evaluate = sub.add_parser("evaluate", help="the metric suite with the truth-vs-truth floor, as JSON and plots")
+    evaluate.add_argument("real")
+    evaluate.add_argument("generated")
+    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--no-classifier", action="store_true", help="skip the classifier two-sample test")
+    _add_read_options(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    bench = sub.add_parser("bench", help="run a benchmark suite (default: the quick suite on the embedded data)")
+    bench.add_argument("suite", nargs="?", default="quick", help="suite name (benchmarks/suites/NAME.toml) or path")
+    bench.add_argument("--out", default="runs/bench", help="output directory (results.json, report.html, report.md)")
+    bench.add_argument("--only", help="comma-separated families or labels to run")
+    bench.set_defaults(func=_cmd_bench)
     return ap
 
 

@@ -270,33 +270,35 @@ class Standardise(Transform):
 
 
 class Dequantise(Transform):
-    """CaloFlow's dequantisation: add U(0, ``noise``) to every voxel while training.
+    """CaloFlow's dequantisation: add U(0, ``noise``) (MeV) to every voxel of the training data.
 
-    In evaluation (the default) the forward map adds nothing; the inverse sets
-    values below ``threshold`` (default: 0, i.e. none) to zero, the readout
-    threshold that turns the smeared zeros of a sample back into empty voxels.
-    Call :meth:`Pipeline.train` to switch the noise on.
+    Geant4 leaves a quarter of the voxels exactly empty: a point mass that a
+    density model chases instead of learning the shower. In training mode the
+    forward map adds uniform noise, drawn from torch's global generator (which
+    the training loop seeds, so runs stay reproducible); in evaluation mode (the
+    default) it adds nothing. The inverse sets values below ``threshold`` to
+    zero, the readout threshold that turns a sample's smeared zeros back into
+    empty voxels. :meth:`Pipeline.train` switches the noise on.
     """
 
     name = "dequantise"
 
-    def __init__(self, noise: float = 1e-3, threshold: float = 0.0, seed: int = 0):
-        self.noise, self.threshold, self.seed = float(noise), float(threshold), int(seed)
+    def __init__(self, noise: float = 1e-2, threshold: float = 0.0):
+        self.noise, self.threshold = float(noise), float(threshold)
         self.training = False
-        self._gen = torch.Generator().manual_seed(self.seed)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         x = _f64(x)
         if not self.training:
             return x
-        return x + self.noise * torch.rand(x.shape, generator=self._gen, dtype=torch.float64)
+        return x + self.noise * torch.rand(x.shape, dtype=torch.float64)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         y = _f64(y)
         return torch.where(y < self.threshold, torch.zeros_like(y), y)
 
     def state(self) -> dict[str, Any]:
-        return {"noise": self.noise, "threshold": self.threshold, "seed": self.seed}
+        return {"noise": self.noise, "threshold": self.threshold}
 
 
 class LogCondition(Transform):
@@ -405,8 +407,9 @@ def calorimeter_pipeline(
 ) -> Pipeline:
     """The CaloFlow-style preprocessing for showers conditioned on incident energy.
 
-    ``x``: (optional dequantisation) → / E_inc → (optional layer fractions) → logit → standardise;
-    ``cond``: log E_inc → standardise.
+    ``x``: (dequantisation with U(0, ``noise``) MeV and a ``noise`` readout threshold,
+    if given) → / E_inc → (layer fractions and CaloFlow's u-variables, if
+    ``layer_sizes``) → logit → standardise; ``cond``: log E_inc → standardise.
     """
     xt: list[Transform] = []
     if noise:

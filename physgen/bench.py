@@ -1,0 +1,321 @@
+"""The surrogate benchmark suite: data sets × surrogates × training budgets × metrics.
+
+A suite is a small TOML file (``benchmarks/suites/*.toml``)::
+
+    name = "quick"
+    seed = 0
+
+    [[datasets]]
+    name = "pbwo4_2k"
+    source = "embedded"                 # the embedded Geant4 sample; or a path, or "skhep:FILE"
+    split = [0.6, 0.4]                  # train / test (the test split is the held-out Geant4)
+
+    [[surrogates]]
+    family = "flow"
+    config = { n_layers = 6 }
+    train = { epochs = 200, time_budget_s = 60 }
+
+For each data set and surrogate the run trains (timing it), generates one event
+per held-out condition, times generation at batch 1, 100 and 10,000 against the
+reference simulator's CPU time per event stored with the data (Geant4's
+``aux/geant4_cpu_s``), and evaluates against the held-out split with the
+truth-vs-truth floor. Results are one JSON per run with the machine and versions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from physgen.data import Data
+from physgen.errors import DataFileError, InvalidDataError
+
+__all__ = ["load_suite", "run_suite", "resolve_source", "machine_info", "matmul_gflops", "SUITES_DIR"]
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
+_SOURCE_KEYS = {"name", "source", "split", "read", "max_events"}
+
+
+def load_suite(name_or_path: str | Path) -> dict[str, Any]:
+    """Load a suite by name (``benchmarks/suites/NAME.toml``, or the packaged quick suite) or path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        candidates = [SUITES_DIR / f"{name_or_path}.toml", Path(__file__).parent / "suites" / f"{name_or_path}.toml"]
+        found = [c for c in candidates if c.exists()]
+        if not found:
+            known = sorted({p.stem for d in (SUITES_DIR, Path(__file__).parent / "suites") if d.exists() for p in d.glob("*.toml")})
+            raise DataFileError(f"no suite named {str(name_or_path)!r}; known suites: {', '.join(known)}")
+        path = found[0]
+    try:
+        suite = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise DataFileError("no such suite file", file=path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise DataFileError(f"not a valid TOML suite ({exc})", file=path) from exc
+    for key in ("datasets", "surrogates"):
+        if not suite.get(key):
+            raise DataFileError(f"a suite needs at least one [[{key}]] entry", file=path, key=key)
+    for ds in suite["datasets"]:
+        unknown = set(ds) - _SOURCE_KEYS
+        if unknown or "source" not in ds or "name" not in ds:
+            raise DataFileError(f"each [[datasets]] needs name and source (allowed keys {sorted(_SOURCE_KEYS)}); got {sorted(ds)}", file=path)
+    suite["_path"] = str(path)
+    return suite
+
+
+def resolve_source(source: str, base: Path | None = None) -> Path:
+    """``"embedded"``, ``"skhep:FILE"`` (scikit-hep-testdata), ``"shared:FILE"`` (../shared/data) or a path."""
+    if source == "embedded":
+        from physgen.data import default_path
+
+        return default_path()
+    if source.startswith("skhep:"):
+        try:
+            import skhep_testdata
+        except ImportError as exc:
+            raise DataFileError("the suite reads scikit-hep-testdata: pip install 'scikit-hep-testdata==0.3.0'") from exc
+        return Path(skhep_testdata.data_path(source.split(":", 1)[1]))
+    if source.startswith("shared:"):
+        path = Path(__file__).resolve().parents[2] / "shared" / "data" / source.split(":", 1)[1]
+    else:
+        path = Path(source)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+    if not path.exists():
+        raise DataFileError("data set of the suite not found", file=path)
+    return path
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 dense matmul rate (GFLOP/s), measured now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def machine_info() -> dict[str, Any]:
+    import physgen
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "physgen": physgen.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _load(ds: dict[str, Any], base: Path | None) -> Data:
+    from physgen.io import read
+
+    data = read(resolve_source(ds["source"], base), **ds.get("read", {}))
+    if ds.get("max_events"):
+        data = data[: int(ds["max_events"])]
+    return data
+
+
+def _generation_timing(model: Any, test: Data, batches: tuple[int, ...] = (1, 100, 10_000)) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for b in batches:
+        if model.is_conditional:
+            assert test.cond is not None
+            cond = test.cond[torch.arange(b) % len(test)]
+            call: Callable[[], Any] = lambda cond=cond, b=b: model.sample(cond, seed=0, batch_size=b)  # noqa: E731
+        else:
+            call = lambda b=b: model.sample(n=b, seed=0, batch_size=b)  # noqa: E731
+        call()  # warm-up (allocations, lazy init)
+        repeats = 20 if b == 1 else (5 if b == 100 else 1)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        out[f"batch_{b}"] = {"seconds_per_event": (time.perf_counter() - t0) / (repeats * b)}
+    return out
+
+
+def _geant4_ratio(test: Data, per_event_s: float) -> dict[str, Any] | None:
+    cpu = test.aux.get("geant4_cpu_s")
+    if cpu is None or test.cond is None:
+        return None
+    energy_gev = test.cond[:, 0].double().numpy() / 1000
+    out: dict[str, Any] = {"all": {"geant4_s_per_event": float(cpu.mean()), "speedup": float(cpu.mean() / per_event_s)}}
+    for lo, hi in ((1, 10), (10, 100)):
+        sel = (energy_gev >= lo) & (energy_gev < hi)
+        if sel.any():
+            out[f"{lo}-{hi}GeV"] = {"geant4_s_per_event": float(cpu[sel].mean()), "speedup": float(cpu[sel].mean() / per_event_s)}
+    return out
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def run_one(
+    ds: dict[str, Any], data: Data, spec: dict[str, Any], seed: int, gflops: float, metrics: dict[str, Any], out_dir: Path | None = None
+) -> tuple[dict[str, Any], Data, Data]:
+    """Train, generate, time and evaluate one surrogate on one data set: (result, held-out data, generated)."""
+    from physgen.metrics import evaluate
+    from physgen.surrogates import create
+
+    split = ds.get("split", [0.7, 0.3])
+    train, test = data.split(tuple(split), seed=seed)
+    model = create(spec["family"], **spec.get("config", {}))
+    train_cfg = {"progress": None, "seed": seed, **spec.get("train", {})}
+    if not model.capabilities.gradient_trained or spec["family"] == "gaussian":
+        train_cfg = {k: v for k, v in train_cfg.items() if k in ("val_fraction", "seed")}
+    t0 = time.perf_counter()
+    history = model.fit(train, **train_cfg)
+    train_s = time.perf_counter() - t0
+    params = _n_params(model)
+    sps = float(np.median([h["samples_per_s"] for h in history if "samples_per_s" in h])) if any("samples_per_s" in h for h in history) else None
+    t0 = time.perf_counter()
+    generated = model.sample(test.cond, seed=seed) if model.is_conditional else model.sample(n=len(test), seed=seed)
+    gen_s = time.perf_counter() - t0
+    timing = _generation_timing(model, test)
+    report = evaluate(test, generated, seed=seed, **metrics)
+    result: dict[str, Any] = {
+        "dataset": ds["name"],
+        "family": spec["family"],
+        "label": spec.get("label", spec["family"]),
+        "config": model.config,
+        "train": {
+            "seconds": train_s,
+            "epochs": len([h for h in history if "epoch" in h and h.get("epoch", 0) > 0]),
+            "n_train": len(train),
+            "parameters": params,
+            "samples_per_s": sps,
+            # ≈ 6 FLOPs per parameter per sample (forward + backward) against this machine's matmul rate
+            "fraction_of_matmul_flops": (sps * 6 * params / (gflops * 1e9)) if sps else None,
+            "history": history,
+        },
+        "generate": {"seconds": gen_s, "n": len(generated), "timing": timing},
+        "geant4": {f"batch_{b}": _geant4_ratio(test, timing[f"batch_{b}"]["seconds_per_event"]) for b in (1, 100, 10_000)},
+        "evaluation": report,
+    }
+    if hasattr(model, "evaluations_per_sample"):
+        result["generate"]["network_evaluations_per_sample"] = model.evaluations_per_sample()
+    if out_dir is not None:
+        model.save(out_dir / "models" / f"{ds['name']}__{result['label']}")
+        from physgen.io import write
+
+        fmt = test.schema.source_format
+        suffix = ".root" if fmt == "root" else ".h5"
+        write(generated, out_dir / "samples" / f"{ds['name']}__{result['label']}{suffix}")
+    return result, test, generated
+
+
+def run_suite(
+    suite: dict[str, Any],
+    out_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    only: list[str] | None = None,
+    keep_samples: bool = False,
+) -> dict[str, Any]:
+    """Run every (data set, surrogate) pair of ``suite``; write ``results.json`` to ``out_dir``.
+
+    With ``keep_samples`` (and an ``out_dir``), also draw each data set's
+    comparison plots into ``out_dir/plots/DATASET/`` (listed in ``payload["plots"]``).
+    """
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        (out / "models").mkdir(parents=True, exist_ok=True)
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+    seed = int(suite.get("seed", 0))
+    base = Path(suite["_path"]).parent if "_path" in suite else None
+    gflops = matmul_gflops()
+    metrics = {"classifier": True, **suite.get("metrics", {})}
+    started = time.time()
+    results: list[dict[str, Any]] = []
+    data_info: dict[str, Any] = {}
+    plots: dict[str, list[str]] = {}
+    for ds in suite["datasets"]:
+        data = _load(ds, base)
+        data_info[ds["name"]] = data.summary()
+        held_out: Data | None = None
+        samples: dict[str, Data] = {}
+        histories: dict[str, list[dict[str, Any]]] = {}
+        for spec in suite["surrogates"]:
+            if spec.get("datasets") and ds["name"] not in spec["datasets"]:
+                continue
+            if only and spec["family"] not in only and spec.get("label") not in only:
+                continue
+            log(f"[{ds['name']}] {spec.get('label', spec['family'])}: training ...")
+            try:
+                res, held_out, generated = run_one(ds, data, spec, seed, gflops, metrics, out)
+            except (InvalidDataError, RuntimeError) as exc:
+                log(f"[{ds['name']}] {spec.get('label', spec['family'])}: FAILED: {exc}")
+                results.append({"dataset": ds["name"], "family": spec["family"], "label": spec.get("label", spec["family"]), "error": str(exc)})
+                continue
+            s = res["evaluation"]["summary"]
+            log(
+                f"[{ds['name']}] {res['label']}: trained {res['train']['seconds']:.0f} s, "
+                f"AUC {s['classifier_auc']['value']:.3f} (floor {s['classifier_auc']['floor']:.3f})"
+                if "classifier_auc" in s
+                else f"[{ds['name']}] {res['label']}: trained {res['train']['seconds']:.0f} s"
+            )
+            results.append(res)
+            if keep_samples:
+                samples[res["label"]] = generated
+                histories[res["label"]] = res["train"]["history"]
+        if keep_samples and out is not None and held_out is not None and samples:
+            from physgen.report import evaluation_plots
+
+            paths = evaluation_plots(held_out, samples, out / "plots" / ds["name"], histories)
+            plots[ds["name"]] = [str(p.relative_to(out)) for p in paths]
+    payload = {
+        "suite": suite.get("name"),
+        "suite_file": suite.get("_path"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": time.time() - started,
+        "machine": machine_info(),
+        "matmul_gflops": gflops,
+        "data": data_info,
+        "results": results,
+        "plots": plots,
+    }
+    _compare_to_baseline(payload)
+    if out is not None:
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
+        os.replace(tmp, out / "results.json")
+    return payload
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.floating | np.integer):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    raise TypeError(f"not JSON-serialisable: {type(o)}")
+
+
+def _compare_to_baseline(payload: dict[str, Any]) -> None:
+    """For each learned surrogate, on which high-level features it beats the Gaussian baseline (separation power)."""
+    by_ds: dict[str, dict[str, Any]] = {}
+    for r in payload["results"]:
+        if "error" not in r and r["family"] == "gaussian":
+            by_ds[r["dataset"]] = r
+    for r in payload["results"]:
+        base = by_ds.get(r["dataset"])
+        if "error" in r or base is None or r is base:
+            continue
+        mine, theirs = r["evaluation"]["features"], base["evaluation"]["features"]
+        worse = [f for f in mine if f in theirs and mine[f]["separation_power"]["value"] > theirs[f]["separation_power"]["value"]]
+        r["vs_gaussian"] = {"features": len(mine), "worse_than_gaussian": worse, "beats_on_every_feature": not worse}
