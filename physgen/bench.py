@@ -24,8 +24,6 @@ truth-vs-truth floor. Results are one JSON per run with the machine and versions
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 import time
@@ -96,9 +94,9 @@ def resolve_source(source: str, base: Path | None = None) -> Path:
     return path
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """This machine's float32 dense matmul rate (GFLOP/s), measured now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's dense matmul rate (GFLOP/s) in ``dtype``, measured now: the yardstick for throughputs."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -290,20 +288,10 @@ def run_suite(
     }
     _compare_to_baseline(payload)
     if out is not None:
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=1, default=_json_default))
-        os.replace(tmp, out / "results.json")
+        from physgen.report import write_json
+
+        write_json(out / "results.json", payload)
     return payload
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.floating | np.integer):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    raise TypeError(f"not JSON-serialisable: {type(o)}")
 
 
 def _compare_to_baseline(payload: dict[str, Any]) -> None:

@@ -29,9 +29,20 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_default))
+    # NaN (a metric without an error) becomes null, so strict JSON readers accept the file
+    tmp.write_text(json.dumps(_nan_to_none(obj), indent=1, default=_default, allow_nan=False))
     os.replace(tmp, path)
     return path
+
+
+def _nan_to_none(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_nan_to_none(v) for v in o]
+    return o
 
 
 def _default(o: Any) -> Any:
@@ -39,7 +50,9 @@ def _default(o: Any) -> Any:
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
-    return str(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
 def _plt():  # noqa: ANN202

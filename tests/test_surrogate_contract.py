@@ -11,7 +11,7 @@ import torch
 
 import physgen
 from physgen.errors import CheckpointError, InvalidDataError, UnknownNameError
-from physgen.surrogates import Surrogate, available, create, load
+from physgen.surrogates import Surrogate, available, create, get, load
 
 # family -> (constructor config, fit config) small enough for CI
 FAST: dict[str, tuple[dict, dict]] = {
@@ -20,9 +20,20 @@ FAST: dict[str, tuple[dict, dict]] = {
     "diffusion": ({"hidden": 128, "n_blocks": 2, "steps": 8}, {"epochs": 4, "batch_size": 128, "lr": 1e-3}),
     "vae": ({"latent": 16, "hidden": 128, "layers": 2, "kl_warmup_steps": 20}, {"epochs": 6, "batch_size": 128, "lr": 1e-3}),
     "wgan": ({"hidden": 128, "critic_hidden": 128, "layers": 2, "critic_layers": 2, "n_critic": 2}, {"epochs": 6, "batch_size": 128}),
+    "rbm": ({"alpha": 1.0}, {"epochs": 30, "batch_size": 500, "lr": 0.03}),
 }
 
 FAMILIES = available()
+CALO = [f for f in FAMILIES if "calorimeter" in get(f).data_kinds]
+EVENTS = [f for f in FAMILIES if "event" in get(f).data_kinds]
+SPINS = [f for f in FAMILIES if "spins" in get(f).data_kinds]
+
+
+@pytest.fixture(scope="module")
+def spin_measurements():
+    from physgen.quantum import ground_state, sample_measurements, tfim
+
+    return sample_measurements(ground_state(tfim(6))[1], 3000, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +42,14 @@ def small_showers():
 
 
 @pytest.fixture(scope="module")
-def fitted(small_showers):
+def fitted(small_showers, spin_measurements):
     models = {}
     for name in FAMILIES:
         if name not in FAST:
             continue
         ctor, fit = FAST[name]
         model = create(name, **ctor)
-        model.fit(small_showers, progress=False, **fit)
+        model.fit(small_showers if name in CALO else spin_measurements, progress=False, **fit)
         models[name] = model
     return models
 
@@ -54,7 +65,7 @@ def test_training_reduces_the_loss(fitted, name):
     assert all(torch.isfinite(torch.tensor(h["val_loss"])) for h in hist)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", CALO)
 def test_shapes_dtype_device_and_physical_values(fitted, name):
     model = fitted[name]
     cond = torch.full((7, 1), 20_000.0)
@@ -66,7 +77,7 @@ def test_shapes_dtype_device_and_physical_values(fitted, name):
     assert out.schema.geometry == physgen.load_default().geometry
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", CALO)
 def test_seeded_sampling_is_reproducible(fitted, name):
     model = fitted[name]
     cond = torch.full((50, 1), 8_000.0)
@@ -75,7 +86,7 @@ def test_seeded_sampling_is_reproducible(fitted, name):
     assert not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", CALO)
 def test_batched_sampling_has_the_same_distribution(fitted, name):
     model = fitted[name]
     cond = torch.full((2000, 1), 30_000.0)
@@ -84,7 +95,7 @@ def test_batched_sampling_has_the_same_distribution(fitted, name):
     assert abs(float(one.mean() - many.mean())) < 5 * float(one.std()) / 2000**0.5 * 2**0.5
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", CALO)
 def test_save_load_gives_identical_samples(fitted, name, tmp_path):
     model = fitted[name]
     model.save(tmp_path / "m")
@@ -95,7 +106,7 @@ def test_save_load_gives_identical_samples(fitted, name, tmp_path):
     assert type(model).load(tmp_path / "m").family == name
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", CALO)
 def test_log_prob_where_claimed(fitted, small_showers, name):
     model = fitted[name]
     if model.capabilities.has_log_prob:
@@ -106,7 +117,7 @@ def test_log_prob_where_claimed(fitted, small_showers, name):
             model.log_prob(small_showers[:20])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", CALO)
 def test_condition_is_respected(fitted, name):
     # 10x the incident energy must carry ~10x the deposited energy (PbWO4 is ~98 % contained)
     model = fitted[name]
@@ -116,7 +127,7 @@ def test_condition_is_respected(fitted, name):
     assert 0.7 < float(low / 5_000.0) < 1.4
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", EVENTS)
 def test_unconditional_event_data(name, zmumu_path):
     events = physgen.read(zmumu_path, branches=["E1", "px1", "py1", "pz1"], units="GeV")
     ctor, fit = FAST[name]
@@ -126,6 +137,21 @@ def test_unconditional_event_data(name, zmumu_path):
     assert out.x.shape == (300, 4) and out.cond is None
     with pytest.raises(InvalidDataError, match="unconditional: pass n"):
         model.sample(seed=0)
+
+
+@pytest.mark.parametrize("name", SPINS)
+def test_spin_families(fitted, spin_measurements, name, tmp_path):
+    model = fitted[name]
+    out = model.sample(n=500, seed=3)
+    assert out.x.shape == (500, 6) and out.schema.kind == "spins"
+    assert bool(((out.x == 0) | (out.x == 1)).all())
+    assert torch.equal(out.x, model.sample(n=500, seed=3).x) and not torch.equal(out.x, model.sample(n=500, seed=4).x)
+    model.save(tmp_path / "m")
+    assert torch.equal(load(str(tmp_path / "m")).sample(n=200, seed=1).x, model.sample(n=200, seed=1).x)
+    lp = model.log_prob(spin_measurements[:50])
+    assert lp.shape == (50,) and bool(torch.isfinite(lp).all()) and bool((lp <= 0).all())
+    with pytest.raises(InvalidDataError, match="models spins data"):
+        create(name).fit(physgen.load_default()[:50])
 
 
 def test_registry_and_checkpoint_errors(tmp_path, fitted):

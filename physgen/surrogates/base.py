@@ -73,6 +73,8 @@ class Surrogate(nn.Module):
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: TrainConfig fields this family changes by default (e.g. diffusion turns on the EMA)
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: the data kinds this family models
+    data_kinds: ClassVar[tuple[str, ...]] = ("calorimeter", "event")
 
     def __init__(self, **config: Any):
         super().__init__()
@@ -157,6 +159,8 @@ class Surrogate(nn.Module):
 
     def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Fit the preprocessing on ``data``, build the networks, return model-space tensors (float32)."""
+        if data.schema.kind not in self.data_kinds:
+            raise InvalidDataError(f"the {self.family} surrogate models {', '.join(self.data_kinds)} data; got {data.schema.kind!r} data")
         if data.mask is not None or data.x.ndim != 2:
             raise InvalidDataError(
                 f"surrogates model flat events [N, D]; got x {tuple(data.x.shape)}"

@@ -25,6 +25,7 @@ _FAMILIES: dict[str, str] = {
     "diffusion": "physgen.surrogates.diffusion:DiffusionSurrogate",
     "vae": "physgen.surrogates.vae:VAESurrogate",
     "wgan": "physgen.surrogates.wgan:WGANSurrogate",
+    "rbm": "physgen.surrogates.rbm:RBMSurrogate",
 }
 
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from physgen.data import Data
 from physgen.errors import InvalidDataError
+from physgen.surrogates._nets import mlp
 from physgen.surrogates.base import Capabilities, Surrogate
 
 __all__ = ["VAESurrogate", "gaussian_kl"]
@@ -45,16 +46,6 @@ __all__ = ["VAESurrogate", "gaussian_kl"]
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, diag e^logvar) ‖ N(0, I)) per row: ½ Σ (μ² + e^logvar − 1 − logvar)."""
     return 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum(-1)
-
-
-def _mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    width = n_in
-    for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    mods.append(nn.Linear(width, n_out))
-    return nn.Sequential(*mods)
 
 
 class VAESurrogate(Surrogate):
@@ -97,8 +88,8 @@ class VAESurrogate(Surrogate):
 
     def build(self, dim: int, cond_dim: int) -> None:
         c = self.config
-        self.encoder = _mlp(dim + cond_dim, 2 * c["latent"], c["hidden"], c["layers"])
-        self.decoder = _mlp(c["latent"] + cond_dim, dim, c["hidden"], c["layers"])
+        self.encoder = mlp(dim + cond_dim, 2 * c["latent"], c["hidden"], c["layers"])
+        self.decoder = mlp(c["latent"] + cond_dim, dim, c["hidden"], c["layers"])
         self.log_sigma = nn.Parameter(torch.zeros(dim), requires_grad=c["likelihood"] == "learned")
         if c["likelihood"] == "fixed":
             with torch.no_grad():

@@ -22,19 +22,10 @@ import torch
 from torch import nn
 
 from physgen.errors import InvalidDataError
+from physgen.surrogates._nets import mlp
 from physgen.surrogates.base import Capabilities, Surrogate
 
 __all__ = ["WGANSurrogate"]
-
-
-def _mlp(n_in: int, n_out: int, hidden: int, layers: int, act: type[nn.Module]) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    width = n_in
-    for _ in range(layers):
-        mods += [nn.Linear(width, hidden), act()]
-        width = hidden
-    mods.append(nn.Linear(width, n_out))
-    return nn.Sequential(*mods)
 
 
 class _LeakyReLU(nn.LeakyReLU):
@@ -81,8 +72,8 @@ class WGANSurrogate(Surrogate):
 
     def build(self, dim: int, cond_dim: int) -> None:
         c = self.config
-        self.generator = _mlp(c["noise_dim"] + cond_dim, dim, c["hidden"], c["layers"], nn.SiLU)
-        self.critic = _mlp(dim + cond_dim, 1, c["critic_hidden"], c["critic_layers"], _LeakyReLU)
+        self.generator = mlp(c["noise_dim"] + cond_dim, dim, c["hidden"], c["layers"], nn.SiLU)
+        self.critic = mlp(dim + cond_dim, 1, c["critic_hidden"], c["critic_layers"], _LeakyReLU)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def _cat(self, a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:

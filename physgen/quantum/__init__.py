@@ -1,0 +1,54 @@
+"""Quantum spin chains: Hamiltonians, exact diagonalisation, measurements, RBM ground states.
+
+>>> from physgen.quantum import tfim, ground_state
+>>> round(ground_state(tfim(10, J=1.0, h=1.0))[0], 6)
+-12.38149
+"""
+
+from physgen.quantum.hamiltonians import (
+    SpinChain,
+    configurations,
+    ground_state,
+    heisenberg,
+    sigma_z,
+    tfim,
+    xxz,
+)
+from physgen.quantum.measurements import (
+    fidelity,
+    histogram_state,
+    kl_divergence,
+    overlap,
+    sample_measurements,
+    zz_correlations,
+    zz_correlations_from_samples,
+)
+from physgen.quantum.vmc import (
+    RBMWavefunction,
+    VMCResult,
+    marshall_signs,
+    optimise_ground_state,
+    state_vector,
+)
+
+__all__ = [
+    "SpinChain",
+    "tfim",
+    "xxz",
+    "heisenberg",
+    "ground_state",
+    "configurations",
+    "sigma_z",
+    "sample_measurements",
+    "histogram_state",
+    "overlap",
+    "fidelity",
+    "kl_divergence",
+    "zz_correlations",
+    "zz_correlations_from_samples",
+    "RBMWavefunction",
+    "VMCResult",
+    "marshall_signs",
+    "optimise_ground_state",
+    "state_vector",
+]

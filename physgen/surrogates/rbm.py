@@ -1,0 +1,182 @@
+"""Binary restricted Boltzmann machine: a generator of spin configurations.
+
+    E(v, h) = −b·v − c·h − hᵀ W v,   p(v) = Σ_h e^{−E(v,h)} / Z = e^{−F(v)} / Z
+    F(v)    = −b·v − Σⱼ softplus(cⱼ + Wⱼ·v)        (the free energy)
+
+Trained on measured configurations (quantum-state tomography of a positive
+wave function ψ(v) = √p(v)) by maximum likelihood. The gradient is
+⟨∂F⟩_data − ⟨∂F⟩_model; the model average comes from
+
+* ``gradient="exact"``: the exact log Z by enumerating all 2ⁿ configurations
+  (n ≤ 20), so the loss is the exact negative log-likelihood per spin;
+* ``gradient="cd"``: contrastive divergence, k Gibbs steps started at the data;
+* ``gradient="pcd"``: persistent CD, chains carried across batches (and checkpoints).
+
+Sampling is exact (multinomial over the 2ⁿ probabilities) for n ≤ 20, else
+block-Gibbs chains with burn-in and thinning. ``log_prob`` is exact for
+n ≤ 20 (capabilities say so) and the unnormalised −F(v) beyond.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from physgen.data import Data
+from physgen.errors import InvalidDataError
+from physgen.surrogates.base import Capabilities, Surrogate
+
+__all__ = ["RBMSurrogate", "MAX_EXACT_SPINS"]
+
+MAX_EXACT_SPINS = 20
+
+
+def _all_configs(n: int, device: torch.device) -> torch.Tensor:
+    k = torch.arange(2**n, device=device)
+    return ((k[:, None] >> torch.arange(n - 1, -1, -1, device=device)) & 1).to(torch.float32)
+
+
+class RBMSurrogate(Surrogate):
+    """Binary–binary RBM with exact or contrastive-divergence training.
+
+    Args:
+        n_hidden: hidden units (default: ``alpha`` × visible).
+        alpha: hidden-unit density used when ``n_hidden`` is not given.
+        gradient: ``"exact"`` (n ≤ 20; the default where possible), ``"cd"`` or ``"pcd"``.
+        k: Gibbs steps per gradient estimate (CD/PCD).
+        n_chains: persistent chains (PCD).
+        burn_in, thin: Gibbs sampling for n > 20.
+        init_std: standard deviation of the initial weights.
+    """
+
+    family = "rbm"
+    capabilities = Capabilities(exact_density=True, conditional=False, gradient_trained=True)
+    data_kinds = ("spins",)
+    train_defaults: ClassVar[dict[str, Any]] = {"grad_clip": None}
+
+    def __init__(
+        self,
+        n_hidden: int | None = None,
+        alpha: float = 1.0,
+        gradient: str | None = None,
+        k: int = 10,
+        n_chains: int = 256,
+        burn_in: int = 500,
+        thin: int = 10,
+        init_std: float = 0.1,
+        **config: Any,
+    ):
+        if gradient not in (None, "exact", "cd", "pcd"):
+            raise InvalidDataError(f"gradient must be 'exact', 'cd' or 'pcd'; got {gradient!r}")
+        super().__init__(n_hidden=n_hidden, alpha=float(alpha), gradient=gradient, k=int(k), n_chains=int(n_chains),
+                         burn_in=int(burn_in), thin=int(thin), init_std=float(init_std), **config)
+
+    def build(self, dim: int, cond_dim: int) -> None:
+        if cond_dim:
+            raise InvalidDataError("the RBM is unconditional; read spin data without conditions")
+        c = self.config
+        n_hidden = int(c["n_hidden"] or max(1, round(c["alpha"] * dim)))
+        c["n_hidden"] = n_hidden
+        if c["gradient"] is None:
+            c["gradient"] = "exact" if dim <= MAX_EXACT_SPINS else "pcd"
+        if c["gradient"] == "exact" and dim > MAX_EXACT_SPINS:
+            raise InvalidDataError(f"gradient='exact' enumerates 2ⁿ states, n ≤ {MAX_EXACT_SPINS}; got n = {dim}; use 'pcd'")
+        gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**31))
+        self.W = nn.Parameter(torch.randn(n_hidden, dim, generator=gen) * c["init_std"])
+        self.b = nn.Parameter(torch.zeros(dim))
+        self.c = nn.Parameter(torch.zeros(n_hidden))
+        self.register_buffer("chains", torch.bernoulli(torch.full((c["n_chains"], dim), 0.5), generator=gen))
+        self.capabilities = Capabilities(exact_density=dim <= MAX_EXACT_SPINS, unnormalised_density=dim > MAX_EXACT_SPINS, conditional=False)
+
+    @property
+    def n_visible(self) -> int:
+        return int(self.b.shape[0])
+
+    # -- energies and exact normalisation ------------------------------------------------
+    def free_energy(self, v: torch.Tensor) -> torch.Tensor:
+        """F(v) per row; p(v) ∝ e^{−F(v)}."""
+        return -(v @ self.b) - F.softplus(v @ self.W.T + self.c).sum(1)
+
+    def log_z(self) -> torch.Tensor:
+        """Exact log Z by enumeration (n ≤ 20), differentiable."""
+        n = self.n_visible
+        if n > MAX_EXACT_SPINS:
+            raise InvalidDataError(f"exact log Z enumerates 2ⁿ states, n ≤ {MAX_EXACT_SPINS}; got n = {n}")
+        chunk = 1 << 16
+        parts = [torch.logsumexp(-self.free_energy(_all_configs(n, self.b.device)[s : s + chunk]), 0) for s in range(0, 2**n, chunk)]
+        return torch.logsumexp(torch.stack(parts), 0)
+
+    def log_probabilities(self) -> torch.Tensor:
+        """log p(v) of all 2ⁿ configurations in basis order (n ≤ 20)."""
+        return -self.free_energy(_all_configs(self.n_visible, self.b.device)) - self.log_z()
+
+    def wavefunction(self) -> np.ndarray:
+        """ψ(v) = √p(v) over all 2ⁿ configurations (basis order), normalised."""
+        with torch.no_grad():
+            return torch.exp(0.5 * self.log_probabilities()).double().cpu().numpy()
+
+    # -- Gibbs sampling ---------------------------------------------------------------------
+    def gibbs(self, v: torch.Tensor, steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``steps`` block-Gibbs sweeps v → h → v."""
+        for _ in range(steps):
+            h = torch.bernoulli(torch.sigmoid(v @ self.W.T + self.c), generator=generator)
+            v = torch.bernoulli(torch.sigmoid(h @ self.W + self.b), generator=generator)
+        return v
+
+    # -- the family's hooks -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        n = x.shape[1]
+        mode = self.config["gradient"]
+        if mode == "exact":
+            return (self.free_energy(x).mean() + self.log_z()) / n, {}
+        with torch.no_grad():
+            if mode == "cd":
+                model_v = self.gibbs(x, self.config["k"])
+            else:
+                model_v = self.gibbs(self.chains, self.config["k"])
+                if self.training:
+                    self.chains.copy_(model_v)
+        # its gradient is the (P)CD estimate ⟨∂F⟩_data − ⟨∂F⟩_model
+        return (self.free_energy(x).mean() - self.free_energy(model_v).mean()) / n, {}
+
+    @torch.no_grad()
+    def validation_loss(self, x: torch.Tensor, cond: torch.Tensor | None, batch_size: int = 4096) -> float:
+        """Exact negative log-likelihood per spin (n ≤ 20), else the mean free energy per spin."""
+        f = float(self.free_energy(x).mean())
+        if self.n_visible <= MAX_EXACT_SPINS:
+            f += float(self.log_z())
+        return f / x.shape[1]
+
+    def log_prob_model(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        lp = -self.free_energy(x)
+        return lp - self.log_z() if self.n_visible <= MAX_EXACT_SPINS else lp
+
+    def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        if self.n_visible <= MAX_EXACT_SPINS:
+            probs = torch.exp(self.log_probabilities())
+            idx = torch.multinomial(probs, n, replacement=True, generator=generator)
+            return _all_configs(self.n_visible, self.b.device)[idx]
+        v = torch.bernoulli(torch.full((n, self.n_visible), 0.5, device=self.b.device), generator=generator)
+        v = self.gibbs(v, self.config["burn_in"], generator)
+        return self.gibbs(v, self.config["thin"], generator)
+
+    def postprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return x.round()
+
+    def tomography_report(self, psi_exact: np.ndarray, samples: Data | None = None) -> dict[str, float]:
+        """Overlap, fidelity and KL against an exact positive state (and the histogram baseline)."""
+        from physgen.quantum.measurements import fidelity, histogram_state, kl_divergence, overlap
+
+        psi = self.wavefunction()
+        out = {"overlap": overlap(psi_exact, psi), "fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
+        if samples is not None:
+            hist = histogram_state(samples, self.n_visible)
+            out.update(histogram_fidelity=fidelity(psi_exact, hist), histogram_overlap=overlap(psi_exact, hist))
+        return out
+
+
+

@@ -1,0 +1,147 @@
+"""Spin chains against exact diagonalisation and closed forms; RBM tomography and variational ground states."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import physgen
+from physgen.quantum import (
+    configurations,
+    fidelity,
+    ground_state,
+    heisenberg,
+    histogram_state,
+    kl_divergence,
+    marshall_signs,
+    optimise_ground_state,
+    overlap,
+    sample_measurements,
+    state_vector,
+    tfim,
+    xxz,
+    zz_correlations,
+    zz_correlations_from_samples,
+)
+from physgen.surrogates import create
+
+
+def test_tfim_open_chain_energy_from_the_issue():
+    assert ground_state(tfim(10, J=1.0, h=1.0, periodic=False))[0] == pytest.approx(-12.381490, abs=1e-6)
+
+
+@pytest.mark.parametrize("n, g", [(8, 1.0), (10, 0.5), (6, 2.0)])
+def test_periodic_tfim_matches_free_fermions(n, g):
+    # even-parity sector: E₀ = −Σ_m √(1 + g² + 2g cos((2m+1)π/n)) for J = 1, h = g
+    k = (2 * np.arange(n) + 1) * np.pi / n
+    exact = -np.sqrt(1 + g * g + 2 * g * np.cos(k)).sum()
+    assert ground_state(tfim(n, J=1.0, h=g, periodic=True))[0] == pytest.approx(exact, abs=1e-9)
+
+
+def test_heisenberg_closed_forms_and_marshall_sign():
+    # 2 spins: singlet, σ⃗·σ⃗ = −3; 4-site ring: E₀ = −8 (S⃗·S⃗ ring E₀ = −2)
+    assert ground_state(heisenberg(2, periodic=False))[0] == pytest.approx(-3.0)
+    assert ground_state(heisenberg(4, periodic=True))[0] == pytest.approx(-8.0)
+    # the XXZ chain at J_z = 0 (XX model) maps to free fermions: open chain of n sites,
+    # E₀ = Σ over negative single-particle energies 4 cos(πk/(n+1))
+    n = 8
+    eps = 4 * np.cos(np.pi * np.arange(1, n + 1) / (n + 1))
+    assert ground_state(xxz(n, Jxy=1.0, Jz=0.0))[0] == pytest.approx(eps[eps < 0].sum(), abs=1e-9)
+    # Marshall: the Heisenberg ground state times the sign rule is non-negative
+    _, psi = ground_state(heisenberg(8, periodic=True))
+    signed = psi * marshall_signs(8)
+    signed *= np.sign(signed[np.argmax(np.abs(signed))])
+    assert signed.min() > -1e-9
+
+
+def test_hamiltonian_is_hermitian_and_sparse():
+    h = tfim(6, periodic=True).matrix()
+    assert abs(h - h.T).max() == 0 and h.nnz == 64 * (1 + 6)
+    hx = heisenberg(6).matrix()
+    assert abs(hx - hx.T).max() == 0
+
+
+def test_measurements_follow_born_rule_and_round_trip_as_text(tmp_path):
+    _, psi = ground_state(tfim(4))
+    data = sample_measurements(psi, 20000, seed=1)
+    counts = np.bincount((data.x.numpy().astype(int) * [8, 4, 2, 1]).sum(1), minlength=16)
+    assert chisquare(counts, 20000 * psi**2).pvalue > 0.001
+    physgen.write(data, tmp_path / "samples.txt")
+    back = physgen.read(tmp_path / "samples.txt")
+    assert torch.equal(back.x, data.x) and back.schema.kind == "spins"
+    assert (tmp_path / "samples.txt").read_text().splitlines()[0].count(" ") == 3
+
+
+def test_fidelity_kl_and_correlations_basic_identities():
+    _, psi = ground_state(tfim(6))
+    assert fidelity(psi, psi) == pytest.approx(1.0) and kl_divergence(psi, psi) == pytest.approx(0.0, abs=1e-12)
+    assert overlap(psi, -psi) == pytest.approx(1.0)
+    c = zz_correlations(psi)
+    assert np.allclose(np.diag(c), 1.0) and np.allclose(c, c.T)
+    samples = sample_measurements(psi, 40000, seed=2).x.numpy()
+    assert np.abs(zz_correlations_from_samples(samples) - c).max() < 4 / math.sqrt(40000) * 2
+
+
+def test_rbm_exact_normalisation_and_gibbs_sampler():
+    rbm = create("rbm", n_hidden=3, init_std=0.8)
+    data = sample_measurements(ground_state(tfim(4))[1], 100, seed=0)
+    rbm.fit(data, epochs=1, progress=False)
+    # log Z by enumeration against a brute-force sum over visible AND hidden states
+    v, h = torch.from_numpy(configurations(4)).float(), torch.from_numpy(configurations(3)).float()
+    with torch.no_grad():
+        energy = -(v @ rbm.b)[:, None] - (h @ rbm.c)[None, :] - v @ rbm.W.T @ h.T
+        brute = torch.logsumexp(-energy.reshape(-1), 0)
+        assert float(rbm.log_z()) == pytest.approx(float(brute), abs=1e-5)
+        p = torch.exp(rbm.log_probabilities()).double().numpy()
+        chains = rbm.gibbs(torch.bernoulli(torch.full((20000, 4), 0.5)), 200)
+    counts = np.bincount((chains.numpy().astype(int) * [8, 4, 2, 1]).sum(1), minlength=16)
+    assert chisquare(counts, 20000 * p / p.sum()).pvalue > 0.001
+
+
+def test_tomography_beats_the_histogram_on_a_small_chain():
+    # 8 spins (256 states), 1,000 measurements: the histogram misses many configurations
+    _, psi = ground_state(tfim(8))
+    data = sample_measurements(psi, 1000, seed=3)
+    rbm = create("rbm", alpha=1.0)
+    rbm.fit(data, epochs=300, batch_size=1000, lr=0.03, schedule="constant", val_fraction=0.0, progress=False, seed=0)
+    report = rbm.tomography_report(psi, data)
+    assert report["fidelity"] > report["histogram_fidelity"] + 0.05 and report["fidelity"] > 0.98
+    assert report["kl"] < kl_divergence(psi, histogram_state(data) + 1e-12)
+    # two-point correlations of the reconstructed state: as good as the samples' own estimate
+    exact = zz_correlations(psi)
+    from_rbm = np.abs(zz_correlations(rbm.wavefunction()) - exact).mean()
+    from_samples = np.abs(zz_correlations_from_samples(data.x.numpy()) - exact).mean()
+    assert from_rbm < 1.5 * from_samples + 0.005
+
+
+@pytest.mark.parametrize("gradient", ["cd", "pcd"])
+def test_contrastive_divergence_learns_too(gradient):
+    _, psi = ground_state(tfim(6))
+    data = sample_measurements(psi, 3000, seed=4)
+    rbm = create("rbm", alpha=1.0, gradient=gradient, k=5, n_chains=200)
+    rbm.fit(data, epochs=40, batch_size=100, lr=0.01, progress=False, seed=0)
+    assert rbm.tomography_report(psi)["fidelity"] > 0.95
+
+
+def test_stochastic_reconfiguration_reaches_the_ground_state_of_a_small_chain():
+    chain = tfim(6)
+    e0, psi0 = ground_state(chain)
+    result = optimise_ground_state(chain, alpha=1, iterations=200, lr=0.05, exact_energy=e0)
+    assert result.energies[0] > result.energy  # SR lowers the energy
+    assert result.relative_error < 1e-4
+    assert result.energy >= e0 - 1e-9  # variational
+    assert overlap(state_vector(result.model, chain), psi0) > 0.999
+    assert result.variances[-1] < 1e-2 * result.variances[0]
+
+
+def test_sr_with_marshall_sign_on_a_heisenberg_ring():
+    chain = heisenberg(8, periodic=True)
+    e0, psi0 = ground_state(chain)
+    # shared weights sum their log-derivatives over n translations: a smaller step
+    result = optimise_ground_state(chain, alpha=2, iterations=300, lr=0.02, translation_invariant=True, exact_energy=e0)
+    assert result.relative_error < 2e-3 and result.energy >= e0 - 1e-9
+    assert overlap(state_vector(result.model, chain), psi0) > 0.99
