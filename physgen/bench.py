@@ -119,9 +119,36 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+_EXACT_STATES: dict[str, np.ndarray] = {}
+
+
+def _quantum_source(ds: dict[str, Any]) -> Data:
+    """``source = "quantum:tfim"`` (or ``quantum:xxz``): σᶻ measurements of the exact ground state.
+
+    ``read`` holds the chain (``n``, ``J``/``h`` or ``Jxy``/``Jz``, ``periodic``) and
+    ``samples``/``seed``; the exact state is kept for the tomography report.
+    """
+    from physgen.quantum import ground_state, sample_measurements, tfim, xxz
+
+    opts = dict(ds.get("read", {}))
+    samples, seed = int(opts.pop("samples", 10_000)), int(opts.pop("seed", 0))
+    kind = ds["source"].split(":", 1)[1]
+    if kind not in ("tfim", "xxz"):
+        raise DataFileError(f"unknown quantum source {ds['source']!r}; use quantum:tfim or quantum:xxz")
+    chain = tfim(**opts) if kind == "tfim" else xxz(**opts)
+    _, psi = ground_state(chain)
+    if kind == "xxz":
+        psi = np.abs(psi)  # σᶻ measurements only see |ψ|²
+    _EXACT_STATES[ds["name"]] = psi
+    data = sample_measurements(psi, samples, seed=seed)
+    return data.replace_schema(meta={"chain": chain.describe()})
+
+
 def _load(ds: dict[str, Any], base: Path | None) -> Data:
     from physgen.io import read
 
+    if ds["source"].startswith("quantum:"):
+        return _quantum_source(ds)
     data = read(resolve_source(ds["source"], base), **ds.get("read", {}))
     if ds.get("max_events"):
         data = data[: int(ds["max_events"])]
@@ -205,6 +232,8 @@ def run_one(
         "geant4": {f"batch_{b}": _geant4_ratio(test, timing[f"batch_{b}"]["seconds_per_event"]) for b in (1, 100, 10_000)},
         "evaluation": report,
     }
+    if hasattr(model, "tomography_report") and ds["name"] in _EXACT_STATES:
+        result["quantum"] = model.tomography_report(_EXACT_STATES[ds["name"]], train)
     if hasattr(model, "evaluations_per_sample"):
         result["generate"]["network_evaluations_per_sample"] = model.evaluations_per_sample()
     if out_dir is not None:

@@ -250,6 +250,11 @@ def leaderboard_rows(payload: dict[str, Any]) -> list[dict[str, str]]:
         s, ev = r["evaluation"]["summary"], r["evaluation"]
         g4 = r.get("geant4", {})
         big, one = g4.get("batch_10000") or {}, g4.get("batch_1") or {}
+        if "quantum" in r:
+            q = r["quantum"]
+            rows.append({"dataset": r["dataset"], "surrogate": r["label"], "fidelity |<ψ|φ>|² (histogram)": f"{q['fidelity']:.4f} ({q.get('histogram_fidelity', float('nan')):.4f})",
+                         "KL": f"{q['kl']:.4f}", "train [s]": f"{r['train']['seconds']:.1f}"})
+            continue
         rows.append({
             "dataset": r["dataset"],
             "surrogate": r["label"],

@@ -58,6 +58,27 @@ def test_heisenberg_closed_forms_and_marshall_sign():
     assert signed.min() > -1e-9
 
 
+def test_sz_sector_gives_the_same_heisenberg_ground_state():
+    chain = heisenberg(10, periodic=True)
+    e_full, psi_full = ground_state(chain)
+    e_sector, psi_sector = ground_state(chain, n_up=5)
+    assert e_sector == pytest.approx(e_full, abs=1e-9)
+    assert abs(np.dot(psi_full[chain.sector(5)], psi_sector)) == pytest.approx(1.0, abs=1e-8)
+    with pytest.raises(physgen.errors.InvalidDataError, match="conserves"):
+        tfim(4).matrix(n_up=2)
+
+
+def test_metropolis_sr_on_a_periodic_chain():
+    # the Monte Carlo path: free-fermion energy of the periodic TFIM as reference
+    n = 12
+    k = (2 * np.arange(n) + 1) * np.pi / n
+    e0 = -np.sqrt(2 + 2 * np.cos(k)).sum()
+    result = optimise_ground_state(tfim(n, periodic=True), alpha=1, iterations=150, lr=0.05, diag_shift=0.01,
+                                   sampler="metropolis", n_samples=512, exact_energy=e0, final_samples=8192)
+    assert result.errors[-1] > 0  # a Monte Carlo estimate carries its error
+    assert abs(result.energy - e0) < 5 * result.errors[-1] + 2e-3 * abs(e0)
+
+
 def test_hamiltonian_is_hermitian_and_sparse():
     h = tfim(6, periodic=True).matrix()
     assert abs(h - h.T).max() == 0 and h.nnz == 64 * (1 + 6)
@@ -145,3 +166,18 @@ def test_sr_with_marshall_sign_on_a_heisenberg_ring():
     result = optimise_ground_state(chain, alpha=2, iterations=300, lr=0.02, translation_invariant=True, exact_energy=e0)
     assert result.relative_error < 2e-3 and result.energy >= e0 - 1e-9
     assert overlap(state_vector(result.model, chain), psi0) > 0.99
+
+
+def test_spin_chain_benchmark_suite(tmp_path):
+    from physgen.bench import run_suite
+
+    suite = {
+        "name": "spins-test",
+        "datasets": [{"name": "tfim6", "source": "quantum:tfim", "read": {"n": 6, "samples": 3000}, "split": [0.8, 0.2]}],
+        "surrogates": [{"family": "rbm", "train": {"epochs": 200, "batch_size": 2400, "lr": 0.03, "schedule": "constant"}}],
+        "metrics": {"classifier_epochs": 3},
+    }
+    payload = run_suite(suite, tmp_path, log=lambda s: None)
+    q = payload["results"][0]["quantum"]
+    assert q["fidelity"] > 0.98 and q["kl"] < 0.05
+    assert payload["data"]["tfim6"]["kind"] == "spins"

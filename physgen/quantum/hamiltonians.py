@@ -98,20 +98,33 @@ class SpinChain:
                 out.append((flipped, np.where(anti, 2.0 * self.params["Jxy"], 0.0)))
         return out
 
-    def matrix(self) -> sp.csr_matrix:
-        """The 2ⁿ × 2ⁿ Hamiltonian as a sparse CSR matrix (float64)."""
+    def sector(self, n_up: int) -> np.ndarray:
+        """Basis indices (sorted) of the configurations with ``n_up`` spins up: an Sᶻ sector."""
+        bits = configurations(self.n)
+        return np.flatnonzero((1 - bits.astype(np.int64)).sum(1) == n_up)
+
+    def matrix(self, n_up: int | None = None) -> sp.csr_matrix:
+        """The Hamiltonian as a sparse CSR matrix (float64): 2ⁿ × 2ⁿ, or restricted to the
+        sector with ``n_up`` spins up (XXZ conserves Sᶻ; the TFIM does not)."""
         if self.n > MAX_SPINS_ED:
             raise InvalidDataError(f"exact matrices are built up to {MAX_SPINS_ED} spins; got n = {self.n}")
-        bits = configurations(self.n)
-        index = np.arange(2**self.n)
+        if n_up is not None and self.kind != "xxz":
+            raise InvalidDataError("only the XXZ chain conserves Sᶻ; the TFIM has no magnetisation sectors")
         weights = 1 << np.arange(self.n - 1, -1, -1)
+        if n_up is None:
+            states = np.arange(2**self.n)
+        else:
+            states = self.sector(n_up)
+        bits = ((states[:, None] >> np.arange(self.n - 1, -1, -1)) & 1).astype(np.uint8)
+        index = np.arange(len(states))
         rows, cols, vals = [index], [index], [self.diagonal(bits)]
         for flipped, element in self.off_diagonal(bits):
             keep = element != 0
+            target = (flipped[keep].astype(np.int64) * weights).sum(1)
             rows.append(index[keep])
-            cols.append((flipped[keep].astype(np.int64) * weights).sum(1))
+            cols.append(target if n_up is None else np.searchsorted(states, target))
             vals.append(element[keep])
-        dim = 2**self.n
+        dim = len(states)
         return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(dim, dim))
 
     def describe(self) -> str:
@@ -142,9 +155,14 @@ def _check_n(n: int) -> None:
         raise InvalidDataError(f"a chain needs at least 2 spins; got n = {n}")
 
 
-def ground_state(chain: SpinChain, tol: float = 1e-12) -> tuple[float, np.ndarray]:
-    """(E₀, ψ₀) by Lanczos; ψ₀ normalised, with the sign fixed so its largest component is positive."""
-    h = chain.matrix()
+def ground_state(chain: SpinChain, tol: float = 1e-12, n_up: int | None = None) -> tuple[float, np.ndarray]:
+    """(E₀, ψ₀) by Lanczos; ψ₀ normalised, with the sign fixed so its largest component is positive.
+
+    With ``n_up`` (XXZ only) the search is restricted to that Sᶻ sector and ψ₀ is
+    given in the sector's basis (``chain.sector(n_up)`` lists its states): the
+    Heisenberg ring's singlet ground state lives at n_up = n/2.
+    """
+    h = chain.matrix(n_up)
     v0 = np.ones(h.shape[0]) / np.sqrt(h.shape[0])
     values, vectors = eigsh(h, k=1, which="SA", tol=tol, v0=v0)
     psi = vectors[:, 0]

@@ -5,9 +5,10 @@
 optimised by stochastic reconfiguration (the natural gradient of the energy):
 θ ← θ − η (S + λ𝟙)⁻¹ F, with S the covariance of the log-derivatives O = ∂ log ψ
 and F the covariance of O with the local energy E_loc(σ) = (Hψ)(σ)/ψ(σ), both
-under |ψ|². For chains that can be enumerated (n ≤ 20) the expectations are
-exact sums over all 2ⁿ configurations — exact sampling, no Monte Carlo noise;
-beyond that they come from Metropolis chains.
+under |ψ|². For small chains the expectations are exact sums over all 2ⁿ
+configurations — exact sampling, no Monte Carlo noise; otherwise they come from
+persistent Metropolis chains (single spin flips for the TFIM, neighbour
+exchanges conserving Sᶻ for the XXZ chain) and each energy carries σ/√N.
 
 ``translation_invariant=True`` shares the weights across translations of a
 periodic chain (α feature filters, each applied at every shift), which cuts the
@@ -136,6 +137,61 @@ def _stoquastic_matrix(chain: SpinChain) -> sp.csr_matrix:
     return h
 
 
+def _local_energies(model: RBMWavefunction, chain: SpinChain, s: torch.Tensor, log_psi: torch.Tensor) -> torch.Tensor:
+    """E_loc(σ) = Σ_σ' H'(σ, σ') ψ(σ')/ψ(σ) for sampled σ (±1), in the Marshall-rotated basis for Heisenberg."""
+    bits = ((1 - s) / 2).to(torch.uint8).numpy()
+    e = torch.from_numpy(chain.diagonal(bits))
+    marshall = chain.kind == "xxz" and chain.params["Jxy"] > 0
+    for flipped, element in chain.off_diagonal(bits):
+        keep = element != 0
+        if not keep.any():
+            continue
+        el = torch.from_numpy(element)
+        if marshall:  # U H U flips the sign of the exchange terms on a bipartite chain
+            el = -el
+        s_new = torch.from_numpy(1.0 - 2.0 * flipped.astype(np.float64))
+        ratio = torch.exp(model.log_psi(s_new) - log_psi)
+        e = e + torch.where(torch.from_numpy(keep), el * ratio, torch.zeros_like(ratio))
+    return e
+
+
+class _Metropolis:
+    """Persistent Metropolis chains over σ ∈ {±1}ⁿ: single flips (TFIM) or neighbour exchanges (XXZ, conserving Sᶻ)."""
+
+    def __init__(self, chain: SpinChain, n_chains: int, seed: int):
+        self.chain, self.gen = chain, torch.Generator().manual_seed(seed)
+        n = chain.n
+        if chain.kind == "xxz":  # start in the Sᶻ = 0 sector
+            base = torch.tensor([1.0, -1.0] * (n // 2) + [1.0] * (n % 2))
+            self.state = torch.stack([base[torch.randperm(n, generator=self.gen)] for _ in range(n_chains)]).double()
+        else:
+            self.state = (2 * torch.randint(0, 2, (n_chains, n), generator=self.gen) - 1).double()
+        self.bonds = torch.tensor(chain.bonds)
+
+    def sweep(self, model: RBMWavefunction, sweeps: int) -> tuple[torch.Tensor, float]:
+        s, c, n = self.state, len(self.state), self.chain.n
+        log_psi = model.log_psi(s)
+        accepted = 0
+        rows = torch.arange(c)
+        for _ in range(sweeps * n):
+            prop = s.clone()
+            if self.chain.kind == "xxz":
+                bond = self.bonds[torch.randint(0, len(self.bonds), (c,), generator=self.gen)]
+                i, j = bond[:, 0], bond[:, 1]
+                si, sj = prop[rows, i].clone(), prop[rows, j].clone()
+                prop[rows, i], prop[rows, j] = sj, si
+            else:
+                i = torch.randint(0, n, (c,), generator=self.gen)
+                prop[rows, i] = -prop[rows, i]
+            log_new = model.log_psi(prop)
+            accept = torch.rand(c, generator=self.gen, dtype=torch.float64) < torch.exp(2 * (log_new - log_psi))
+            s = torch.where(accept[:, None], prop, s)
+            log_psi = torch.where(accept, log_new, log_psi)
+            accepted += int(accept.sum())
+        self.state = s
+        return s, accepted / (sweeps * n * c)
+
+
 def optimise_ground_state(
     chain: SpinChain,
     alpha: int = 1,
@@ -147,8 +203,12 @@ def optimise_ground_state(
     exact_energy: float | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     time_budget_s: float | None = None,
+    sampler: str = "auto",
+    n_samples: int = 1024,
+    sweeps: int = 2,
+    final_samples: int = 16384,
 ) -> VMCResult:
-    """Minimise ⟨H⟩ over an RBM wave function by stochastic reconfiguration, with exact expectations (n ≤ 20).
+    """Minimise ⟨H⟩ over an RBM wave function by stochastic reconfiguration.
 
     Args:
         chain: the Hamiltonian.
@@ -157,43 +217,64 @@ def optimise_ground_state(
         translation_invariant: share weights across translations (periodic chains).
         exact_energy: if given, relative errors are recorded in the history.
         time_budget_s: stop once this much wall time has passed.
+        sampler: ``"exact"`` (sums over all 2ⁿ configurations, n ≤ 20), ``"metropolis"``
+            (``n_samples`` persistent chains, ``sweeps`` sweeps between iterations), or
+            ``"auto"`` (exact up to 14 spins).
+        final_samples: Metropolis samples for the final energy estimate.
 
     Returns:
-        a :class:`VMCResult`; the error of each energy is 0 with exact expectations,
-        and the energy variance ⟨E_loc²⟩ − ⟨E_loc⟩² (0 at an eigenstate) is recorded.
+        a :class:`VMCResult`: energies with their statistical errors (0 with exact
+        sums; σ/√N from the chains otherwise) and the energy variance per iteration.
     """
-    if chain.n > MAX_EXACT:
-        raise InvalidDataError(f"exact-expectation VMC enumerates 2ⁿ states, n ≤ {MAX_EXACT}; got n = {chain.n}")
+    if sampler == "auto":
+        sampler = "exact" if chain.n <= 14 else "metropolis"
+    if sampler not in ("exact", "metropolis"):
+        raise InvalidDataError(f"sampler must be 'exact', 'metropolis' or 'auto'; got {sampler!r}")
+    if sampler == "exact" and chain.n > MAX_EXACT:
+        raise InvalidDataError(f"exact-expectation VMC enumerates 2ⁿ states, n ≤ {MAX_EXACT}; got n = {chain.n}; use sampler='metropolis'")
     if translation_invariant and not chain.periodic:
         raise InvalidDataError("translation_invariant needs a periodic chain")
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         model = RBMWavefunction(chain.n, alpha, translation_invariant, seed)
-        h = _stoquastic_matrix(chain)
-        s = torch.from_numpy(1.0 - 2.0 * configurations(chain.n).astype(np.float64))
         energies, errors, variances, history = [], [], [], []
         t0 = time.perf_counter()
         eye = torch.eye(model.n_parameters(), dtype=torch.float64)
+        if sampler == "exact":
+            h = _stoquastic_matrix(chain)
+            s_all = torch.from_numpy(1.0 - 2.0 * configurations(chain.n).astype(np.float64))
+        else:
+            mc = _Metropolis(chain, n_samples, seed)
+            with torch.no_grad():
+                mc.sweep(model, 20)  # burn-in
         for it in range(iterations):
             with torch.no_grad():
-                log_psi = model.log_psi(s)
-                psi = torch.exp(log_psi - log_psi.max())
-                p = psi**2 / (psi**2).sum()
-                h_psi = torch.from_numpy(h @ psi.numpy())
-                e_loc = h_psi / psi
+                if sampler == "exact":
+                    log_psi = model.log_psi(s_all)
+                    psi = torch.exp(log_psi - log_psi.max())
+                    p = psi**2 / (psi**2).sum()
+                    e_loc = torch.from_numpy(h @ psi.numpy()) / psi
+                    samples, err = s_all, 0.0
+                else:
+                    samples, _ = mc.sweep(model, sweeps)
+                    log_psi = model.log_psi(samples)
+                    p = torch.full((len(samples),), 1.0 / len(samples))
+                    e_loc = _local_energies(model, chain, samples, log_psi)
                 energy = float((p * e_loc).sum())
                 var = float((p * (e_loc - energy) ** 2).sum())
-                o = model.log_derivatives(s)
-                o_mean = p @ o
-                oc = o - o_mean
+                if sampler != "exact":
+                    err = math.sqrt(var / len(samples))
+                o = model.log_derivatives(samples)
+                oc = o - p @ o
                 s_mat = oc.T @ (p[:, None] * oc)
                 force = oc.T @ (p * (e_loc - energy))
                 delta = torch.linalg.solve(s_mat + diag_shift * eye, force)
                 model.add_to_parameters(-lr * delta)
             energies.append(energy)
-            errors.append(0.0)
+            errors.append(err)
             variances.append(var)
-            rec = {"iteration": it + 1, "energy": energy, "variance": var, "seconds": time.perf_counter() - t0}
+            rec = {"iteration": it + 1, "energy": energy, "error": err, "variance": var, "seconds": time.perf_counter() - t0}
             if exact_energy is not None:
                 rec["relative_error"] = abs((energy - exact_energy) / exact_energy)
             history.append(rec)
@@ -203,13 +284,22 @@ def optimise_ground_state(
                 break
         # the energy of the final parameters
         with torch.no_grad():
-            log_psi = model.log_psi(s)
-            psi = torch.exp(log_psi - log_psi.max())
-            energies.append(float(psi @ torch.from_numpy(h @ psi.numpy()) / (psi @ psi)))
-            errors.append(0.0)
+            if sampler == "exact":
+                log_psi = model.log_psi(s_all)
+                psi = torch.exp(log_psi - log_psi.max())
+                energies.append(float(psi @ torch.from_numpy(h @ psi.numpy()) / (psi @ psi)))
+                errors.append(0.0)
+            else:
+                e_all = []
+                for _ in range(max(1, final_samples // n_samples)):
+                    samples, _ = mc.sweep(model, sweeps)
+                    e_all.append(_local_energies(model, chain, samples, model.log_psi(samples)))
+                e_cat = torch.cat(e_all)
+                energies.append(float(e_cat.mean()))
+                errors.append(float(e_cat.std() / math.sqrt(len(e_cat))))
         return VMCResult(energies, errors, variances, time.perf_counter() - t0, exact_energy, model, history)
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(previous)
 
 
 def state_vector(model: RBMWavefunction, chain: SpinChain) -> np.ndarray:
