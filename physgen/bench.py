@@ -16,10 +16,10 @@ A suite is a small TOML file (``benchmarks/suites/*.toml``)::
     train = { epochs = 200, time_budget_s = 60 }
 
 For each data set and surrogate the run trains (timing it), generates one event
-per held-out condition, times generation at batch 1, 100 and 10,000 against the
-reference simulator's CPU time per event stored with the data (Geant4's
-``aux/geant4_cpu_s``), and evaluates against the held-out split with the
-truth-vs-truth floor. Results are one JSON per run with the machine and versions.
+per held-out condition, times generation on one CPU thread at batch 1, 100 and
+10,000 against the reference simulator's CPU time per event stored with the data
+(Geant4's ``aux/geant4_cpu_s``, one core), and evaluates against the held-out
+split with the truth-vs-truth floor. Results are one JSON per run with the machine and versions.
 """
 
 from __future__ import annotations
@@ -156,6 +156,16 @@ def _load(ds: dict[str, Any], base: Path | None) -> Data:
 
 
 def _generation_timing(model: Any, test: Data, batches: tuple[int, ...] = (1, 100, 10_000)) -> dict[str, Any]:
+    """Seconds per generated event at several batch sizes, on ONE CPU thread (Geant4's time is per core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {"threads": 1, **_timed(model, test, batches)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _timed(model: Any, test: Data, batches: tuple[int, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for b in batches:
         if model.is_conditional:

@@ -76,7 +76,7 @@ def _label(name: str) -> str:
     return name
 
 
-def _hist_with_ratio(path: Path, name: str, real: np.ndarray, gens: dict[str, np.ndarray], log_x: bool = False) -> Path:
+def _hist_with_ratio(path: Path, name: str, real: np.ndarray, gens: dict[str, np.ndarray], log_x: bool = False, ref: str = "data") -> Path:
     plt = _plt()
     from physgen.metrics import shared_bins
 
@@ -87,7 +87,7 @@ def _hist_with_ratio(path: Path, name: str, real: np.ndarray, gens: dict[str, np
     fig, (ax, rax) = plt.subplots(2, 1, figsize=(5.2, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
     clip = lambda v: np.clip(v, edges[0], edges[-1])  # noqa: E731
     h_real, _ = np.histogram(clip(real), edges, density=True)
-    ax.hist(clip(real), edges, density=True, color="0.75", label=f"Geant4 / data (N={len(real)})")
+    ax.hist(clip(real), edges, density=True, color="0.75", label=f"{ref} (N={len(real)})")
     centres = 0.5 * (edges[1:] + edges[:-1])
     for (label, values), color in zip(gens.items(), _COLORS, strict=False):
         h, _ = np.histogram(clip(values), edges, density=True)
@@ -123,20 +123,21 @@ def _pick_features(real_feats: dict[str, np.ndarray], data: Data) -> list[str]:
     return list(dict.fromkeys(p for p in picks if p in real_feats))
 
 
-def _profiles(path: Path, real: Data, gens: dict[str, Data]) -> Path:
+def _profiles(path: Path, real: Data, gens: dict[str, Data], ref: str = "data") -> Path:
     plt = _plt()
     from physgen.metrics import layer_profiles
 
-    prof = {"Geant4 / data": layer_profiles(real)} | {k: layer_profiles(v) for k, v in gens.items()}
-    has_radial = "radial" in prof["Geant4 / data"]
+    prof = {ref: layer_profiles(real)} | {k: layer_profiles(v) for k, v in gens.items()}
+    has_radial = "radial" in prof[ref]
     fig, axes = plt.subplots(1, 2 if has_radial else 1, figsize=(10 if has_radial else 5.2, 3.8), squeeze=False)
     for (label, p), color in zip(prof.items(), ["0.3"] + _COLORS, strict=False):
-        style = {"color": color, "lw": 2.2 if label.startswith("Geant4") else 1.3, "ls": "-" if label.startswith("Geant4") else "--"}
+        style = {"color": color, "lw": 2.2 if label == ref else 1.3, "ls": "-" if label == ref else "--"}
         axes[0, 0].plot(np.arange(len(p["longitudinal"])), p["longitudinal"], label=label, **style)
         if has_radial:
             edges = p["r_edges_mm"]
             width = np.diff(edges)
-            axes[0, 1].step(edges[:-1], p["radial"] / width, where="post", label=label, **style)
+            density = p["radial"] / width
+            axes[0, 1].step(edges, np.append(density, density[-1]), where="post", label=label, **style)
     axes[0, 0].set_xlabel("layer")
     axes[0, 0].set_ylabel("mean energy per layer [MeV]")
     axes[0, 0].set_title("longitudinal profile")
@@ -151,7 +152,7 @@ def _profiles(path: Path, real: Data, gens: dict[str, Data]) -> Path:
     return path
 
 
-def _mean_images(path: Path, real: Data, gens: dict[str, Data]) -> Path | None:
+def _mean_images(path: Path, real: Data, gens: dict[str, Data], ref: str = "data") -> Path | None:
     geo = real.geometry
     if geo is None or geo.kind != "polar":
         return None
@@ -162,7 +163,7 @@ def _mean_images(path: Path, real: Data, gens: dict[str, Data]) -> Path | None:
     peak = int(np.argmax(e))
     layers = sorted({rel[0], rel[peak], rel[min(len(rel) - 1, peak + (len(rel) - peak) // 2)]})
     plt = _plt()
-    samples = {"Geant4 / data": real} | gens
+    samples = {ref: real} | gens
     fig, axes = plt.subplots(len(samples), len(layers), figsize=(2.6 * len(layers), 2.5 * len(samples)), subplot_kw={"projection": "polar"}, squeeze=False)
     for col, ell in enumerate(layers):
         la = geo.layers[ell]
@@ -212,16 +213,17 @@ def evaluation_plots(real: Data, generated: dict[str, Data], out_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     f_real = features(real)
     f_gen = {k: features(v) for k, v in generated.items()}
+    ref = "Geant4" if "geant4_cpu_s" in real.aux else "data"
     paths = []
     for name in _pick_features(f_real, real):
         # energies spread over two decades of incident energy: log axes
         log_x = (name.startswith("E_layer_") or name == "E_tot") and bool((f_real[name] > 0).mean() > 0.5)
-        paths.append(_hist_with_ratio(out / f"feature_{name}.png", name, f_real[name], {k: v[name] for k, v in f_gen.items()}, log_x=log_x))
+        paths.append(_hist_with_ratio(out / f"feature_{name}.png", name, f_real[name], {k: v[name] for k, v in f_gen.items()}, log_x=log_x, ref=ref))
     if real.schema.kind == "calorimeter":
-        paths.append(_profiles(out / "profiles.png", real, generated))
+        paths.append(_profiles(out / "profiles.png", real, generated, ref))
         spec = {k: voxel_spectrum(v) for k, v in generated.items()}
-        paths.append(_hist_with_ratio(out / "voxel_spectrum.png", "voxel energy [MeV]", voxel_spectrum(real), {k: v for k, v in spec.items() if len(v)}, log_x=True))
-        img = _mean_images(out / "mean_showers.png", real, generated)
+        paths.append(_hist_with_ratio(out / "voxel_spectrum.png", "voxel energy [MeV]", voxel_spectrum(real), {k: v for k, v in spec.items() if len(v)}, log_x=True, ref=ref))
+        img = _mean_images(out / "mean_showers.png", real, generated, ref)
         if img is not None:
             paths.append(img)
     if histories:
@@ -264,7 +266,7 @@ def leaderboard_rows(payload: dict[str, Any]) -> list[dict[str, str]]:
             "mean sep. power (floor)": f"{ev['mean_separation_power']:.4f} ({ev['mean_separation_power_floor']:.4f})",
             "train [s]": f"{r['train']['seconds']:.0f}",
             "gen [µs/event]": f"{1e6 * r['generate']['timing']['batch_10000']['seconds_per_event']:.0f}",
-            "× Geant4 (batch 10k / 1)": f"{big['all']['speedup']:.0f} / {one['all']['speedup']:.0f}" if big.get("all") and one.get("all") else "–",
+            "× Geant4 per core (batch 10k / 1)": f"{big['all']['speedup']:.0f} / {one['all']['speedup']:.0f}" if big.get("all") and one.get("all") else "–",
         })
     return rows
 
@@ -319,7 +321,7 @@ th {{ background: #eee; }} td:first-child, td:nth-child(2) {{ text-align: left; 
 <h1>physgen benchmark — suite <code>{suite}</code></h1>
 <p>{meta}</p>
 <p>Every metric is shown with its truth-vs-truth floor (two disjoint halves of the held-out data): a perfect surrogate
-reaches the floor. Classifier AUC 0.5 means indistinguishable from the reference simulation.</p>
+reaches the floor. Classifier AUC 0.5 means indistinguishable from the reference (Geant4 or data).</p>
 <h2>Leaderboard</h2>
 {table}
 {notes}

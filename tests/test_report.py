@@ -70,4 +70,4 @@ def test_leaderboard_text_lists_every_surrogate(bench_dir):
 
     payload = json.loads((bench_dir / "results.json").read_text())
     text = leaderboard_text(payload)
-    assert "gaussian" in text and "flow" in text and "× Geant4" in text
+    assert "gaussian" in text and "flow" in text and "× Geant4 per core" in text
