@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Re-make every committed benchmark result (about an hour on the project's 2-core machine).
 # Needs ../shared/data (the Geant4 files) and the test extra (scikit-hep-testdata).
+# JETNET_PYTHON: a Python where jetnet imports (jetnet 0.2.5 needs NumPy < 2), for the FPD/KPD comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for suite in dimuon calo_pbwo4 calo_wsi; do
+for suite in dimuon calo_pbwo4 calo_wsi spins; do
   python -m physgen.cli bench "benchmarks/suites/$suite.toml" --out "runs/$suite"
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"
 done
-python benchmarks/metrics_speed.py --jetnet-python "${JETNET_PYTHON:-}" 2>/dev/null || python benchmarks/metrics_speed.py
+python benchmarks/quantum.py
+if [ -n "${JETNET_PYTHON:-}" ]; then
+  python benchmarks/metrics_speed.py --jetnet-python "$JETNET_PYTHON"
+else
+  python benchmarks/metrics_speed.py
+fi
