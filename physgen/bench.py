@@ -211,8 +211,6 @@ def run_one(
     train, test = data.split(tuple(split), seed=seed)
     model = create(spec["family"], **spec.get("config", {}))
     train_cfg = {"progress": None, "seed": seed, **spec.get("train", {})}
-    if not model.capabilities.gradient_trained or spec["family"] == "gaussian":
-        train_cfg = {k: v for k, v in train_cfg.items() if k in ("val_fraction", "seed")}
     t0 = time.perf_counter()
     history = model.fit(train, **train_cfg)
     train_s = time.perf_counter() - t0

@@ -118,8 +118,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if value is not None:
             train_cfg[key] = value
     train_cfg.update(_key_values(args.train, "--train"))
-    if args.model == "gaussian" and model.config.get("solver") != "gradient":
-        train_cfg = {k: v for k, v in train_cfg.items() if k in ("val_fraction", "seed")}
     history = model.fit(data, **train_cfg)
     model.save(out / "model")
     (out / "history.json").write_text(json.dumps(history, indent=1, default=str))

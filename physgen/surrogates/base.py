@@ -300,10 +300,7 @@ class Surrogate(nn.Module):
 
     def save(self, directory: str | Path, training_state: dict[str, Any] | None = None) -> Path:
         """Save weights (safetensors) and config (JSON) to ``directory``, atomically."""
-        return ckpt.write_checkpoint(directory, self.cpu_state_module(), self.checkpoint_config(), training_state)
-
-    def cpu_state_module(self) -> nn.Module:
-        return self
+        return ckpt.write_checkpoint(directory, self, self.checkpoint_config(), training_state)
 
     @classmethod
     def load(cls, directory: str | Path) -> Surrogate:

@@ -97,13 +97,19 @@ class GaussianSurrogate(Surrogate):
     def fit(self, data: Data, preprocessing: Pipeline | None = None, **train_config: Any) -> list[dict[str, Any]]:
         """Exact MLE (``closed_form``) or the shared loop (``gradient``).
 
+        Takes the same training options as every family; the closed form uses
+        ``val_fraction`` and ``seed`` and has no epochs, checkpoints or device to honour.
+
         The closed form records the per-dimension negative log-likelihood on a
         validation split before (identity Gaussian) and after the fit.
         """
         if self.config["solver"] == "gradient":
             return super().fit(data, preprocessing, **train_config)
-        val_fraction = float(train_config.get("val_fraction", 0.1))
-        seed = int(train_config.get("seed", 0))
+        from physgen.surrogates.training import TrainConfig
+
+        # the same options as every family (so typos fail); the closed form uses the split and seed
+        cfg = TrainConfig(**{**self.train_defaults, **train_config})
+        val_fraction, seed = cfg.val_fraction, cfg.seed
         train_data, val_data = data.split((1 - val_fraction, val_fraction), seed=seed) if val_fraction > 0 else (data, data)
         y, c = self.prepare(train_data, preprocessing)
         assert self.preprocessing is not None

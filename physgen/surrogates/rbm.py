@@ -85,11 +85,11 @@ class RBMSurrogate(Surrogate):
             c["gradient"] = "exact" if dim <= MAX_EXACT_SPINS else "pcd"
         if c["gradient"] == "exact" and dim > MAX_EXACT_SPINS:
             raise InvalidDataError(f"gradient='exact' enumerates 2ⁿ states, n ≤ {MAX_EXACT_SPINS}; got n = {dim}; use 'pcd'")
-        gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**31))
-        self.W = nn.Parameter(torch.randn(n_hidden, dim, generator=gen) * c["init_std"])
+        # the global generator, which the training loop seeds before build(), like every family
+        self.W = nn.Parameter(torch.randn(n_hidden, dim) * c["init_std"])
         self.b = nn.Parameter(torch.zeros(dim))
         self.c = nn.Parameter(torch.zeros(n_hidden))
-        self.register_buffer("chains", torch.bernoulli(torch.full((c["n_chains"], dim), 0.5), generator=gen))
+        self.register_buffer("chains", torch.bernoulli(torch.full((c["n_chains"], dim), 0.5)))
         self.capabilities = Capabilities(exact_density=dim <= MAX_EXACT_SPINS, unnormalised_density=dim > MAX_EXACT_SPINS, conditional=False)
 
     @property
