@@ -74,9 +74,11 @@ def test_flow_is_invertible_on_showers(showers):
     flow = create("flow", n_layers=2, hidden=32, n_blocks=1)
     flow.fit(showers[:300], epochs=1, progress=False)
     y, c = flow.preprocessing.forward(showers.x[:20], showers.cond[:20])
-    z, _ = flow.transform(y.float(), context=c.float())
-    back, _ = flow.transform.inverse(z, context=c.float())
-    torch.testing.assert_close(back, y.float(), atol=2e-3, rtol=1e-3)
+    ys, cs, ye = flow.split_stages(y.float(), c.float())  # both stages: voxels | (E_inc, layers), layers | E_inc
+    for transform, part, context in ((flow.transform, ys, cs), (flow.energy, ye, c.float())):
+        z, _ = transform(part, context=context)
+        back, _ = transform.inverse(z, context=context)
+        torch.testing.assert_close(back, part, atol=2e-3, rtol=1e-3)
 
 
 def test_edm_denoiser_limits_and_schedule():

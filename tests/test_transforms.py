@@ -14,6 +14,7 @@ from physgen.data import (
     Logit,
     NormaliseByIncidentEnergy,
     Pipeline,
+    ReadoutThreshold,
     Standardise,
     calorimeter_pipeline,
 )
@@ -115,3 +116,20 @@ def test_unfitted_and_unknown_transforms_fail_clearly():
         Pipeline.from_dict({"x": [{"name": "logitt"}]})
     with pytest.raises(InvalidDataError, match="incident energy"):
         NormaliseByIncidentEnergy().forward(torch.zeros(2, 2), None)
+
+
+def test_readout_threshold_cuts_the_chosen_quantile_of_real_deposits(showers):
+    t = ReadoutThreshold(quantile=0.005).fit(showers.x, showers.cond)
+    nonzero = showers.x[showers.x > 0].double()
+    # the cut sits where 0.5 % of Geant4's own non-zero deposits lie below it
+    assert abs(float((nonzero < t.threshold).double().mean()) - 0.005) < 1e-4
+    assert 1e-3 < t.threshold < 1.0  # MeV: far below a MIP's deposit in a 9 mm PbWO4 layer (~10 MeV)
+    assert torch.equal(t.forward(showers.x, None), showers.x.double())  # models train on the recorded showers
+    back = t.inverse(showers.x, None)
+    assert bool((back[showers.x < t.threshold] == 0).all())
+    assert torch.equal(back[showers.x >= t.threshold], showers.x[showers.x >= t.threshold].double())
+    p = calorimeter_pipeline([32] * 24, threshold_quantile=0.005).fit(showers.x, showers.cond)
+    q = Pipeline.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert q.x_transforms[0].threshold == t.threshold
+    with pytest.raises(InvalidDataError, match="quantile must be in"):
+        ReadoutThreshold(quantile=1.5)

@@ -2,6 +2,7 @@
 
     python tests/train_job.py OUT [--epochs N] [--kill-after K] [--resume] [--no-checkpoints]
     torchrun --standalone --nproc_per_node=2 tests/train_job.py OUT --no-checkpoints
+    ... [--family flow --config '{"two_stage": true}'] [--every-rank]
 
 Trains the gradient-solved Gaussian on the first 800 embedded Geant4 showers and
 writes OUT/final (a saved surrogate) and OUT/result.json (final validation loss).
@@ -29,10 +30,13 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-checkpoints", action="store_true")
     ap.add_argument("--family", default="gaussian")
+    ap.add_argument("--config", default="{}", help="the family's hyperparameters as JSON")
+    ap.add_argument("--every-rank", action="store_true", help="each rank saves OUT/final-rank{R}")
     args = ap.parse_args()
     torch.set_num_threads(1)  # identical summation order in every process
     data = physgen.load_default()[:800]
-    model = create(args.family, solver="gradient") if args.family == "gaussian" else create(args.family)
+    config = json.loads(args.config)
+    model = create(args.family, solver="gradient", **config) if args.family == "gaussian" else create(args.family, **config)
 
     def maybe_die(epoch: int, record: dict) -> None:
         if args.kill_after is not None and epoch == args.kill_after:
@@ -49,6 +53,8 @@ def main() -> None:
         resume=args.resume,
         on_epoch_end=maybe_die,
     )
+    if args.every_rank:
+        model.save(args.out / f"final-rank{os.environ.get('RANK', '0')}")
     if int(os.environ.get("RANK", "0")) == 0:
         model.save(args.out / "final")
         world = int(os.environ.get("WORLD_SIZE", "1"))

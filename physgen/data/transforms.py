@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from physgen.errors import InvalidDataError, UnknownNameError
@@ -36,6 +37,7 @@ __all__ = [
     "Log",
     "Standardise",
     "Dequantise",
+    "ReadoutThreshold",
     "LogCondition",
     "calorimeter_pipeline",
 ]
@@ -301,6 +303,43 @@ class Dequantise(Transform):
         return {"noise": self.noise, "threshold": self.threshold}
 
 
+class ReadoutThreshold(Transform):
+    """A readout threshold on generated voxels: the inverse zeroes energies below ``threshold`` (MeV).
+
+    The forward map is the identity: models train on the recorded showers. On
+    the way back, the small positive values a continuous model leaves in voxels
+    Geant4 kept empty are cut, as a detector's readout would. With
+    ``quantile`` set, :meth:`fit` takes the threshold as that quantile of the
+    training data's non-zero voxel energies, so the cut removes that fraction
+    of Geant4's own (smallest) deposits and no more.
+    """
+
+    name = "readout_threshold"
+
+    def __init__(self, threshold: float = 0.0, quantile: float | None = None):
+        if quantile is not None and not 0 <= quantile < 1:
+            raise InvalidDataError(f"readout threshold quantile must be in [0, 1); got {quantile}")
+        if threshold < 0:
+            raise InvalidDataError(f"readout threshold must be ≥ 0 MeV; got {threshold}")
+        self.threshold, self.quantile = float(threshold), None if quantile is None else float(quantile)
+
+    def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> ReadoutThreshold:
+        if self.quantile is not None:
+            nonzero = x[x > 0].double().numpy()
+            self.threshold = float(np.quantile(nonzero, self.quantile)) if nonzero.size else 0.0
+        return self
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return _f64(x)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        y = _f64(y)
+        return torch.where(y < self.threshold, torch.zeros_like(y), y)
+
+    def state(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "quantile": self.quantile}
+
+
 class LogCondition(Transform):
     """``log(cond / ref)`` on conditions (e.g. incident energy in MeV → log E)."""
 
@@ -403,15 +442,22 @@ def _finite(y: torch.Tensor, where: str) -> torch.Tensor:
 
 
 def calorimeter_pipeline(
-    layer_sizes: Sequence[int] | None = None, alpha: float = 1e-6, noise: float | None = None
+    layer_sizes: Sequence[int] | None = None,
+    alpha: float = 1e-6,
+    noise: float | None = None,
+    threshold_quantile: float | None = None,
 ) -> Pipeline:
     """The CaloFlow-style preprocessing for showers conditioned on incident energy.
 
-    ``x``: (dequantisation with U(0, ``noise``) MeV and a ``noise`` readout threshold,
-    if given) → / E_inc → (layer fractions and CaloFlow's u-variables, if
-    ``layer_sizes``) → logit → standardise; ``cond``: log E_inc → standardise.
+    ``x``: (a readout threshold at the ``threshold_quantile`` of the non-zero
+    training voxels, applied to samples, if given) → (dequantisation with
+    U(0, ``noise``) MeV and a ``noise`` readout threshold, if given) → / E_inc →
+    (layer fractions and CaloFlow's u-variables, if ``layer_sizes``) → logit →
+    standardise; ``cond``: log E_inc → standardise.
     """
     xt: list[Transform] = []
+    if threshold_quantile is not None:
+        xt.append(ReadoutThreshold(quantile=threshold_quantile))
     if noise:
         xt.append(Dequantise(noise=noise, threshold=noise))
     xt.append(NormaliseByIncidentEnergy())

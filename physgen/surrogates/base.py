@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from physgen.data import Data, Pipeline, Schema, calorimeter_pipeline
-from physgen.data.transforms import Standardise
+from physgen.data.transforms import LayerFractions, Standardise
 from physgen.errors import CheckpointError, InvalidDataError, UnknownNameError
 from physgen.surrogates import checkpoint as ckpt
 
@@ -75,6 +75,8 @@ class Surrogate(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: the data kinds this family models
     data_kinds: ClassVar[tuple[str, ...]] = ("calorimeter", "event")
+    #: whether ``two_stage`` (a layer-energy flow first) applies; on by default for showers
+    supports_two_stage: ClassVar[bool] = True
 
     def __init__(self, **config: Any):
         super().__init__()
@@ -147,7 +149,11 @@ class Surrogate(nn.Module):
             geo = data.schema.geometry
             sizes = [la.n_voxels for la in geo.layers] if geo is not None else None
             noise = self.config.get("dequantise_mev")
-            return calorimeter_pipeline(sizes, alpha=float(self.config.get("logit_alpha", 1e-6)), noise=float(noise) if noise else None)
+            q = self.config.get("readout_quantile", 0.005)
+            return calorimeter_pipeline(
+                sizes, alpha=float(self.config.get("logit_alpha", 1e-3)), noise=float(noise) if noise else None,
+                threshold_quantile=None if q is None else float(q),
+            )
         if data.schema.kind == "spins":
             return Pipeline()
         return Pipeline(x=[Standardise()], cond=[Standardise()] if data.cond is not None else [])
@@ -173,9 +179,136 @@ class Surrogate(nn.Module):
         y, c = self.preprocessing.train(True).forward(data.x, data.cond)
         self.preprocessing.train(False)
         self.schema = data.schema
-        self.dims = {"event_dim": int(data.x.shape[1]), "dim": int(y.shape[1]), "cond_dim": 0 if c is None else int(c.shape[1])}
-        self.build(self.dims["dim"], self.dims["cond_dim"])
+        n_energy = self._energy_dim(c)
+        # with a first stage the family sees the voxel part only, conditioned on the layer energies too
+        self.dims = {
+            "event_dim": int(data.x.shape[1]), "dim": int(y.shape[1]) - n_energy,
+            "cond_dim": (0 if c is None else int(c.shape[1])) + n_energy, "energy_dim": n_energy,
+        }
+        self.build_all()
         return y.float(), None if c is None else c.float()
+
+    # -- CaloFlow's two stages -------------------------------------------------------
+    def _energy_dim(self, cond: torch.Tensor | None) -> int:
+        """Layer-energy features the first stage models (0 without ``two_stage``)."""
+        wanted = self.config.get("two_stage")  # None: wherever the data allow it
+        if wanted is False or not self.supports_two_stage:
+            return 0
+        assert self.preprocessing is not None
+        stages = [t for t in self.preprocessing.x_transforms if isinstance(t, LayerFractions)]
+        if cond is None or not stages:
+            if wanted is None:
+                return 0
+            raise InvalidDataError(
+                f"two_stage needs conditional calorimeter data whose preprocessing splits layer energies off "
+                f"(a LayerFractions step, as in the default pipeline of data with a geometry); the {self.family} "
+                f"surrogate got {'no condition' if cond is None else 'no LayerFractions step'}"
+            )
+        return len(stages[-1].layer_sizes)
+
+    def build_all(self) -> None:
+        """Build the family's networks and, with ``two_stage``, the layer-energy flow."""
+        self.build(self.dims["dim"], self.dims["cond_dim"])
+        n_energy = self.dims.get("energy_dim", 0)
+        if n_energy:
+            from physgen.surrogates.flow import realnvp
+
+            e = {"n_layers": 6, "hidden": 128, "n_blocks": 2, "coupling": "spline", "bins": 8, **self.config.get("energy_flow", {})}
+            self.energy = realnvp(n_energy, self.dims["cond_dim"] - n_energy, **e)
+
+    @property
+    def has_energy_stage(self) -> bool:
+        return self.dims.get("energy_dim", 0) > 0
+
+    def split_stages(self, y: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Model-space ``y`` → (voxel part, its condition: ``cond`` + layer energies, layer energies)."""
+        n = self.dims["energy_dim"]
+        assert cond is not None
+        ye = y[:, -n:]
+        return y[:, :-n], torch.cat([cond, ye], 1), ye
+
+    def energy_log_prob(self, ye: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Exact log-density ``[B]`` of the first stage (layer energies given the condition)."""
+        from physgen.surrogates.flow import standard_normal_log_prob
+
+        z, logabsdet = self.energy(ye, context=cond)
+        return standard_normal_log_prob(z) + logabsdet
+
+    def shape_parameters(self) -> list[nn.Parameter]:
+        """The family's own parameters (everything but the first stage)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("energy.")]
+
+    def all_optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+        """The family's optimisers, plus one Adam for the first stage when there is one."""
+        opts = self.configure_optimizers(cfg)
+        if self.has_energy_stage:
+            opts.append(torch.optim.Adam(self.energy.parameters(), lr=float(self.config.get("energy_lr", 1e-3))))
+        return opts
+
+    def train_step(
+        self,
+        model: nn.Module,
+        y: torch.Tensor,
+        cond: torch.Tensor | None,
+        optimizers: list[torch.optim.Optimizer],
+        ctx: TrainContext,
+    ) -> dict[str, float]:
+        """One step of the family (:meth:`train_batch`) and, with two stages, of the layer-energy flow."""
+        if not self.has_energy_stage:
+            return self.train_batch(model, y, cond, optimizers, ctx)
+        assert cond is not None
+        ys, cs, ye = self.split_stages(y, cond)
+        logs = self.train_batch(model, ys, cs, optimizers[:-1], ctx)
+        opt = optimizers[-1]
+        opt.zero_grad(set_to_none=True)
+        nll = -self.energy_log_prob(ye, cond).mean() / ye.shape[1]
+        nll.backward()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the first stage runs outside DDP's forward: average its gradients by hand
+            world = torch.distributed.get_world_size()
+            for p in self.energy.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        if ctx.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.energy.parameters()), ctx.cfg.grad_clip)
+        opt.step()
+        logs["energy_nll"] = float(nll.detach())
+        logs["loss"] = logs["loss"] + logs["energy_nll"]
+        return logs
+
+    @torch.no_grad()
+    def validation_total(self, y: torch.Tensor, cond: torch.Tensor | None) -> float:
+        """The family's validation loss plus, with two stages, the first stage's NLL per feature."""
+        if not self.has_energy_stage:
+            return self.validation_loss(y, cond)
+        ys, cs, ye = self.split_stages(y, cond)
+        was_training = self.training
+        self.eval()
+        nll = -float(torch.cat([self.energy_log_prob(ye[s : s + 4096], cond[s : s + 4096]) for s in range(0, len(ye), 4096)]).mean()) / ye.shape[1]
+        self.train(was_training)
+        return self.validation_loss(ys, cs) + nll
+
+    def ddp_ignored_names(self) -> list[str]:
+        """Parameters and buffers DDP must leave alone: the first stage's, whose gradients are reduced by hand."""
+        return [n for n, _ in [*self.named_parameters(), *self.named_buffers()] if n.startswith("energy.")]
+
+    def sample_all(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """Model-space samples of the whole event: layer energies first (two stages), then the family."""
+        if not self.has_energy_stage:
+            return self.sample_model(n, cond, generator)
+        assert cond is not None
+        z = torch.randn(n, self.dims["energy_dim"], generator=generator, device=cond.device)
+        ye, _ = self.energy.inverse(z, context=cond)
+        return torch.cat([self.sample_model(n, torch.cat([cond, ye], 1), generator), ye], 1)
+
+    def log_prob_all(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Model-space log-density of whole events: log p(voxels | c, E_layers) + log p(E_layers | c)."""
+        if not self.has_energy_stage:
+            return self.log_prob_model(y, cond)
+        ys, cs, ye = self.split_stages(y, cond)
+        assert cond is not None
+        return self.log_prob_model(ys, cs) + self.energy_log_prob(ye, cond)
 
     @property
     def is_conditional(self) -> bool:
@@ -228,7 +361,7 @@ class Surrogate(nn.Module):
             cond = cond.cond
         if self.is_conditional:
             if cond is None:
-                raise InvalidDataError(f"this {self.family} surrogate is conditional: pass cond [B, {self.dims['cond_dim']}] in physics units")
+                raise InvalidDataError(f"this {self.family} surrogate is conditional: pass cond [B, {self.dims['cond_dim'] - self.dims.get('energy_dim', 0)}] in physics units")
             cond_t = torch.as_tensor(cond, dtype=torch.float32)
             if cond_t.ndim == 1:
                 cond_t = cond_t[:, None]
@@ -251,7 +384,7 @@ class Surrogate(nn.Module):
                 stop = min(start + batch_size, total)
                 raw = None if cond_t is None else cond_t[start:stop]
                 model_cond = None if raw is None else self.preprocessing.forward_cond(raw).float().to(self._device())
-                y = self.sample_model(stop - start, model_cond, generator).float().cpu()
+                y = self.sample_all(stop - start, model_cond, generator).float().cpu()
                 parts.append(self.postprocess(self.preprocessing.inverse(y, raw)))
         finally:
             self.train(was_training)
@@ -280,7 +413,7 @@ class Surrogate(nn.Module):
             raise InvalidDataError(f"{self.family} surrogate is not fitted")
         y, c = self.preprocessing.forward(data.x, data.cond)
         self.eval()
-        return self.log_prob_model(y.float().to(self._device()), None if c is None or not self.is_conditional else c.float().to(self._device())).cpu()
+        return self.log_prob_all(y.float().to(self._device()), None if c is None or not self.is_conditional else c.float().to(self._device())).cpu()
 
     # -- persistence -----------------------------------------------------------------
     def checkpoint_config(self) -> dict[str, Any]:
@@ -323,7 +456,7 @@ class Surrogate(nn.Module):
         model.schema = Schema.from_dict(config["schema"])
         model.preprocessing = Pipeline.from_dict(config["preprocessing"])
         model.dims = {k: int(v) for k, v in config["dims"].items()}
-        model.build(model.dims["dim"], model.dims["cond_dim"])
+        model.build_all()
         ckpt.load_weights(model, directory)
         state = ckpt.read_training_state(directory)
         if state is not None and "history" in state:

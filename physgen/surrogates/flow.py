@@ -28,6 +28,7 @@ from nflows.transforms import (
     AffineCouplingTransform,
     CompositeTransform,
     LULinear,
+    PiecewiseRationalQuadraticCouplingTransform,
     RandomPermutation,
     Transform,
 )
@@ -37,7 +38,7 @@ from torch.nn import functional as F
 from physgen.errors import InvalidDataError
 from physgen.surrogates.base import Capabilities, Surrogate
 
-__all__ = ["FlowSurrogate", "ExpAffineCoupling", "LULinearSolve"]
+__all__ = ["FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "realnvp"]
 
 
 class ExpAffineCoupling(AffineCouplingTransform):
@@ -82,6 +83,68 @@ class LULinearSolve(LULinear):
         return torch.linalg.solve_triangular(upper, lower_inv, upper=True)
 
 
+def realnvp(
+    dim: int,
+    cond_dim: int,
+    n_layers: int = 8,
+    hidden: int = 256,
+    n_blocks: int = 2,
+    mixing: str = "permutation",
+    clamp: float = 2.0,
+    dropout: float = 0.0,
+    coupling: str = "affine",
+    bins: int = 8,
+    tail_bound: float = 6.0,
+) -> CompositeTransform:
+    """A conditional coupling flow ``y → z`` from nflows transforms.
+
+    ``coupling="affine"`` is RealNVP (:class:`ExpAffineCoupling`);
+    ``coupling="spline"`` uses nflows' rational-quadratic spline couplings
+    (``bins`` knots on ``[-tail_bound, tail_bound]``, identity outside), the
+    transforms of CaloFlow, which bend one-dimensional marginals an affine map
+    cannot. A fixed generator makes the random permutations and masks part of
+    the architecture, so save/load and every rank of a DDP run build the same flow.
+    """
+    if coupling not in ("affine", "spline"):
+        raise InvalidDataError(f"coupling must be 'affine' or 'spline'; got {coupling!r}")
+    if mixing not in ("lu", "permutation"):
+        raise InvalidDataError(f"mixing must be 'lu' or 'permutation'; got {mixing!r}")
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(12345)
+    try:
+        layers: list[Transform] = []
+        for i in range(n_layers):
+            if dim == 1:
+                mask = torch.ones(1)
+            else:
+                mask = torch.zeros(dim)
+                mask[i % 2 :: 2] = 1  # alternate which half is transformed
+
+            def net(n_in: int, n_out: int) -> ResidualNet:
+                return ResidualNet(
+                    n_in, n_out, hidden_features=hidden, context_features=cond_dim or None,
+                    num_blocks=n_blocks, activation=F.silu, dropout_probability=dropout,
+                )
+
+            if coupling == "affine":
+                layers.append(ExpAffineCoupling(mask, net, clamp=clamp))
+            else:
+                layers.append(PiecewiseRationalQuadraticCouplingTransform(
+                    mask, net, num_bins=bins, tails="linear", tail_bound=tail_bound,
+                    apply_unconditional_transform=dim == 1,
+                ))
+            if dim > 1:
+                layers.append(LULinearSolve(dim, identity_init=True) if mixing == "lu" else RandomPermutation(dim))
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return CompositeTransform(layers)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """``log N(z; 0, I)`` per row."""
+    return -0.5 * (z * z).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+
 class FlowSurrogate(Surrogate):
     """Conditional RealNVP with an exact ``log_prob``.
 
@@ -94,6 +157,8 @@ class FlowSurrogate(Surrogate):
             ``"lu"`` (a learned LU-parametrised linear map).
         clamp: soft bound on |log scale| per coupling (2: up to e² stretch per layer).
         dropout: dropout in the coupling networks.
+        coupling: ``"affine"`` (RealNVP) or ``"spline"`` (rational-quadratic splines, as in CaloFlow).
+        bins, tail_bound: the spline couplings' knots and the interval they cover.
     """
 
     family = "flow"
@@ -107,48 +172,36 @@ class FlowSurrogate(Surrogate):
         mixing: str = "permutation",
         clamp: float = 2.0,
         dropout: float = 0.0,
+        coupling: str = "affine",
+        bins: int = 8,
+        tail_bound: float = 6.0,
         **config: Any,
     ):
         if mixing not in ("lu", "permutation"):
             raise InvalidDataError(f"mixing must be 'lu' or 'permutation'; got {mixing!r}")
-        if n_layers < 1 or hidden < 1:
-            raise InvalidDataError(f"n_layers and hidden must be ≥ 1; got {n_layers}, {hidden}")
-        super().__init__(n_layers=int(n_layers), hidden=int(hidden), n_blocks=int(n_blocks), mixing=mixing, clamp=float(clamp), dropout=float(dropout), **config)
+        if coupling not in ("affine", "spline"):
+            raise InvalidDataError(f"coupling must be 'affine' or 'spline'; got {coupling!r}")
+        if n_layers < 1 or hidden < 1 or bins < 1 or tail_bound <= 0:
+            raise InvalidDataError(f"n_layers, hidden, bins and tail_bound must be positive; got {n_layers}, {hidden}, {bins}, {tail_bound}")
+        super().__init__(
+            n_layers=int(n_layers), hidden=int(hidden), n_blocks=int(n_blocks), mixing=mixing, clamp=float(clamp),
+            dropout=float(dropout), coupling=coupling, bins=int(bins), tail_bound=float(tail_bound), **config,
+        )
 
     def build(self, dim: int, cond_dim: int) -> None:
         cfg = self.config
-        # a fixed generator makes the random permutations part of the architecture, so
-        # save/load and every rank of a DDP run build the same flow
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(12345)
-        layers: list[Transform] = []
-        for i in range(cfg["n_layers"]):
-            if dim == 1:
-                mask = torch.ones(1)
-            else:
-                mask = torch.zeros(dim)
-                mask[i % 2 :: 2] = 1  # alternate which half is transformed
-            layers.append(
-                ExpAffineCoupling(
-                    mask,
-                    lambda n_in, n_out: ResidualNet(
-                        n_in, n_out, hidden_features=cfg["hidden"], context_features=cond_dim or None,
-                        num_blocks=cfg["n_blocks"], activation=F.silu, dropout_probability=cfg["dropout"],
-                    ),
-                    clamp=cfg["clamp"],
-                )
-            )
-            if dim > 1:
-                layers.append(LULinearSolve(dim, identity_init=True) if cfg["mixing"] == "lu" else RandomPermutation(dim))
-        torch.random.set_rng_state(gen_state)
-        self.transform = CompositeTransform(layers)
+        self.transform = realnvp(
+            dim, cond_dim, n_layers=cfg["n_layers"], hidden=cfg["hidden"], n_blocks=cfg["n_blocks"],
+            mixing=cfg["mixing"], clamp=cfg["clamp"], dropout=cfg["dropout"], coupling=cfg["coupling"],
+            bins=cfg["bins"], tail_bound=cfg["tail_bound"],
+        )
 
     def _context(self, cond: torch.Tensor | None) -> torch.Tensor | None:
         return cond if self.dims.get("cond_dim", 0) else None
 
     def log_prob_model(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         z, logabsdet = self.transform(x, context=self._context(cond))
-        return -0.5 * (z * z).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi) + logabsdet
+        return standard_normal_log_prob(z) + logabsdet
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         return -self.log_prob_model(x, cond).mean() / x.shape[1], {}

@@ -39,6 +39,7 @@ class GaussianSurrogate(Surrogate):
 
     family = "gaussian"
     capabilities = Capabilities(exact_density=True, conditional=True, gradient_trained=True)
+    supports_two_stage = False
 
     SHRINKAGE_GRID = (0.0, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -51,6 +52,8 @@ class GaussianSurrogate(Surrogate):
             raise InvalidDataError(f"degree must be ≥ 0; got {degree}")
         if shrinkage is not None and not 0 <= shrinkage <= 1:
             raise InvalidDataError(f"shrinkage must be in [0, 1]; got {shrinkage}")
+        if config.get("two_stage"):
+            raise InvalidDataError("the gaussian baseline is one joint Gaussian; two_stage is for the learned families")
         super().__init__(degree=int(degree), solver=solver, shrinkage=shrinkage, ridge=float(ridge), **config)
 
     def _features(self, cond: torch.Tensor | None, n: int) -> torch.Tensor:

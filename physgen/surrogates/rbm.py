@@ -55,6 +55,7 @@ class RBMSurrogate(Surrogate):
 
     family = "rbm"
     capabilities = Capabilities(exact_density=True, conditional=False, gradient_trained=True)
+    supports_two_stage = False
     data_kinds = ("spins",)
     train_defaults: ClassVar[dict[str, Any]] = {"grad_clip": None}
 

@@ -215,7 +215,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         yv, cv = yv64.float().to(device), None if cv64 is None else cv64.float().to(device)
     model.to(device)
     y, c = y.to(device), None if c is None else c.to(device)
-    optimizers = model.configure_optimizers(cfg)
+    optimizers = model.all_optimizers(cfg)
     ctx = TrainContext(cfg, device, model)
     steps_per_epoch = math.ceil(((len(y) // world) if world > 1 else len(y)) / max(1, cfg.batch_size // world))
     total_steps = cfg.epochs * steps_per_epoch
@@ -239,6 +239,9 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         state["best_weights"] = saved.get("best_weights")
     ddp_model: nn.Module = model
     if world > 1:
+        if ignored := model.ddp_ignored_names():
+            # DDP's hooks would fire on the first stage's own backward pass; it averages its gradients itself
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
         ddp_model = nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -277,7 +280,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
                     g["lr"] = lr0 * factor
             xb = y[idx]
             cb = None if c is None else c[idx]
-            logs = model.train_batch(ddp_model, xb, cb, optimizers, ctx)
+            logs = model.train_step(ddp_model, xb, cb, optimizers, ctx)
             loss_value = logs["loss"]
             if state["loss_scale0"] is None:  # the first batch's loss, from the initial weights
                 state["loss_scale0"] = max(abs(loss_value), 1.0)
@@ -306,7 +309,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples_per_s=n_samples * world / max(elapsed, 1e-9))
         if yv is not None:
             backup = swap_in_ema()
-            record["val_loss"] = model.validation_loss(yv, cv)
+            record["val_loss"] = model.validation_total(yv, cv)
             if cfg.patience is not None and record["val_loss"] < state["best"]:
                 state["best"], state["bad_epochs"] = record["val_loss"], 0
                 state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

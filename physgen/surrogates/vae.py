@@ -145,6 +145,11 @@ class VAESurrogate(Surrogate):
         y, c = self.preprocessing.forward(data.x, data.cond)
         y, c = y.float().to(self._device()), None if c is None else c.float().to(self._device())
         self.eval()
+        first_stage = 0.0
+        if self.has_energy_stage:
+            assert c is not None
+            first_stage = self.energy_log_prob(y[:, -self.dims["energy_dim"] :], c)
+            y, c, _ = self.split_stages(y, c)
         mu, logvar = self.encode(y, c)
         std = (0.5 * logvar).exp()
         terms = []
@@ -154,7 +159,7 @@ class VAESurrogate(Surrogate):
             log_q = (-0.5 * eps**2 - 0.5 * logvar - 0.5 * math.log(2 * math.pi)).sum(1)
             log_p_h = (-0.5 * h**2 - 0.5 * math.log(2 * math.pi)).sum(1)
             terms.append(self._log_lik(y, self.decode(h, c)) + log_p_h - log_q)
-        return (torch.logsumexp(torch.stack(terms), 0) - math.log(k)).cpu()
+        return (torch.logsumexp(torch.stack(terms), 0) - math.log(k) + first_stage).cpu()
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         device = self._device()

@@ -1,0 +1,135 @@
+"""CaloFlow's two stages on every learned family: a layer-energy flow, then the family on the voxels.
+
+``two_stage=True`` splits the model space of the calorimeter pipeline into the
+layer-energy variables (modelled by a small spline flow given the incident
+energy) and the voxel fractions (modelled by the family, given the incident
+energy *and* the layer energies). The contract test runs every two-stage
+variant; this file checks what is particular to the split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import physgen
+from physgen.errors import InvalidDataError
+from physgen.surrogates import create
+
+JOB = Path(__file__).with_name("train_job.py")
+SMALL_FLOW = {"n_layers": 2, "hidden": 32, "n_blocks": 1, "two_stage": True, "energy_flow": {"n_layers": 2, "hidden": 32}}
+EXACT = {**SMALL_FLOW, "readout_quantile": None}  # no readout threshold: layer sums are exactly the first stage's
+
+
+@pytest.fixture(scope="module")
+def showers():
+    return physgen.load_default()
+
+
+def _layer_energies(data: physgen.Data) -> np.ndarray:
+    x = data.x.double().numpy()
+    return x.reshape(len(x), 24, 32).sum(2) / data.cond.double().numpy()
+
+
+def test_first_stage_alone_sets_the_layer_energies(showers):
+    """The layer sums of a sample are the first stage's draw: a different voxel model cannot change them."""
+    model = create("flow", **EXACT)
+    model.fit(showers[:600], epochs=2, batch_size=128, progress=False)
+    cond = showers.cond[:300]
+    a = model.sample(cond, seed=4)
+    with torch.no_grad():
+        for p in model.transform.parameters():  # scramble the voxel stage only
+            p.add_(torch.randn_like(p) * 0.5)
+    b = model.sample(cond, seed=4)
+    assert not torch.allclose(a.x, b.x)
+    np.testing.assert_allclose(_layer_energies(a), _layer_energies(b), rtol=1e-5, atol=1e-9)
+
+
+def test_the_log_density_adds_both_stages(showers):
+    model = create("flow", **SMALL_FLOW)
+    model.fit(showers[:600], epochs=2, batch_size=128, progress=False)
+    y, c = model.preprocessing.forward(showers.x[:50], showers.cond[:50])
+    y, c = y.float(), c.float()
+    ys, cs, ye = model.split_stages(y, c)
+    # the voxel stage sees the layer energies as conditions, the first stage only the incident energy
+    assert ys.shape == (50, 768) and cs.shape == (50, 25) and ye.shape == (50, 24)
+    with torch.no_grad():
+        z, logdet = model.energy(ye, context=c)
+        first = -0.5 * (z**2).sum(1) - 12 * np.log(2 * np.pi) + logdet
+        second = model.log_prob_model(ys, cs)
+    torch.testing.assert_close(model.log_prob(showers[:50]), first + second, rtol=1e-5, atol=1e-3)
+
+
+def test_resume_reproduces_an_uninterrupted_two_stage_run(showers, tmp_path):
+    """The first stage's optimiser state is checkpointed with the family's."""
+    data = showers[:500]
+    straight = create("flow", **SMALL_FLOW)
+    straight.fit(data, epochs=4, batch_size=128, seed=3, progress=False)
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(epoch: int, record: dict) -> None:
+        if epoch == 2:
+            raise Crash
+
+    part = create("flow", **SMALL_FLOW)
+    with pytest.raises(Crash):
+        part.fit(data, epochs=4, batch_size=128, seed=3, progress=False, checkpoint_dir=tmp_path / "run", on_epoch_end=crash_after_two)
+    resumed = create("flow", **SMALL_FLOW)
+    resumed.fit(data, epochs=4, batch_size=128, seed=3, progress=False, checkpoint_dir=tmp_path / "run", resume=True)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert any(k.startswith("energy.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_torchrun_ranks_agree_on_both_stages(tmp_path):
+    """The first stage trains outside DDP's forward; its gradients are averaged by hand, so ranks stay equal."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PHYSGEN_DIST_BACKEND": "gloo"}
+    r = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(JOB), str(tmp_path), "--epochs", "2", "--no-checkpoints",
+         "--family", "flow", "--config", json.dumps(SMALL_FLOW), "--every-rank"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = (load_file(str(tmp_path / f"final-rank{k}" / "weights.safetensors")) for k in (0, 1))
+    energy = [k for k in w0 if k.startswith("energy.")]
+    assert energy and w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    # and training moved the first stage away from its initialisation
+    fresh = create("flow", **SMALL_FLOW)
+    torch.manual_seed(7)  # the job's seed: the same initial weights
+    fresh.prepare(physgen.load_default()[:800])
+    assert any(not torch.equal(w0[k], fresh.state_dict()[k]) for k in energy)
+
+
+def test_two_stage_needs_layer_energies(zmumu_path):
+    events = physgen.read(zmumu_path, branches=["E1", "px1", "py1", "pz1"], units="GeV")
+    with pytest.raises(InvalidDataError, match="two_stage needs conditional calorimeter data.*got no condition"):
+        create("flow", two_stage=True).fit(events[:100], epochs=1, progress=False)
+    with pytest.raises(InvalidDataError, match="gaussian baseline is one joint Gaussian"):
+        create("gaussian", two_stage=True)
+
+
+def test_two_stages_are_the_default_for_showers_only(showers, zmumu_path):
+    model = create("vae", latent=4, hidden=32, layers=1)
+    model.fit(showers[:300], epochs=1, batch_size=128, progress=False)
+    assert model.dims["energy_dim"] == 24 and model.dims["cond_dim"] == 25
+    events = physgen.read(zmumu_path, branches=["E1", "px1", "py1", "pz1"], units="GeV")
+    model = create("vae", latent=4, hidden=32, layers=1)
+    model.fit(events[:300], epochs=1, batch_size=128, progress=False)
+    assert model.dims["energy_dim"] == 0 and model.dims["cond_dim"] == 0
+    gauss = create("gaussian")
+    gauss.fit(showers[:300])
+    assert gauss.dims["energy_dim"] == 0
