@@ -1,8 +1,8 @@
 """CaloFlow's two stages on every learned family: a layer-energy flow, then the family on the voxels.
 
 ``two_stage=True`` splits the model space of the calorimeter pipeline into the
-layer-energy variables (modelled by a small spline flow given the incident
-energy) and the voxel fractions (modelled by the family, given the incident
+layer-energy variables (modelled by a small masked autoregressive spline flow
+given the incident energy) and the voxel fractions (modelled by the family, given the incident
 energy *and* the layer energies). The contract test runs every two-stage
 variant; this file checks what is particular to the split.
 """
@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 import physgen
 from physgen.errors import InvalidDataError
 from physgen.surrogates import create
+from physgen.surrogates.checkpoint import latest_checkpoint, read_training_state
 
 JOB = Path(__file__).with_name("train_job.py")
 SMALL_FLOW = {"n_layers": 2, "hidden": 32, "n_blocks": 1, "two_stage": True, "energy_flow": {"n_layers": 2, "hidden": 32}}
@@ -133,3 +134,31 @@ def test_two_stages_are_the_default_for_showers_only(showers, zmumu_path):
     gauss = create("gaussian")
     gauss.fit(showers[:300])
     assert gauss.dims["energy_dim"] == 0
+
+
+def _first_stage_adam_steps(showers, tmp_path, **config) -> int:
+    model = create("flow", **SMALL_FLOW, **config)
+    model.fit(showers[:400], epochs=1, batch_size=100, progress=False, checkpoint_dir=tmp_path)
+    state = read_training_state(latest_checkpoint(tmp_path))
+    adam = state["optimizers"][-1]["state"]  # the first stage's optimiser is the last one
+    return int(adam[0]["step"])
+
+
+def test_energy_steps_gives_the_first_stage_that_many_steps_per_batch(showers, tmp_path):
+    one = _first_stage_adam_steps(showers, tmp_path / "one", energy_steps=1)
+    three = _first_stage_adam_steps(showers, tmp_path / "three", energy_steps=3)
+    assert one >= 3 and three == 3 * one
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"energy_steps": 0}, "energy_steps must be a positive integer; got 0"),
+        ({"energy_steps": 1.5}, "energy_steps must be a positive integer"),
+        ({"energy_flow": {"layers": 3}}, r"energy_flow: unknown keys \['layers'\]"),
+        ({"energy_flow": {"coupling": "made"}}, "coupling must be one of"),
+    ],
+)
+def test_bad_first_stage_settings_are_named(showers, config, message):
+    with pytest.raises(InvalidDataError, match=message):
+        create("flow", **{**SMALL_FLOW, **config}).fit(showers[:200], epochs=1, progress=False)

@@ -75,6 +75,7 @@ class DiffusionSurrogate(Surrogate):
     """
 
     family = "diffusion"
+    energy_steps = 2  # first-stage steps per (slower) family step
     capabilities = Capabilities(conditional=True, gradient_trained=True)
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
 

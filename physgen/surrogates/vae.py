@@ -63,6 +63,7 @@ class VAESurrogate(Surrogate):
     """
 
     family = "vae"
+    energy_steps = 2  # first-stage steps per (slower) family step
     capabilities = Capabilities(density_bound=True, conditional=True, gradient_trained=True)
 
     def __init__(
