@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Re-make every committed benchmark result (about an hour on the project's 2-core machine).
+# Re-make every committed benchmark result (about an hour and a half on the project's 2-core machine).
 # Needs ../shared/data (the Geant4 files) and the test extra (scikit-hep-testdata).
 # JETNET_PYTHON: a Python where jetnet imports (jetnet 0.2.5 needs NumPy < 2), for the FPD/KPD comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for suite in dimuon calo_pbwo4 calo_wsi spins; do
+for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_wsi spins; do
   python -m physgen.cli bench "benchmarks/suites/$suite.toml" --out "runs/$suite"
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"

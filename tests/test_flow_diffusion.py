@@ -106,7 +106,7 @@ def test_flow_is_invertible_on_showers(showers):
 
 
 def test_edm_denoiser_limits_and_schedule():
-    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=10)
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=10, sampler="heun")
     diff.dims = {"dim": 3, "cond_dim": 0, "event_dim": 3}
     diff.build(3, 0)
     y = torch.randn(5, 3)
@@ -116,6 +116,7 @@ def test_edm_denoiser_limits_and_schedule():
     assert sig[0] == pytest.approx(80.0) and sig[-2] == pytest.approx(0.002) and sig[-1] == 0
     assert bool((sig[1:] < sig[:-1]).all())
     assert diff.evaluations_per_sample() == 19
+    assert create("diffusion", steps=10).evaluations_per_sample() == 10  # the default sampler is Euler
 
 
 def test_diffusion_learns_a_bimodal_distribution():
