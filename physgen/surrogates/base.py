@@ -21,6 +21,7 @@ exact or bounded density implement :meth:`Surrogate.log_prob_model`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -223,7 +224,7 @@ class Surrogate(nn.Module):
             # energies it reached a layers-only classifier AUC of 0.56 where six spline
             # couplings stalled at 0.80 (docs/surrogates.md); the size is recorded in the config
             given = dict(self.config.get("energy_flow") or {})
-            allowed = {"n_layers", "hidden", "n_blocks", "mixing", "clamp", "dropout", "coupling", "bins", "tail_bound"}
+            allowed = set(inspect.signature(realnvp).parameters) - {"dim", "cond_dim"}
             if set(given) - allowed:
                 raise InvalidDataError(f"energy_flow: unknown keys {sorted(set(given) - allowed)}; expected some of {sorted(allowed)}")
             steps = self.config.get("energy_steps", self.energy_steps)
