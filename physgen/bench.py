@@ -24,6 +24,7 @@ split with the truth-vs-truth floor. Results are one JSON per run with the machi
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -342,5 +343,19 @@ def _compare_to_baseline(payload: dict[str, Any]) -> None:
         if "error" in r or base is None or r is base:
             continue
         mine, theirs = r["evaluation"]["features"], base["evaluation"]["features"]
-        worse = [f for f in mine if f in theirs and mine[f]["separation_power"]["value"] > theirs[f]["separation_power"]["value"]]
-        r["vs_gaussian"] = {"features": len(mine), "worse_than_gaussian": worse, "beats_on_every_feature": not worse}
+        shared = [f for f in mine if f in theirs]
+        sp_m = {f: mine[f]["separation_power"] for f in shared}
+        sp_g = {f: theirs[f]["separation_power"] for f in shared}
+        worse = [f for f in shared if sp_m[f]["value"] > sp_g[f]["value"]]
+        # worse beyond the bootstrap errors: the two separation powers differ by more than 2σ combined
+        significant = [
+            f for f in worse
+            if sp_m[f]["value"] - sp_g[f]["value"] > 2 * math.hypot(sp_m[f].get("error") or 0.0, sp_g[f].get("error") or 0.0)
+        ]
+        r["vs_gaussian"] = {
+            "features": len(mine),
+            "worse_than_gaussian": worse,
+            "significantly_worse_than_gaussian": significant,
+            "beats_on_every_feature": not worse,
+            "no_feature_significantly_worse": not significant,
+        }

@@ -304,8 +304,19 @@ def _markdown(payload: dict[str, Any]) -> str:
             v = r["vs_gaussian"]
             out.append("")
             out.append(f"- {r['dataset']} / {r['label']}: beats the Gaussian baseline on {v['features'] - len(v['worse_than_gaussian'])} of {v['features']} high-level features"
-                       + (f" (not on: {', '.join(v['worse_than_gaussian'][:8])}{' ...' if len(v['worse_than_gaussian']) > 8 else ''})" if v["worse_than_gaussian"] else ""))
+                       + (f" (not on: {', '.join(v['worse_than_gaussian'][:8])}{' ...' if len(v['worse_than_gaussian']) > 8 else ''})" if v["worse_than_gaussian"] else "")
+                       + _significance(v))
     return "\n".join(out) + "\n"
+
+
+def _significance(v: dict) -> str:
+    """How many of the losses exceed 2σ of the bootstrap errors (older result files lack the field)."""
+    if "significantly_worse_than_gaussian" not in v or not v["worse_than_gaussian"]:
+        return ""
+    sig = v["significantly_worse_than_gaussian"]
+    if not sig:
+        return "; none by more than 2σ"
+    return f"; by more than 2σ on {len(sig)}: {', '.join(sig[:8])}{' ...' if len(sig) > 8 else ''}"
 
 
 _PAGE = """<!doctype html>

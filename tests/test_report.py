@@ -71,3 +71,26 @@ def test_leaderboard_text_lists_every_surrogate(bench_dir):
     payload = json.loads((bench_dir / "results.json").read_text())
     text = leaderboard_text(payload)
     assert "gaussian" in text and "flow" in text and "× Geant4 per core" in text
+
+
+def test_baseline_comparison_separates_losses_beyond_the_bootstrap_errors():
+    from physgen.bench import _compare_to_baseline
+    from physgen.report import _significance
+
+    def result(family, sp):
+        feats = {f: {"separation_power": {"value": v, "error": e}} for f, (v, e) in sp.items()}
+        return {"dataset": "d", "family": family, "label": family, "evaluation": {"features": feats, "summary": {}}}
+
+    base = result("gaussian", {"a": (0.10, 0.01), "b": (0.010, 0.003), "c": (0.05, 0.004)})
+    # a: better; b: worse by 0.001 (far inside σ = 0.0042); c: worse by 0.02 (> 2σ = 0.0113)
+    mine = result("flow", {"a": (0.05, 0.01), "b": (0.011, 0.003), "c": (0.07, 0.004)})
+    payload = {"results": [base, mine]}
+    _compare_to_baseline(payload)
+    v = mine["vs_gaussian"]
+    assert v["worse_than_gaussian"] == ["b", "c"] and v["significantly_worse_than_gaussian"] == ["c"]
+    assert not v["beats_on_every_feature"] and not v["no_feature_significantly_worse"]
+    assert "vs_gaussian" not in base
+    assert _significance(v) == "; by more than 2σ on 1: c"
+    mine["evaluation"]["features"]["c"]["separation_power"]["value"] = 0.055  # now within 2σ
+    _compare_to_baseline(payload)
+    assert mine["vs_gaussian"]["no_feature_significantly_worse"] and _significance(mine["vs_gaussian"]) == "; none by more than 2σ"

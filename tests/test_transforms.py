@@ -133,3 +133,91 @@ def test_readout_threshold_cuts_the_chosen_quantile_of_real_deposits(showers):
     assert q.x_transforms[0].threshold == t.threshold
     with pytest.raises(InvalidDataError, match="quantile must be in"):
         ReadoutThreshold(quantile=1.5)
+
+
+def _occupancy_data(n=4000, v=6, seed=0):
+    """Training showers whose hit probability depends on the voxel and on the incident energy."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.exp(torch.rand(n, 1, generator=g, dtype=torch.float64) * np.log(100.0)) * 1000  # 1–100 GeV, log-uniform
+    p_hit = torch.linspace(0.2, 0.95, v, dtype=torch.float64)[None, :] * (0.5 + 0.5 * torch.log(e / 1000) / np.log(100.0))
+    x = (torch.rand(n, v, generator=g, dtype=torch.float64) < p_hit) * torch.rand(n, v, generator=g, dtype=torch.float64) * 10
+    x[:, -1] = 0  # a voxel Geant4 never hits
+    return x, e
+
+
+def test_readout_calibration_reproduces_the_training_occupancy_per_voxel_and_energy_bin():
+    x, e = _occupancy_data()
+    # a model that smears every zero: every voxel gets a continuous deposit, small ones where the data had none
+    g = torch.Generator().manual_seed(1)
+    gen = torch.where(x > 0, x, 0.5 * torch.rand(x.shape, generator=g, dtype=torch.float64))
+    t = ReadoutThreshold(threshold=0.01).calibrate(x, e, gen, e, bins=4)
+    assert len(t.edges) == 3 and t.voxel_thresholds.shape == (4, 6)
+    assert bool((t.voxel_thresholds >= 0.01).all())  # never below the global cut
+    back = t.inverse(gen, e)
+    bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(t.edges, dtype=torch.float64), right=True)
+    for b in range(4):
+        real, cut = (x[bins == b] > 0).double().mean(0), (back[bins == b] > 0).double().mean(0)
+        # a quantile of ~1,000 samples: occupancy matched to the sample's granularity
+        assert float((real - cut).abs().max()) <= 2.0 / int((bins == b).sum()), (b, real, cut)
+    assert bool((back[:, -1] == 0).all())  # never hit in training → always empty
+    # a single global threshold cannot do this: the occupancy differs per voxel and per energy
+    glob = ReadoutThreshold(threshold=float(torch.quantile(gen[x == 0], 0.5))).inverse(gen, e)
+    assert float(((glob > 0).double().mean(0) - (x > 0).double().mean(0)).abs().max()) > 0.05
+
+
+def test_readout_cut_keeps_each_layers_energy_and_round_trips_through_json():
+    x, e = _occupancy_data(v=8)
+    g = torch.Generator().manual_seed(2)
+    gen = torch.where(x > 0, x, 0.5 * torch.rand(x.shape, generator=g, dtype=torch.float64))
+    t = ReadoutThreshold(threshold=0.01, layer_sizes=[4, 0, 4]).calibrate(x, e, gen, e, bins=3)
+    back = t.inverse(gen, e)
+    for sl in (slice(0, 4), slice(4, 8)):
+        before, after = gen[:, sl].sum(1), back[:, sl].sum(1)
+        alive = (back[:, sl] > 0).any(1)
+        torch.testing.assert_close(after[alive], before[alive], rtol=1e-12, atol=0)
+        assert bool((after[~alive] == 0).all())
+    # cut voxels stay empty, survivors keep their ratios within the layer
+    assert bool((back[gen < t.voxel_thresholds.min()] == 0).all())
+    s = ReadoutThreshold.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert torch.equal(s.inverse(gen, e), back)
+    s.active = False
+    assert torch.equal(s.inverse(gen, e), gen)
+    with pytest.raises(InvalidDataError, match="one row per energy bin"):
+        ReadoutThreshold(edges=[0.0], voxel_thresholds=[[1.0, 2.0]])
+    with pytest.raises(InvalidDataError, match="equal V"):
+        t.calibrate(x, e, gen[:, :3], e)
+    with pytest.raises(InvalidDataError, match="add up to"):
+        ReadoutThreshold(layer_sizes=[4, 4]).fit(torch.ones(3, 9), None)
+
+
+def test_fit_calibrates_the_readout_so_samples_have_geant4s_hit_occupancy(showers):
+    from physgen.surrogates import create
+
+    train, test = showers.split((0.5, 0.5), seed=0)
+
+    def layer_occupancy(x):
+        return (x > 0).double().reshape(len(x), 24, 32).mean((0, 2))
+
+    real = layer_occupancy(test.x)
+    off = create("gaussian", readout_bins=0)
+    off.fit(train, seed=0)
+    on = create("gaussian")  # readout_bins=4, the default
+    on.fit(train, seed=0)
+    cut = on.preprocessing.x_transforms[0]
+    assert isinstance(cut, ReadoutThreshold) and cut.voxel_thresholds.shape == (4, 768)
+    assert off.preprocessing.x_transforms[0].voxel_thresholds is None
+    d_off = layer_occupancy(off.sample(test.cond, seed=1).x) - real
+    d_on = layer_occupancy(on.sample(test.cond, seed=1).x) - real
+    # the Gaussian smears Geant4's empty voxels into hits: 3–10 % too many in layers 0–20 …
+    assert float(d_off[:21].min()) > 0.02
+    # … which the per-voxel cut takes back to the held-out data's occupancy (train/test differ by ~0.01)
+    assert float(d_on[:21].abs().max()) < 0.025
+    assert float(d_on.abs().mean()) < 0.5 * float(d_off.abs().mean())
+    # the cut energy stays in its layer: E_tot is unchanged by the calibration
+    e_off = off.sample(test.cond, seed=1).x.sum(1).mean()
+    e_on = on.sample(test.cond, seed=1).x.sum(1).mean()
+    assert abs(float(e_on / e_off) - 1) < 1e-3
+    with pytest.raises(InvalidDataError, match="readout_bins"):
+        create("gaussian", readout_bins=-1)
+    with pytest.raises(InvalidDataError, match="readout_events"):
+        create("diffusion", readout_events=0)

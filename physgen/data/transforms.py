@@ -304,29 +304,119 @@ class Dequantise(Transform):
 
 
 class ReadoutThreshold(Transform):
-    """A readout threshold on generated voxels: the inverse zeroes energies below ``threshold`` (MeV).
+    """A readout threshold on generated voxels: the inverse zeroes energies below a threshold (MeV).
 
     The forward map is the identity: models train on the recorded showers. On
     the way back, the small positive values a continuous model leaves in voxels
     Geant4 kept empty are cut, as a detector's readout would. With
-    ``quantile`` set, :meth:`fit` takes the threshold as that quantile of the
-    training data's non-zero voxel energies, so the cut removes that fraction
-    of Geant4's own (smallest) deposits and no more.
+    ``quantile`` set, :meth:`fit` takes the global threshold as that quantile
+    of the training data's non-zero voxel energies, so the cut removes that
+    fraction of Geant4's own (smallest) deposits and no more.
+
+    A global cut cannot fix a model that smears the zero spike of the deep,
+    sparse layers into many small deposits: their hit counts, widths and radial
+    centroids come out too large. :meth:`calibrate` fits, in addition, one
+    threshold per voxel and incident-energy bin, chosen so that the model's
+    pre-cut samples have Geant4's occupancy (the fraction of showers with a
+    non-zero deposit) in that voxel and bin: a quantile map on the hit/no-hit
+    decision, fitted on training data only. With ``layer_sizes`` the energy
+    cut from a layer is given back to that layer's surviving voxels in
+    proportion, so a cut never changes the layer energies (and E_tot) that a
+    model's first stage generated.
+
+    Args:
+        threshold: the global threshold (MeV).
+        quantile: fit the global threshold as this quantile of the non-zero training voxels.
+        layer_sizes: voxels per layer, to keep each layer's energy through the cut.
     """
 
     name = "readout_threshold"
 
-    def __init__(self, threshold: float = 0.0, quantile: float | None = None):
+    def __init__(
+        self,
+        threshold: float = 0.0,
+        quantile: float | None = None,
+        layer_sizes: Sequence[int] | None = None,
+        edges: Sequence[float] | None = None,
+        voxel_thresholds: Sequence[Sequence[float]] | None = None,
+    ):
         if quantile is not None and not 0 <= quantile < 1:
             raise InvalidDataError(f"readout threshold quantile must be in [0, 1); got {quantile}")
         if threshold < 0:
             raise InvalidDataError(f"readout threshold must be ≥ 0 MeV; got {threshold}")
         self.threshold, self.quantile = float(threshold), None if quantile is None else float(quantile)
+        self.layer_sizes = None if layer_sizes is None else [int(s) for s in layer_sizes if int(s) > 0]
+        self.edges = None if edges is None else [float(e) for e in edges]
+        self.voxel_thresholds = None if voxel_thresholds is None else torch.tensor(voxel_thresholds, dtype=torch.float64)
+        if (self.edges is None) != (self.voxel_thresholds is None) or (
+            self.voxel_thresholds is not None and (self.voxel_thresholds.ndim != 2 or len(self.edges) != self.voxel_thresholds.shape[0] - 1)
+        ):
+            raise InvalidDataError("readout threshold: voxel_thresholds needs one row per energy bin and len(edges) = bins − 1")
+        #: with ``False`` the inverse passes samples through uncut (used while calibrating)
+        self.active = True
 
     def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> ReadoutThreshold:
         if self.quantile is not None:
             nonzero = x[x > 0].double().numpy()
             self.threshold = float(np.quantile(nonzero, self.quantile)) if nonzero.size else 0.0
+        self.edges = self.voxel_thresholds = None
+        if self.layer_sizes is not None and sum(self.layer_sizes) != x.shape[1]:
+            raise InvalidDataError(f"readout threshold: layer sizes add up to {sum(self.layer_sizes)} voxels, data has {x.shape[1]}")
+        return self
+
+    @staticmethod
+    def _bin_key(cond: torch.Tensor | None, n: int) -> torch.Tensor:
+        """log of the first condition column (the incident energy), or zeros without conditions."""
+        if cond is None:
+            return torch.zeros(n, dtype=torch.float64)
+        c = _f64(cond).reshape(n, -1)[:, 0]
+        return torch.log(c.clamp_min(1e-300))
+
+    def calibrate(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor | None,
+        generated: torch.Tensor,
+        generated_cond: torch.Tensor | None,
+        bins: int = 4,
+        min_per_bin: int = 50,
+    ) -> ReadoutThreshold:
+        """Fit per-voxel thresholds so that ``generated`` (pre-cut samples) has ``x``'s occupancy.
+
+        Args:
+            x, cond: training showers (MeV) and their conditions.
+            generated, generated_cond: the model's samples *before* any cut, at
+                (a subset of) the training conditions.
+            bins: incident-energy bins (equal-population in log of ``cond[:, 0]``);
+                fewer are used when a bin would hold under ``min_per_bin`` showers.
+        """
+        x, g = _f64(x), _f64(generated)
+        if x.ndim != 2 or g.ndim != 2 or x.shape[1] != g.shape[1]:
+            raise InvalidDataError(f"readout calibration needs [N, V] data and samples of equal V; got {tuple(x.shape)} and {tuple(g.shape)}")
+        if bins < 1:
+            raise InvalidDataError(f"readout calibration bins must be ≥ 1; got {bins}")
+        kx, kg = self._bin_key(cond, len(x)), self._bin_key(generated_cond, len(g))
+        bins = max(1, min(int(bins), len(x) // min_per_bin, len(g) // min_per_bin))
+        inner = torch.quantile(kx, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]) if bins > 1 else torch.zeros(0, dtype=torch.float64)
+        bx, bg = torch.bucketize(kx, inner, right=True), torch.bucketize(kg, inner, right=True)
+        rows = []
+        for b in range(bins):
+            xb, gb = x[bx == b], g[bg == b]
+            if len(xb) == 0 or len(gb) == 0:
+                rows.append(torch.full((x.shape[1],), self.threshold, dtype=torch.float64))
+                continue
+            occupancy = (xb > 0).double().mean(0)
+            # the (1 − occupancy) quantile of each voxel's samples, linear interpolation as numpy's default
+            srt = torch.sort(gb, dim=0).values
+            pos = (1 - occupancy) * (len(gb) - 1)
+            lo = pos.floor().long().clamp(0, len(gb) - 1)
+            hi = (lo + 1).clamp_max(len(gb) - 1)
+            frac = pos - lo
+            q = srt.gather(0, lo[None])[0] * (1 - frac) + srt.gather(0, hi[None])[0] * frac
+            # a voxel Geant4 never hit in this bin stays empty
+            q = torch.where(occupancy == 0, torch.full_like(q, _NEVER), q)
+            rows.append(q.clamp_min(self.threshold))
+        self.edges, self.voxel_thresholds = inner.tolist(), torch.stack(rows)
         return self
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -334,10 +424,34 @@ class ReadoutThreshold(Transform):
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         y = _f64(y)
-        return torch.where(y < self.threshold, torch.zeros_like(y), y)
+        if not self.active:
+            return y
+        t: torch.Tensor | float = self.threshold
+        if self.voxel_thresholds is not None:
+            b = torch.bucketize(self._bin_key(cond, len(y)), torch.tensor(self.edges, dtype=torch.float64), right=True)
+            t = self.voxel_thresholds[b]
+        cut = torch.where(y < t, torch.zeros_like(y), y)
+        if self.layer_sizes is None or sum(self.layer_sizes) != y.shape[1]:
+            return cut
+        # give each layer's cut energy back to its surviving voxels, in proportion
+        index = torch.repeat_interleave(torch.arange(len(self.layer_sizes)), torch.tensor(self.layer_sizes))
+        before = torch.zeros(len(y), len(self.layer_sizes), dtype=torch.float64).index_add_(1, index, y.clamp_min(0))
+        after = torch.zeros_like(before).index_add_(1, index, cut)
+        scale = torch.where(after > 0, before / after.where(after > 0, torch.ones_like(after)), torch.ones_like(after))
+        return cut * scale[:, index]
 
     def state(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "quantile": self.quantile}
+        return {
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "layer_sizes": self.layer_sizes,
+            "edges": self.edges,
+            "voxel_thresholds": None if self.voxel_thresholds is None else self.voxel_thresholds.tolist(),
+        }
+
+
+#: a per-voxel threshold no deposit reaches (finite, so the state stays strict JSON)
+_NEVER = 1e30
 
 
 class LogCondition(Transform):
@@ -457,7 +571,7 @@ def calorimeter_pipeline(
     """
     xt: list[Transform] = []
     if threshold_quantile is not None:
-        xt.append(ReadoutThreshold(quantile=threshold_quantile))
+        xt.append(ReadoutThreshold(quantile=threshold_quantile, layer_sizes=layer_sizes))
     if noise:
         xt.append(Dequantise(noise=noise, threshold=noise))
     xt.append(NormaliseByIncidentEnergy())

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from physgen.data import Data, Pipeline, Schema, calorimeter_pipeline
-from physgen.data.transforms import LayerFractions, Standardise
+from physgen.data.transforms import LayerFractions, ReadoutThreshold, Standardise
 from physgen.errors import CheckpointError, InvalidDataError, UnknownNameError
 from physgen.surrogates import checkpoint as ckpt
 
@@ -88,6 +88,7 @@ class Surrogate(nn.Module):
     def __init__(self, **config: Any):
         super().__init__()
         self.config: dict[str, Any] = dict(config)
+        self._readout_settings()  # bad readout settings fail here, not after training
         self.preprocessing: Pipeline | None = None
         self.schema: Schema | None = None
         self.dims: dict[str, int] = {}
@@ -345,7 +346,44 @@ class Surrogate(nn.Module):
         """
         from physgen.surrogates.training import TrainConfig, train
 
-        return train(self, data, TrainConfig(**{**self.train_defaults, **train_config}), preprocessing=preprocessing)
+        history = train(self, data, TrainConfig(**{**self.train_defaults, **train_config}), preprocessing=preprocessing)
+        self.calibrate_readout(data, seed=int(train_config.get("seed", 0)))
+        return history
+
+    def _readout_settings(self) -> tuple[int, int]:
+        bins = self.config.get("readout_bins", 4)
+        events = self.config.get("readout_events", 20_000)
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 0:
+            raise InvalidDataError(f"readout_bins must be an integer ≥ 0 (0: global threshold only); got {bins!r}")
+        if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+            raise InvalidDataError(f"readout_events must be a positive integer; got {events!r}")
+        return bins, events
+
+    def calibrate_readout(self, data: Data, seed: int = 0) -> bool:
+        """Fit the readout threshold's per-voxel cuts to ``data``'s occupancy (see :class:`ReadoutThreshold`).
+
+        Runs at the end of :meth:`fit` for pipelines with a readout threshold:
+        draws pre-cut samples at (up to ``readout_events``, default 20,000, of)
+        the training conditions and fits one threshold per voxel and
+        incident-energy bin (``readout_bins``, default 4; 0 keeps the global cut
+        only). Returns whether a calibration was fitted.
+        """
+        bins, events = self._readout_settings()
+        cuts = [t for t in (self.preprocessing.x_transforms if self.preprocessing is not None else []) if isinstance(t, ReadoutThreshold)]
+        if not cuts or bins == 0 or data.x.ndim != 2 or (self.is_conditional and data.cond is None):
+            return False
+        n = len(data)
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:events] if n > events else torch.arange(n)
+        cond = None if data.cond is None else data.cond[idx]
+        for t in cuts:
+            t.active = False
+        try:
+            generated = self.sample(cond, n=None if self.is_conditional else len(idx), seed=seed).x
+        finally:
+            for t in cuts:
+                t.active = True
+        cuts[-1].calibrate(data.x[idx], cond, generated, cond, bins=bins)
+        return True
 
     def _device(self) -> torch.device:
         for p in self.parameters():

@@ -139,4 +139,5 @@ class GaussianSurrogate(Surrogate):
             {"epoch": 1, "loss": self.validation_loss(y, c), "val_loss": after, "shrinkage": best[1]},
         ]
         self.eval()
+        self.calibrate_readout(data, seed=seed)
         return self.history
