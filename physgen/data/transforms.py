@@ -49,6 +49,16 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64)
 
 
+def _layer_index(layer_sizes: Sequence[int]) -> torch.Tensor:
+    """Each voxel's layer number, for layers of the given (positive) sizes."""
+    return torch.repeat_interleave(torch.arange(len(layer_sizes)), torch.tensor(layer_sizes, dtype=torch.long))
+
+
+def _layer_sums(x: torch.Tensor, index: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``[N, V]`` voxels → ``[N, L]`` layer sums."""
+    return torch.zeros(x.shape[0], n_layers, dtype=x.dtype).index_add_(1, index, x)
+
+
 class Transform:
     """An invertible map with JSON state. Subclasses set ``name`` and implement the maps."""
 
@@ -134,17 +144,14 @@ class LayerFractions(Transform):
             raise InvalidDataError(f"layer_energy must be 'recursive' or 'absolute'; got {layer_energy!r}")
         self.layer_sizes = [int(s) for s in layer_sizes if int(s) > 0]
         self.layer_energy = layer_energy
-        self._index = torch.repeat_interleave(
-            torch.arange(len(self.layer_sizes)), torch.tensor(self.layer_sizes, dtype=torch.long)
-        )
+        self._index = _layer_index(self.layer_sizes)
 
     @property
     def n_voxels(self) -> int:
         return sum(self.layer_sizes)
 
     def _layer_sums(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], len(self.layer_sizes), dtype=x.dtype)
-        return out.index_add_(1, self._index, x)
+        return _layer_sums(x, self._index, len(self.layer_sizes))
 
     @staticmethod
     def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -346,6 +353,7 @@ class ReadoutThreshold(Transform):
             raise InvalidDataError(f"readout threshold must be ≥ 0 MeV; got {threshold}")
         self.threshold, self.quantile = float(threshold), None if quantile is None else float(quantile)
         self.layer_sizes = None if layer_sizes is None else [int(s) for s in layer_sizes if int(s) > 0]
+        self._index = None if self.layer_sizes is None else _layer_index(self.layer_sizes)
         self.edges = None if edges is None else [float(e) for e in edges]
         self.voxel_thresholds = None if voxel_thresholds is None else torch.tensor(voxel_thresholds, dtype=torch.float64)
         if (self.edges is None) != (self.voxel_thresholds is None) or (
@@ -431,14 +439,13 @@ class ReadoutThreshold(Transform):
             b = torch.bucketize(self._bin_key(cond, len(y)), torch.tensor(self.edges, dtype=torch.float64), right=True)
             t = self.voxel_thresholds[b]
         cut = torch.where(y < t, torch.zeros_like(y), y)
-        if self.layer_sizes is None or sum(self.layer_sizes) != y.shape[1]:
+        if self._index is None or len(self._index) != y.shape[1]:
             return cut
         # give each layer's cut energy back to its surviving voxels, in proportion
-        index = torch.repeat_interleave(torch.arange(len(self.layer_sizes)), torch.tensor(self.layer_sizes))
-        before = torch.zeros(len(y), len(self.layer_sizes), dtype=torch.float64).index_add_(1, index, y.clamp_min(0))
-        after = torch.zeros_like(before).index_add_(1, index, cut)
-        scale = torch.where(after > 0, before / after.where(after > 0, torch.ones_like(after)), torch.ones_like(after))
-        return cut * scale[:, index]
+        n = len(self.layer_sizes)
+        before, after = _layer_sums(y.clamp_min(0), self._index, n), _layer_sums(cut, self._index, n)
+        scale = torch.where(after > 0, before / after.clamp_min(1e-300), torch.ones_like(after))
+        return cut * scale[:, self._index]
 
     def state(self) -> dict[str, Any]:
         return {

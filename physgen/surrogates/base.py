@@ -369,20 +369,19 @@ class Surrogate(nn.Module):
         only). Returns whether a calibration was fitted.
         """
         bins, events = self._readout_settings()
-        cuts = [t for t in (self.preprocessing.x_transforms if self.preprocessing is not None else []) if isinstance(t, ReadoutThreshold)]
-        if not cuts or bins == 0 or data.x.ndim != 2 or (self.is_conditional and data.cond is None):
+        transforms = self.preprocessing.x_transforms if self.preprocessing is not None else []
+        cut = next((t for t in transforms if isinstance(t, ReadoutThreshold)), None)
+        if cut is None or bins == 0 or data.x.ndim != 2 or (self.is_conditional and data.cond is None):
             return False
         n = len(data)
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:events] if n > events else torch.arange(n)
         cond = None if data.cond is None else data.cond[idx]
-        for t in cuts:
-            t.active = False
+        cut.active = False
         try:
             generated = self.sample(cond, n=None if self.is_conditional else len(idx), seed=seed).x
         finally:
-            for t in cuts:
-                t.active = True
-        cuts[-1].calibrate(data.x[idx], cond, generated, cond, bins=bins)
+            cut.active = True
+        cut.calibrate(data.x[idx], cond, generated, cond, bins=bins)
         return True
 
     def _device(self) -> torch.device:
