@@ -89,6 +89,7 @@ class Surrogate(nn.Module):
         super().__init__()
         self.config: dict[str, Any] = dict(config)
         self._readout_settings()  # bad readout settings fail here, not after training
+        self._sample_dtype(self.config.get("sample_precision", "fp32"))
         self.preprocessing: Pipeline | None = None
         self.schema: Schema | None = None
         self.dims: dict[str, int] = {}
@@ -314,14 +315,21 @@ class Surrogate(nn.Module):
         """Parameters and buffers DDP must leave alone: the first stage's, whose gradients are reduced by hand."""
         return [n for n, _ in [*self.named_parameters(), *self.named_buffers()] if n.startswith("energy.")]
 
-    def sample_all(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        """Model-space samples of the whole event: layer energies first (two stages), then the family."""
-        if not self.has_energy_stage:
-            return self.sample_model(n, cond, generator)
-        assert cond is not None
-        z = torch.randn(n, self.dims["energy_dim"], generator=generator, device=cond.device)
-        ye, _ = self.energy.inverse(z, context=cond)
-        return torch.cat([self.sample_model(n, torch.cat([cond, ye], 1), generator), ye], 1)
+    def sample_all(self, n: int, cond: torch.Tensor | None, generator: torch.Generator, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Model-space samples of the whole event: layer energies first (two stages), then the family.
+
+        ``dtype`` (bfloat16 or float16) runs the family's networks under autocast;
+        the state they update and the first stage's splines stay float32.
+        """
+        if self.has_energy_stage:
+            assert cond is not None
+            z = torch.randn(n, self.dims["energy_dim"], generator=generator, device=cond.device)
+            ye, _ = self.energy.inverse(z, context=cond)
+            cond_model = torch.cat([cond, ye], 1)
+        with torch.autocast(self._device().type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            y = self.sample_model(n, cond_model if self.has_energy_stage else cond, generator)
+        y = y.float()
+        return torch.cat([y, ye], 1) if self.has_energy_stage else y
 
     def log_prob_all(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Model-space log-density of whole events: log p(voxels | c, E_layers) + log p(E_layers | c)."""
@@ -358,6 +366,12 @@ class Surrogate(nn.Module):
         if isinstance(events, bool) or not isinstance(events, int) or events < 1:
             raise InvalidDataError(f"readout_events must be a positive integer; got {events!r}")
         return bins, events
+
+    def _sample_dtype(self, precision: str) -> torch.dtype | None:
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise InvalidDataError(f"sample_precision must be 'fp32', 'bf16' or 'fp16'; got {precision!r}")
+        return dtypes[precision]
 
     def calibrate_readout(self, data: Data, seed: int = 0) -> bool:
         """Fit the readout threshold's per-voxel cuts to ``data``'s occupancy (see :class:`ReadoutThreshold`).
@@ -399,6 +413,7 @@ class Surrogate(nn.Module):
         *,
         seed: int | None = None,
         batch_size: int = 10_000,
+        precision: str | None = None,
     ) -> Data:
         """Draw samples in physics units.
 
@@ -408,6 +423,10 @@ class Surrogate(nn.Module):
             n: number of samples for unconditional surrogates.
             seed: makes the samples reproducible.
             batch_size: rows per forward pass.
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA) for the family's
+                networks; default the model's ``sample_precision`` (``"fp32"`` unless set).
+                bf16 runs the matrix products at about 2.7x fp32's rate on CPUs with
+                AVX512-BF16 or AMX; the readout cuts are fitted at the model's own precision.
 
         Returns:
             ``Data`` with ``x`` ``[B, *event_shape]`` (float32, physics units) and ``cond``.
@@ -431,6 +450,9 @@ class Surrogate(nn.Module):
             cond_t, total = None, int(n)
         if total < 1:
             raise InvalidDataError(f"asked for {total} samples; expected at least 1")
+        dtype = self._sample_dtype(self.config.get("sample_precision", "fp32") if precision is None else precision)
+        if dtype is torch.float16 and self._device().type != "cuda":
+            raise InvalidDataError("sample precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
         generator = torch.Generator(device=self._device())
         generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
         was_training = self.training
@@ -441,7 +463,7 @@ class Surrogate(nn.Module):
                 stop = min(start + batch_size, total)
                 raw = None if cond_t is None else cond_t[start:stop]
                 model_cond = None if raw is None else self.preprocessing.forward_cond(raw).float().to(self._device())
-                y = self.sample_all(stop - start, model_cond, generator).float().cpu()
+                y = self.sample_all(stop - start, model_cond, generator, dtype).float().cpu()
                 parts.append(self.postprocess(self.preprocessing.inverse(y, raw)))
         finally:
             self.train(was_training)
