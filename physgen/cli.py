@@ -155,11 +155,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise InvalidDataError("this surrogate is conditional: give --cond FILE or --energies E1,E2,... (MeV)")
         if args.n and args.cond:
             cond = cond[torch.arange(args.n) % len(cond)]
-        out = model.sample(cond, seed=args.seed, batch_size=args.batch_size)
+        out = model.sample(cond, seed=args.seed, batch_size=args.batch_size, precision=args.precision)
     else:
         if not args.n:
             raise InvalidDataError("this surrogate is unconditional: give --n N")
-        out = model.sample(n=args.n, seed=args.seed, batch_size=args.batch_size)
+        out = model.sample(n=args.n, seed=args.seed, batch_size=args.batch_size, precision=args.precision)
     path = write(out, args.out, format=args.out_format)
     print(f"wrote {len(out)} generated {out.schema.kind} events to {path} ({args.out_format or out.schema.source_format or 'auto'} format)")
     return 0
@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out-format", help="override the output format (calochallenge, hdf5, root, spins)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=10_000)
+    sample.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="the networks' precision (default: the model's sample_precision)")
     _add_read_options(sample)
     sample.set_defaults(func=_cmd_sample)
 

@@ -58,6 +58,10 @@ def test_train_sample_evaluate_calorimeter(tmp_path, small_h5):
     with h5py.File(out) as h5:  # the CaloChallenge layout, as the official evaluator reads it
         assert h5["showers"].shape == (6, 768)
         assert h5["incident_energies"][:, 0].tolist() == [5000.0, 50000.0] * 3
+    bf16 = tmp_path / "gen_bf16.h5"
+    _physgen("sample", str(run), "--energies", "5000,50000", "--n", "6", "--precision", "bf16", "--out", str(bf16))
+    fp32, low = physgen.read(out).x, physgen.read(bf16).x
+    assert low.shape == fp32.shape and torch.allclose(low.sum(1), fp32.sum(1), rtol=0.05)
     out2 = tmp_path / "gen_like.h5"
     _physgen("sample", str(run / "model"), "--cond", str(small_h5), "--out", str(out2))
     assert physgen.read(out2).x.shape == (400, 768)
