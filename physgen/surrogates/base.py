@@ -369,7 +369,7 @@ class Surrogate(nn.Module):
 
     def _sample_dtype(self, precision: str) -> torch.dtype | None:
         dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if precision not in dtypes:
+        if not isinstance(precision, str) or precision not in dtypes:
             raise InvalidDataError(f"sample_precision must be 'fp32', 'bf16' or 'fp16'; got {precision!r}")
         return dtypes[precision]
 
