@@ -13,12 +13,19 @@ Likelihood choice: a Gaussian with a *learned* per-feature variance (the
 default) suits the standardised logit space the preprocessing produces, and
 lets the model say how noisy each voxel is instead of imposing one scale; a
 fixed σ (``likelihood="fixed"``, ``fixed_sigma``) is the classic choice.
-Sampling draws h ~ p(h) and returns the decoder mean m(h, c) (the default), or
-also adds the likelihood's independent per-feature noise (``sample_noise=True``,
-the model's full distribution). The mean is the default because that noise breaks
-the correlations physics quantities rest on: on the CMS dimuon events the
-fraction of generated pairs in the Z window (81–101 GeV) is 0.40 from the mean and
-0.15 with the noise.
+Sampling draws h ~ p(h) and returns the decoder mean m(h, c), plus, with
+``sample_noise``, the likelihood's independent per-feature noise (the model's full
+distribution). By default (``sample_noise=None``) the noise is on for calorimeter
+showers and off for event data, as measured:
+
+* showers: the decoder mean is too smooth (its shower widths and centroids scatter
+  too little), and the noise's spurious small deposits are what the occupancy-
+  calibrated readout cut removes. On calo_pbwo4 (one trained model, cuts re-fitted
+  per setting, 6,000 held-out showers) the noise took the mean separation power
+  from 0.059 to 0.027 and the features worse than the Gaussian by > 2σ from 82 to 1;
+* events: the noise breaks the correlations physics quantities rest on: on the CMS
+  dimuon events the fraction of generated pairs in the Z window (81–101 GeV) is
+  0.40 from the mean and 0.15 with the noise.
 
 ``log_prob`` is the ELBO, a lower bound on log p(y | c) (capabilities say
 ``density_bound``); :meth:`VAESurrogate.log_prob_iw` gives the importance-weighted
@@ -58,8 +65,8 @@ class VAESurrogate(Surrogate):
         kl_warmup_steps: optimiser steps over which β ramps from 0 (0: no warm-up).
         likelihood: ``"learned"`` (per-feature variance) or ``"fixed"``.
         fixed_sigma: σ of the fixed likelihood.
-        sample_noise: also add the likelihood's independent per-feature noise when sampling
-            (off by default: see the module docstring).
+        sample_noise: also add the likelihood's independent per-feature noise when sampling;
+            None (default): on for calorimeter showers, off for events (see the module docstring).
     """
 
     family = "vae"
@@ -75,7 +82,7 @@ class VAESurrogate(Surrogate):
         kl_warmup_steps: int = 2000,
         likelihood: str = "learned",
         fixed_sigma: float = 0.3,
-        sample_noise: bool = False,
+        sample_noise: bool | None = None,
         **config: Any,
     ):
         if likelihood not in ("learned", "fixed"):
@@ -84,7 +91,7 @@ class VAESurrogate(Surrogate):
             raise InvalidDataError(f"latent must be ≥ 1 and beta ≥ 0; got {latent}, {beta}")
         super().__init__(
             latent=int(latent), hidden=int(hidden), layers=int(layers), beta=float(beta), kl_warmup_steps=int(kl_warmup_steps),
-            likelihood=likelihood, fixed_sigma=float(fixed_sigma), sample_noise=bool(sample_noise), **config,
+            likelihood=likelihood, fixed_sigma=float(fixed_sigma), sample_noise=None if sample_noise is None else bool(sample_noise), **config,
         )
 
     def build(self, dim: int, cond_dim: int) -> None:
@@ -162,10 +169,18 @@ class VAESurrogate(Surrogate):
             terms.append(self._log_lik(y, self.decode(h, c)) + log_p_h - log_q)
         return (torch.logsumexp(torch.stack(terms), 0) - math.log(k) + first_stage).cpu()
 
+    @property
+    def adds_noise(self) -> bool:
+        """Whether sampling adds the likelihood's noise (``sample_noise``, or by data kind when None)."""
+        noise = self.config.get("sample_noise")
+        if noise is None:
+            return self.schema is not None and self.schema.kind == "calorimeter"
+        return bool(noise)
+
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         device = self._device()
         h = torch.randn(n, self.config["latent"], generator=generator, device=device)
         mean = self.decode(h, cond)
-        if not self.config["sample_noise"]:
+        if not self.adds_noise:
             return mean
         return mean + torch.randn(mean.shape, generator=generator, device=device) * self.log_sigma.exp()
