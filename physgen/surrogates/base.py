@@ -33,6 +33,7 @@ from physgen.data import Data, Pipeline, Schema, calorimeter_pipeline
 from physgen.data.transforms import LayerFractions, ReadoutThreshold, Standardise
 from physgen.errors import CheckpointError, InvalidDataError, UnknownNameError
 from physgen.surrogates import checkpoint as ckpt
+from physgen.surrogates.training import autocast_dtype
 
 if TYPE_CHECKING:
     from physgen.surrogates.training import TrainConfig, TrainContext
@@ -89,7 +90,7 @@ class Surrogate(nn.Module):
         super().__init__()
         self.config: dict[str, Any] = dict(config)
         self._readout_settings()  # bad readout settings fail here, not after training
-        self._sample_dtype(self.config.get("sample_precision", "fp32"))
+        autocast_dtype(self.config.get("sample_precision", "fp32"), name="sample_precision")
         self.preprocessing: Pipeline | None = None
         self.schema: Schema | None = None
         self.dims: dict[str, int] = {}
@@ -321,15 +322,15 @@ class Surrogate(nn.Module):
         ``dtype`` (bfloat16 or float16) runs the family's networks under autocast;
         the state they update and the first stage's splines stay float32.
         """
+        ye = None
         if self.has_energy_stage:
             assert cond is not None
             z = torch.randn(n, self.dims["energy_dim"], generator=generator, device=cond.device)
             ye, _ = self.energy.inverse(z, context=cond)
-            cond_model = torch.cat([cond, ye], 1)
+            cond = torch.cat([cond, ye], 1)
         with torch.autocast(self._device().type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            y = self.sample_model(n, cond_model if self.has_energy_stage else cond, generator)
-        y = y.float()
-        return torch.cat([y, ye], 1) if self.has_energy_stage else y
+            y = self.sample_model(n, cond, generator).float()
+        return y if ye is None else torch.cat([y, ye], 1)
 
     def log_prob_all(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Model-space log-density of whole events: log p(voxels | c, E_layers) + log p(E_layers | c)."""
@@ -366,12 +367,6 @@ class Surrogate(nn.Module):
         if isinstance(events, bool) or not isinstance(events, int) or events < 1:
             raise InvalidDataError(f"readout_events must be a positive integer; got {events!r}")
         return bins, events
-
-    def _sample_dtype(self, precision: str) -> torch.dtype | None:
-        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if not isinstance(precision, str) or precision not in dtypes:
-            raise InvalidDataError(f"sample_precision must be 'fp32', 'bf16' or 'fp16'; got {precision!r}")
-        return dtypes[precision]
 
     def calibrate_readout(self, data: Data, seed: int = 0) -> bool:
         """Fit the readout threshold's per-voxel cuts to ``data``'s occupancy (see :class:`ReadoutThreshold`).
@@ -450,9 +445,8 @@ class Surrogate(nn.Module):
             cond_t, total = None, int(n)
         if total < 1:
             raise InvalidDataError(f"asked for {total} samples; expected at least 1")
-        dtype = self._sample_dtype(self.config.get("sample_precision", "fp32") if precision is None else precision)
-        if dtype is torch.float16 and self._device().type != "cuda":
-            raise InvalidDataError("sample precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+        precision = self.config.get("sample_precision", "fp32") if precision is None else precision
+        dtype = autocast_dtype(precision, self._device(), name="sample_precision")
         generator = torch.Generator(device=self._device())
         generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
         was_training = self.training

@@ -100,8 +100,7 @@ class TrainConfig:
             raise InvalidDataError(f"epochs and batch_size must be ≥ 1; got {self.epochs}, {self.batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise InvalidDataError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise InvalidDataError(f"precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        autocast_dtype(self.precision)
         if self.schedule not in ("cosine", "constant"):
             raise InvalidDataError(f"schedule must be 'cosine' or 'constant'; got {self.schedule!r}")
         if self.resume and self.checkpoint_dir is None:
@@ -111,6 +110,23 @@ class TrainConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_epoch_end"}
         out["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
         return out
+
+
+#: precision names → autocast dtypes (None: plain fp32), for training and for sampling
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: Any, device: torch.device | None = None, name: str = "precision") -> torch.dtype | None:
+    """The autocast dtype for ``precision`` ("fp32", "bf16", "fp16"); fp16 needs a CUDA ``device``.
+
+    Raises:
+        InvalidDataError: an unknown name (``name`` says which setting), or fp16 off CUDA.
+    """
+    if not isinstance(precision, str) or precision not in AUTOCAST_DTYPES:
+        raise InvalidDataError(f"{name} must be 'fp32', 'bf16' or 'fp16'; got {precision!r}")
+    if precision == "fp16" and device is not None and device.type != "cuda":
+        raise InvalidDataError(f"{name}='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+    return AUTOCAST_DTYPES[precision]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -131,10 +147,7 @@ class TrainContext:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, module: nn.Module):
         self.cfg, self.device, self.module = cfg, device, module
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-        if cfg.precision == "fp16" and device.type != "cuda":
-            raise InvalidDataError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-        self.amp_dtype = dtype
+        self.amp_dtype = autocast_dtype(cfg.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
