@@ -221,3 +221,25 @@ def test_fit_calibrates_the_readout_so_samples_have_geant4s_hit_occupancy(shower
         create("gaussian", readout_bins=-1)
     with pytest.raises(InvalidDataError, match="readout_events"):
         create("diffusion", readout_events=0)
+
+
+def test_inverse_in_row_blocks_equals_the_whole_batch_at_once(showers, monkeypatch):
+    """Pipeline.inverse runs in cache-sized row blocks; every transform is row-wise, so nothing may change."""
+    import physgen.data.transforms as tr
+
+    sizes = [la.n_voxels for la in showers.geometry.layers]
+    p = calorimeter_pipeline(sizes, alpha=1e-3, noise=1e-2, threshold_quantile=0.005).fit(showers.x, showers.cond)
+    cut = next(t for t in p.x_transforms if isinstance(t, ReadoutThreshold))
+    g = torch.Generator().manual_seed(0)
+    y, _ = p.forward(showers.x, showers.cond)
+    y = y + 0.3 * torch.randn(y.shape, generator=g, dtype=torch.float64)  # a "model's" samples: smeared zeros
+    cut.active = False
+    cut.calibrate(showers.x, showers.cond, p.inverse(y, showers.cond), showers.cond, bins=3)
+    cut.active = True
+    monkeypatch.setattr(tr, "INVERSE_BLOCK", 10**9)
+    whole = p.inverse(y, showers.cond)
+    monkeypatch.setattr(tr, "INVERSE_BLOCK", 777 * 792)  # 777-row blocks: 2000 rows end in a partial block
+    blocks = p.inverse(y, showers.cond)
+    assert whole.dtype == blocks.dtype == torch.float32 and whole.shape == (2000, 768)
+    assert bool((whole == 0).any()) and bool((whole > 0).any())
+    assert torch.equal(blocks, whole)

@@ -74,29 +74,75 @@ class AutoregressiveSpline(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
     the splines of all D features D times. Here step ``i`` runs the MADE trunk
     once and only feature ``i``'s output rows and spline: the same map (a test
     checks it against nflows' own inverse), for a small fraction of the work.
+    The work that does not change from step to step is done once: the masked
+    weights, the condition's contributions, and the first layer (updated by one
+    rank-1 term per step). The spline runs with the bins along the first axis,
+    where torch's softmax over 8 bins is 20x faster than along the last.
     """
 
-    def inverse(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def inverse(self, inputs: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         made = self.autoregressive_net
-        m = self._output_dim_multiplier()
-        weight = made.final_layer.weight * made.final_layer.mask
-        bias = made.final_layer.bias
-        ctx = None if context is None else made.activation(made.context_layer(context))
+        blocks = list(made.blocks)
+        if self.training or not made.use_residual_blocks or any(b.use_batch_norm for b in blocks):
+            return super().inverse(inputs, context)  # nflows' generic path (dropout, batch norm)
+        m, act = self._output_dim_multiplier(), made.activation
+        w0 = made.initial_layer.weight * made.initial_layer.mask  # [H, D]
+        pre = made.initial_layer.bias.expand(inputs.shape[0], -1)  # the first layer at outputs = 0
+        if context is not None:
+            pre = pre + act(made.context_layer(context))
+        trunk = [
+            (b.linear_layers[0].weight * b.linear_layers[0].mask, b.linear_layers[0].bias
+             + (b.context_layer(context) if context is not None else 0),
+             b.linear_layers[1].weight * b.linear_layers[1].mask, b.linear_layers[1].bias)
+            for b in blocks
+        ]
+        wf, bf = made.final_layer.weight * made.final_layer.mask, made.final_layer.bias
         outputs = torch.zeros_like(inputs)
         logabsdet = inputs.new_zeros(inputs.shape[0])
         for i in range(inputs.shape[1]):
-            h = made.initial_layer(outputs)
-            if ctx is not None:
-                h = h + ctx
-            if not made.use_residual_blocks:
-                h = made.activation(h)
-            for block in made.blocks:
-                h = block(h, context)
-            params = F.linear(h, weight[i * m : (i + 1) * m], bias[i * m : (i + 1) * m])
-            out_i, lad = self._elementwise_inverse(inputs[:, i : i + 1], params)
-            outputs = torch.cat([outputs[:, :i], out_i, outputs[:, i + 1 :]], 1)
+            h = pre
+            for w1, b1, w2, b2 in trunk:
+                h = h + F.linear(act(F.linear(act(h), w1) + b1), w2, b2)
+            params = torch.addmm(bf[i * m : (i + 1) * m, None], wf[i * m : (i + 1) * m], h.t())  # [m, B]
+            out_i, lad = self._spline_inverse(inputs[:, i], params)
+            outputs[:, i] = out_i
             logabsdet = logabsdet + lad
+            pre = pre + out_i[:, None] * w0[:, i]
         return outputs, logabsdet
+
+    def _spline_inverse(self, y: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """nflows' ``unconstrained_rational_quadratic_spline(inverse=True)`` (linear tails) for one feature.
+
+        ``params`` is ``[3K − 1, B]``; returns ``(x [B], log|dx/dy| [B])``.
+        """
+        k, bound = self.num_bins, self.tail_bound
+        inside = (y >= -bound) & (y <= bound)
+        yc = y.clamp(-bound, bound)
+
+        def knots(raw: torch.Tensor, min_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+            size = min_size + (1 - min_size * k) * torch.softmax(raw, dim=0)
+            cum = F.pad(torch.cumsum(size, dim=0), (0, 0, 1, 0))
+            cum = 2 * bound * cum - bound
+            cum[0], cum[-1] = -bound, bound
+            return cum, cum[1:] - cum[:-1]
+
+        cumw, widths = knots(params[:k], self.min_bin_width)
+        cumh, heights = knots(params[k : 2 * k], self.min_bin_height)
+        edge = torch.full_like(params[:1], math.log(math.expm1(1 - self.min_derivative)))
+        derivs = self.min_derivative + F.softplus(torch.cat([edge, params[2 * k :], edge]))
+        locations = cumh.clone()
+        locations[-1] += 1e-6  # nflows' searchsorted
+        idx = ((yc[None] >= locations).sum(0) - 1).clamp(0, k - 1)[None]
+        x0, w, y0, hgt = cumw.gather(0, idx)[0], widths.gather(0, idx)[0], cumh.gather(0, idx)[0], heights.gather(0, idx)[0]
+        d0, d1 = derivs.gather(0, idx)[0], derivs[1:].gather(0, idx)[0]
+        delta = hgt / w
+        dy, s = yc - y0, d0 + d1 - 2 * delta
+        a, b, c = dy * s + hgt * (delta - d0), hgt * d0 - dy * s, -delta * dy
+        root = (2 * c) / (-b - torch.sqrt((b * b - 4 * a * c).clamp_min(0)))
+        x = root * w + x0
+        t = root * (1 - root)
+        lad = torch.log(delta.pow(2) * (d1 * root.pow(2) + 2 * delta * t + d0 * (1 - root).pow(2))) - 2 * torch.log(delta + s * t)
+        return torch.where(inside, x, y), torch.where(inside, -lad, torch.zeros_like(lad))
 
 
 class LULinearSolve(LULinear):
