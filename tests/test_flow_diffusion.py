@@ -15,7 +15,13 @@ import physgen
 from physgen.data import Data, Pipeline, Schema
 from physgen.metrics import event_features, high_level_features, separation_power
 from physgen.surrogates import create
-from physgen.surrogates.flow import AutoregressiveSpline, ExpAffineCoupling, LULinearSolve, realnvp
+from physgen.surrogates.flow import (
+    AutoregressiveSpline,
+    ExpAffineCoupling,
+    LULinearSolve,
+    SplineCoupling,
+    realnvp,
+)
 
 ZMUMU = ["E1", "px1", "py1", "pz1", "E2", "px2", "py2", "pz2"]
 
@@ -69,6 +75,30 @@ def test_autoregressive_spline_inverse_is_nflows_inverse_done_cheaper():
             ref_logdet = ref_logdet + part
         z_back, forward_logdet = flow(x, context=c)
     assert float((x - z).abs().mean()) > 0.05  # the map is not the identity
+    torch.testing.assert_close(x, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logdet, ref_logdet, atol=1e-9, rtol=1e-10)
+    torch.testing.assert_close(z_back, z, atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(forward_logdet, -logdet, atol=1e-7, rtol=1e-7)
+
+
+def test_spline_coupling_inverse_is_nflows_inverse_with_bins_first(monkeypatch):
+    """SplineCoupling's bins-first inverse equals nflows' own and undoes the (nflows) forward map."""
+    from nflows.transforms.coupling import PiecewiseCouplingTransform
+
+    torch.manual_seed(0)
+    flow = realnvp(6, 2, n_layers=3, hidden=16, n_blocks=1, coupling="spline", tail_bound=3.0)
+    assert sum(isinstance(t, SplineCoupling) for t in flow._transforms) == 3
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    flow.double()
+    z, c = 2 * torch.randn(400, 6, dtype=torch.float64), torch.randn(400, 2, dtype=torch.float64)  # some beyond the tail bound
+    with torch.no_grad():
+        x, logdet = flow.inverse(z, context=c)
+        z_back, forward_logdet = flow(x, context=c)
+        monkeypatch.setattr(SplineCoupling, "_coupling_transform_inverse", PiecewiseCouplingTransform._coupling_transform_inverse)
+        ref, ref_logdet = flow.inverse(z, context=c)
+    assert float((x - z).abs().mean()) > 0.05
     torch.testing.assert_close(x, ref, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(logdet, ref_logdet, atol=1e-9, rtol=1e-10)
     torch.testing.assert_close(z_back, z, atol=1e-7, rtol=1e-7)

@@ -10,9 +10,10 @@ import torch
 
 import physgen
 from physgen.data import Data, Pipeline, Schema
+from physgen.errors import InvalidDataError
 from physgen.metrics import event_features, high_level_features
 from physgen.metrics.histograms import separation_power
-from physgen.surrogates import TrainingDivergedError, create
+from physgen.surrogates import TrainingDivergedError, create, load
 from physgen.surrogates.vae import gaussian_kl
 
 ZMUMU = ["E1", "px1", "py1", "pz1", "E2", "px2", "py2", "pz2"]
@@ -73,6 +74,41 @@ def test_wgan_logs_gan_diagnostics(showers):
     hist = wgan.fit(showers[:400], epochs=2, batch_size=100, progress=False)
     for key in ("critic_loss", "generator_loss", "wasserstein", "gp", "val_loss"):
         assert key in hist[-1] and math.isfinite(hist[-1][key])
+
+
+def test_wgan_critic_sees_the_showers_layer_centroids(showers):
+    """The critic's shower-moment inputs are the evaluator's layer centroids (scaled, softened denominator)."""
+    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1)
+    wgan.prepare(showers)
+    assert wgan.config["shower_moments"] is True  # on by default for two-stage showers with a geometry
+    y, _ = wgan.preprocessing.forward(showers.x, showers.cond)
+    moments = wgan.shower_moments(y[:, :768].float()).double()  # [N, 6 L]: (EC, width) for x, y, r
+    hlf = high_level_features(showers)
+    scale = float(np.max(showers.geometry.voxel_centres()[2]))
+    e_layer = showers.x.double().reshape(len(showers), 24, 32).sum(2)
+    for name, block in (("x", 0), ("y", 2), ("r", 4)):
+        for ell in (0, 5, 12, 23):
+            hit = e_layer[:, ell] > 0
+            want = torch.as_tensor(hlf[f"EC_{name}_{ell}"])[hit] / scale / 1.1  # Σ share = 1, plus 0.1
+            got = moments[:, block * 24 + ell][hit]
+            torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-3)
+    assert float(moments[:, 4 * 24 + 0].std()) > 0.01  # real spread to compare, not constants
+    with pytest.raises(InvalidDataError, match="shower_moments needs"):
+        create("wgan", shower_moments=True, two_stage=False).prepare(showers[:100])
+
+
+def test_wgan_saved_before_shower_moments_loads_as_it_was_trained(tmp_path, showers):
+    import json
+
+    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, shower_moments=False)
+    wgan.fit(showers[:300], epochs=1, batch_size=100, progress=False)
+    wgan.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["hyperparameters"]["shower_moments"]  # as written before the option existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    back = load(tmp_path / "m")
+    assert back.config["shower_moments"] is False
+    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, wgan.sample(showers.cond[:50], seed=3).x)
 
 
 @pytest.fixture(scope="module")

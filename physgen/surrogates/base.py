@@ -78,6 +78,9 @@ class Surrogate(nn.Module):
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: TrainConfig fields this family changes by default (e.g. diffusion turns on the EMA)
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: hyperparameters a checkpoint saved before they existed was trained without
+    #: (a newer default must not change how an older model is rebuilt)
+    checkpoint_defaults: ClassVar[dict[str, Any]] = {}
     #: the data kinds this family models
     data_kinds: ClassVar[tuple[str, ...]] = ("calorimeter", "event")
     #: whether ``two_stage`` (a layer-energy flow first) applies; on by default for showers
@@ -525,7 +528,7 @@ class Surrogate(nn.Module):
             raise CheckpointError(f"checkpoint {str(directory)!r}: {exc}") from exc
         if cls is not Surrogate and family_cls is not cls:
             raise CheckpointError(f"checkpoint {str(directory)!r} holds a {family!r} surrogate, not {cls.family!r}")
-        model = family_cls(**config.get("hyperparameters", {}))
+        model = family_cls(**{**family_cls.checkpoint_defaults, **config.get("hyperparameters", {})})
         model.schema = Schema.from_dict(config["schema"])
         model.preprocessing = Pipeline.from_dict(config["preprocessing"])
         model.dims = {k: int(v) for k, v in config["dims"].items()}
