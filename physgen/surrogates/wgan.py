@@ -119,13 +119,13 @@ class WGANSurrogate(Surrogate):
         self.register_buffer("_m_sd", sd[:dim].float())
         self.register_buffer("_m_coords", coords)
         self.register_buffer("_m_layers", onehot)
-        self._m_alpha = logit.alpha
+        self._m_alpha, self._m_scale = logit.alpha, logit.scale
         return 6 * n_layers
 
     def shower_moments(self, y: torch.Tensor) -> torch.Tensor:
         """Per-layer energy-weighted centroid and width in x, y, r ``[B, 6L]`` of model-space voxel fractions."""
         u = torch.sigmoid(y * self._m_sd + self._m_mean)
-        f = ((u - self._m_alpha) / (1 - 2 * self._m_alpha)).clamp_min(0)  # share of its layer's energy
+        f = ((u - self._m_alpha) / (1 - 2 * self._m_alpha)).clamp_min(0) * self._m_scale  # Logit.inverse: share of its layer
         # softened denominators: an empty layer (total 0) must not give the critic huge slopes
         total = f @ self._m_layers + 0.1  # [B, L]; about 1.1 for a layer with energy
         feats = []
