@@ -13,6 +13,7 @@ from nflows.transforms.autoregressive import AutoregressiveTransform
 
 import physgen
 from physgen.data import Data, Pipeline, Schema
+from physgen.errors import InvalidDataError
 from physgen.metrics import event_features, high_level_features, separation_power
 from physgen.surrogates import create
 from physgen.surrogates.flow import (
@@ -20,6 +21,7 @@ from physgen.surrogates.flow import (
     ExpAffineCoupling,
     LULinearSolve,
     SplineCoupling,
+    point_mass_floor,
     realnvp,
 )
 
@@ -122,6 +124,55 @@ def test_flow_fits_a_gaussian_that_needs_stretching_to_the_exact_likelihood():
     assert np.abs(learned - true).mean() < 0.05
     # its expectation, -(½ ln(2π·25) + ½) per dimension, is what the validation loss approaches
     assert flow.history[-1]["val_loss"] == pytest.approx(0.5 * math.log(2 * math.pi * 25) + 0.5, abs=0.06)
+
+
+def test_floor_dequantisation_spreads_only_the_point_mass():
+    y = torch.tensor([[-1.0, 0.3], [-1.0, 0.1], [0.5, -0.2], [2.0, 0.7]])
+    floor = point_mass_floor(y, min_fraction=0.4)
+    assert floor[0] == -1.0 and floor[1] == -math.inf  # column 1's minimum is one row, not a point mass
+    flow = create("flow", floor_noise=0.5)
+    flow._floor = floor
+    torch.manual_seed(0)
+    x = y.repeat(500, 1)
+    out = flow._dequantise_floor(x)
+    on_floor = x[:, 0] == -1.0
+    torch.testing.assert_close(out[~on_floor], x[~on_floor])
+    torch.testing.assert_close(out[:, 1], x[:, 1])
+    spread = out[on_floor, 0]
+    assert float(spread.min()) >= -1.5 and float(spread.max()) <= -1.0
+    assert float(spread.mean()) == pytest.approx(-1.25, abs=0.02)  # uniform on [floor − 0.5, floor]
+    with pytest.raises(InvalidDataError, match="floor_noise"):
+        create("flow", floor_noise=-0.1)
+
+
+def test_flow_with_floor_noise_keeps_the_point_mass_weight():
+    # column a: 40 % exactly at 0 (empty voxels), 60 % N(2, 0.5²); column b: N(0, 1)
+    rng = np.random.default_rng(0)
+    n = 4000
+    a = np.where(rng.random(n) < 0.4, 0.0, rng.normal(2.0, 0.5, n))
+    data = Data(np.stack([a, rng.normal(0, 1, n)], 1), Schema(kind="event", feature_names=("a", "b")))
+    flow = create("flow", n_layers=6, hidden=32, n_blocks=1, floor_noise=0.5)
+    flow.fit(data, preprocessing=Pipeline(), epochs=100, batch_size=256, lr=3e-3, progress=False, seed=0)
+    sample = flow.sample(n=8000, seed=1).x.numpy()
+    empty = sample[:, 0] < 0.25
+    assert empty.mean() == pytest.approx(0.4, abs=0.03)  # the spread mass maps back to the floor
+    assert np.quantile(sample[empty, 0], 0.01) > -1.0  # and stays near [−0.5, 0]
+    assert sample[~empty, 0].mean() == pytest.approx(2.0, abs=0.1)
+
+
+def test_flow_saved_before_floor_noise_loads_as_it_was_trained(tmp_path, showers):
+    import json
+
+    flow = create("flow", n_layers=2, hidden=16, n_blocks=1, floor_noise=0.0)
+    flow.fit(showers[:300], epochs=1, progress=False)
+    assert flow._floor is not None and bool(torch.isfinite(flow._floor).any())  # showers have empty voxels
+    flow.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["hyperparameters"]["floor_noise"]  # as written before the option existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    back = physgen.surrogates.load(tmp_path / "m")
+    assert back.config["floor_noise"] == 0.0
+    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, flow.sample(showers.cond[:50], seed=3).x)
 
 
 def test_flow_is_invertible_on_showers(showers):

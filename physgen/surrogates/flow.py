@@ -20,7 +20,7 @@ Two traps of nflows 0.14 (its last release) are avoided here:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from nflows.nn.nets import ResidualNet
@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from physgen.errors import InvalidDataError
 from physgen.surrogates.base import Capabilities, Surrogate
 
-__all__ = ["AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "realnvp", "rq_spline_inverse"]
+__all__ = ["AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_floor", "realnvp", "rq_spline_inverse"]
 
 
 class ExpAffineCoupling(AffineCouplingTransform):
@@ -255,6 +255,18 @@ def realnvp(
     return CompositeTransform(layers)
 
 
+def point_mass_floor(y: torch.Tensor, min_fraction: float = 0.005) -> torch.Tensor:
+    """Per column, the minimum where at least ``min_fraction`` of the rows sit exactly on it, else −inf.
+
+    Empty voxels all map to one model-space value (the logit of α): a point mass
+    at the bottom of the column's range. Columns without one get −inf, so
+    :meth:`FlowSurrogate._dequantise_floor` leaves them alone.
+    """
+    low = y.min(0).values
+    share = (y <= low).float().mean(0)
+    return torch.where(share >= min_fraction, low, torch.full_like(low, -math.inf))
+
+
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """``log N(z; 0, I)`` per row."""
     return -0.5 * (z * z).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
@@ -275,9 +287,13 @@ class FlowSurrogate(Surrogate):
         coupling: ``"affine"`` (RealNVP), ``"spline"`` (rational-quadratic spline couplings) or
             ``"autoregressive"`` (masked autoregressive splines, CaloFlow's; slow to sample in high dimension).
         bins, tail_bound: the spline couplings' knots and the interval they cover.
+        floor_noise: width (standardised model units) over which training spreads each
+            column's point mass at its floor (the empty voxels), drawn afresh every batch;
+            0 switches it off. Samples that land below the floor map back to empty voxels.
     """
 
     family = "flow"
+    checkpoint_defaults: ClassVar[dict[str, Any]] = {"floor_noise": 0.0}  # models saved before it existed
     energy_steps = 8  # first-stage steps per (slower) family step
     capabilities = Capabilities(exact_density=True, conditional=True, gradient_trained=True)
 
@@ -292,18 +308,36 @@ class FlowSurrogate(Surrogate):
         coupling: str = "affine",
         bins: int = 8,
         tail_bound: float = 6.0,
+        floor_noise: float = 0.5,
         **config: Any,
     ):
         if mixing not in ("lu", "permutation"):
             raise InvalidDataError(f"mixing must be 'lu' or 'permutation'; got {mixing!r}")
         if coupling not in COUPLINGS:
             raise InvalidDataError(f"coupling must be one of {', '.join(map(repr, COUPLINGS))}; got {coupling!r}")
+        if not floor_noise >= 0:
+            raise InvalidDataError(f"floor_noise must be ≥ 0 (a width in standardised model units); got {floor_noise}")
         if n_layers < 1 or hidden < 1 or bins < 1 or tail_bound <= 0:
             raise InvalidDataError(f"n_layers, hidden, bins and tail_bound must be positive; got {n_layers}, {hidden}, {bins}, {tail_bound}")
         super().__init__(
             n_layers=int(n_layers), hidden=int(hidden), n_blocks=int(n_blocks), mixing=mixing, clamp=float(clamp),
-            dropout=float(dropout), coupling=coupling, bins=int(bins), tail_bound=float(tail_bound), **config,
+            dropout=float(dropout), coupling=coupling, bins=int(bins), tail_bound=float(tail_bound),
+            floor_noise=float(floor_noise), **config,
         )
+        self._floor: torch.Tensor | None = None
+
+    def prepare(self, data: Any, preprocessing: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, c = super().prepare(data, preprocessing)
+        self._floor = point_mass_floor(y[:, : self.dims["dim"]])
+        return y, c
+
+    def _dequantise_floor(self, x: torch.Tensor) -> torch.Tensor:
+        """Spread each dimension's point mass at its floor uniformly over ``[floor − floor_noise, floor]``."""
+        w = self.config.get("floor_noise", 0.0)
+        if not w or self._floor is None:
+            return x
+        floor = self._floor.to(x.device, x.dtype)
+        return torch.where(x <= floor, floor - w * torch.rand_like(x), x)
 
     def build(self, dim: int, cond_dim: int) -> None:
         cfg = self.config
@@ -321,7 +355,7 @@ class FlowSurrogate(Surrogate):
         return standard_normal_log_prob(z) + logabsdet
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        return -self.log_prob_model(x, cond).mean() / x.shape[1], {}
+        return -self.log_prob_model(self._dequantise_floor(x), cond).mean() / x.shape[1], {}
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.dims["dim"], generator=generator, device=self._device())
