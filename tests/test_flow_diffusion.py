@@ -145,6 +145,21 @@ def test_floor_dequantisation_spreads_only_the_point_mass():
         create("flow", floor_noise=-0.1)
 
 
+def test_floor_noise_defaults_on_for_showers_only(showers):
+    shower_flow = create("flow", n_layers=2, hidden=16, n_blocks=1)
+    shower_flow.fit(showers[:200], epochs=1, progress=False)
+    assert shower_flow._floor_width() == 0.5
+    # an event column whose lowest value is common (a charge, a multiplicity) is not an empty voxel
+    q = np.repeat([-1.0, 1.0], 100)
+    events = Data(np.stack([q, np.linspace(0, 1, 200)], 1), Schema(kind="event", feature_names=("q", "x")))
+    event_flow = create("flow", n_layers=2, hidden=16, n_blocks=1)
+    event_flow.fit(events, epochs=1, progress=False)
+    assert bool(torch.isfinite(event_flow._floor).any())  # q has a point mass on its minimum ...
+    assert event_flow._floor_width() == 0.0
+    x = torch.zeros(5, 2) + event_flow._floor.clamp_min(-10)
+    torch.testing.assert_close(event_flow._dequantise_floor(x), x)  # ... which stays put
+
+
 def test_flow_with_floor_noise_keeps_the_point_mass_weight():
     # column a: 40 % exactly at 0 (empty voxels), 60 % N(2, 0.5²); column b: N(0, 1)
     rng = np.random.default_rng(0)

@@ -290,6 +290,8 @@ class FlowSurrogate(Surrogate):
         floor_noise: width (standardised model units) over which training spreads each
             column's point mass at its floor (the empty voxels), drawn afresh every batch;
             0 switches it off. Samples that land below the floor map back to empty voxels.
+            Default ``None``: 0.5 for calorimeter data, off otherwise (the lowest value of a
+            discrete event column is not an empty voxel, and nothing maps its spread back).
     """
 
     family = "flow"
@@ -308,21 +310,21 @@ class FlowSurrogate(Surrogate):
         coupling: str = "affine",
         bins: int = 8,
         tail_bound: float = 6.0,
-        floor_noise: float = 0.5,
+        floor_noise: float | None = None,
         **config: Any,
     ):
         if mixing not in ("lu", "permutation"):
             raise InvalidDataError(f"mixing must be 'lu' or 'permutation'; got {mixing!r}")
         if coupling not in COUPLINGS:
             raise InvalidDataError(f"coupling must be one of {', '.join(map(repr, COUPLINGS))}; got {coupling!r}")
-        if not floor_noise >= 0:
+        if floor_noise is not None and not floor_noise >= 0:
             raise InvalidDataError(f"floor_noise must be ≥ 0 (a width in standardised model units); got {floor_noise}")
         if n_layers < 1 or hidden < 1 or bins < 1 or tail_bound <= 0:
             raise InvalidDataError(f"n_layers, hidden, bins and tail_bound must be positive; got {n_layers}, {hidden}, {bins}, {tail_bound}")
         super().__init__(
             n_layers=int(n_layers), hidden=int(hidden), n_blocks=int(n_blocks), mixing=mixing, clamp=float(clamp),
             dropout=float(dropout), coupling=coupling, bins=int(bins), tail_bound=float(tail_bound),
-            floor_noise=float(floor_noise), **config,
+            floor_noise=None if floor_noise is None else float(floor_noise), **config,
         )
         self._floor: torch.Tensor | None = None
 
@@ -331,9 +333,15 @@ class FlowSurrogate(Surrogate):
         self._floor = point_mass_floor(y[:, : self.dims["dim"]])
         return y, c
 
+    def _floor_width(self) -> float:
+        w = self.config.get("floor_noise")
+        if w is None:  # auto: showers, whose floor is the empty voxel
+            return 0.5 if self.schema is not None and self.schema.kind == "calorimeter" else 0.0
+        return float(w)
+
     def _dequantise_floor(self, x: torch.Tensor) -> torch.Tensor:
         """Spread each dimension's point mass at its floor uniformly over ``[floor − floor_noise, floor]``."""
-        w = self.config.get("floor_noise", 0.0)
+        w = self._floor_width()
         if not w or self._floor is None:
             return x
         floor = self._floor.to(x.device, x.dtype)
