@@ -243,3 +243,56 @@ def test_inverse_in_row_blocks_equals_the_whole_batch_at_once(showers, monkeypat
     assert whole.dtype == blocks.dtype == torch.float32 and whole.shape == (2000, 768)
     assert bool((whole == 0).any()) and bool((whole > 0).any())
     assert torch.equal(blocks, whole)
+
+
+def test_standardise_floors_the_width_of_columns_training_hardly_moves():
+    # columns: never moved, moved by one row in 1,000 (std 5·√(1e-3·(1−1e-3)) = 0.158), wide
+    torch.manual_seed(0)
+    x = torch.zeros(1000, 3, dtype=torch.float64)
+    x[0, 1] = 5.0
+    x[:, 2] = 3 + 2 * torch.randn(1000, dtype=torch.float64)
+    plain, floored = Standardise().fit(x, None), Standardise(min_std=0.2).fit(x, None)
+    assert float(plain.std[0]) == 1e-8  # the old behaviour: a held-out 5 lands at 5e8
+    assert float(plain.std[1]) == pytest.approx(5 * (1e-3 * (1 - 1e-3)) ** 0.5, rel=1e-9)
+    assert floored.std[:2].tolist() == [0.2, 0.2]
+    assert float(floored.std[2]) == float(plain.std[2]) == pytest.approx(float(x[:, 2].std(unbiased=False)), rel=1e-12)
+    held_out = torch.tensor([[5.0, 5.0, 3.0]], dtype=torch.float64)
+    y = floored.forward(held_out, None)
+    assert float(y[0, 0]) == pytest.approx(25.0) and float(y[0, 1]) == pytest.approx((5 - 5e-3) / 0.2)
+    assert torch.allclose(floored.inverse(y, None), held_out, rtol=0, atol=1e-12)
+    # the floor is saved; states saved before it existed load with their stored widths
+    again = Standardise(**json.loads(json.dumps(floored.state())))
+    assert again.min_std == 0.2 and torch.equal(again.std, floored.std)
+    old = {k: v for k, v in plain.state().items() if k != "min_std"}
+    assert torch.equal(Standardise(**old).forward(held_out, None), plain.forward(held_out, None))
+    with pytest.raises(InvalidDataError, match="min_std"):
+        Standardise(min_std=-0.1)
+
+
+def test_width_floor_leaves_the_pbwo4_showers_alone(showers):
+    # every PbWO4 column's logit spread is well above 0.2: the default pipeline is unchanged there
+    sizes = [la.n_voxels for la in showers.geometry.layers]
+    a = calorimeter_pipeline(sizes, alpha=1e-3).fit(showers.x, showers.cond)
+    b = calorimeter_pipeline(sizes, alpha=1e-3, min_std=0.0).fit(showers.x, showers.cond)
+    assert float(b.x_transforms[-1].std.min()) > 0.2
+    assert torch.equal(a.forward_x(showers.x, showers.cond), b.forward_x(showers.x, showers.cond))
+
+
+def test_width_floor_keeps_held_out_wsi_showers_in_range(wsi_path):
+    # W/Si (6,480 voxels): some outer voxels are hit by no shower of a small training split;
+    # without the floor a held-out shower that hits one lands ~1e8 standard deviations out
+    from physgen.io import read
+
+    d = read(wsi_path, stop=1500)
+    sizes = [la.n_voxels for la in d.geometry.layers]
+    train, test = d.split((0.7, 0.3), seed=0)
+    never = (train.x == 0).all(0) & (test.x > 0).any(0)
+    assert int(never.sum()) > 0
+    for min_std, bound in [(0.0, None), (0.2, 50.0)]:
+        p = calorimeter_pipeline(sizes, alpha=1e-3, min_std=min_std).fit(train.x, train.cond)
+        worst = float(p.forward_x(test.x, test.cond).abs().max())
+        if bound is None:
+            assert worst > 1e6
+        else:
+            assert worst < bound
+            assert float(p.forward_x(train.x, train.cond).abs().max()) < bound

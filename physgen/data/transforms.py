@@ -244,18 +244,35 @@ class Log(Transform):
 
 
 class Standardise(Transform):
-    """Per-feature ``(x − mean) / std``, fitted on the training data (std floored at 1e-8)."""
+    """Per-feature ``(x − mean) / std``, fitted on the training data.
+
+    The fitted std is floored at ``min_std`` (and always at 1e-8). A column that
+    the training data never or hardly ever moves (a voxel no training shower
+    hits) otherwise gets a width near zero, and a held-out or generated value
+    off its constant lands ~10⁸ units out: the validation loss of a density
+    model is then meaningless and a rare training hit is a huge outlier.
+    ``min_std`` is in the units of the input (logit units in the calorimeter
+    pipeline).
+    """
 
     name = "standardise"
 
-    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+    def __init__(
+        self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, min_std: float = 0.0
+    ):
+        if not min_std >= 0:
+            raise InvalidDataError(f"Standardise: min_std must be >= 0, got {min_std}")
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float64)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float64)
+        self.min_std = float(min_std)
 
     def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> Standardise:
         x = _f64(x).reshape(-1, x.shape[-1])
         self.mean = x.mean(0)
-        self.std = x.std(0, unbiased=False).clamp_min(1e-8) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=torch.float64)
+        if x.shape[0] > 1:
+            self.std = x.std(0, unbiased=False).clamp_min(max(self.min_std, 1e-8))
+        else:
+            self.std = torch.ones(x.shape[1], dtype=torch.float64)
         return self
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,6 +292,7 @@ class Standardise(Transform):
         return {
             "mean": None if self.mean is None else self.mean.tolist(),
             "std": None if self.std is None else self.std.tolist(),
+            "min_std": self.min_std,
         }
 
 
@@ -592,6 +610,7 @@ def calorimeter_pipeline(
     alpha: float = 1e-6,
     noise: float | None = None,
     threshold_quantile: float | None = None,
+    min_std: float = 0.2,
 ) -> Pipeline:
     """The CaloFlow-style preprocessing for showers conditioned on incident energy.
 
@@ -599,7 +618,9 @@ def calorimeter_pipeline(
     training voxels, applied to samples, if given) → (dequantisation with
     U(0, ``noise``) MeV and a ``noise`` readout threshold, if given) → / E_inc →
     (layer fractions and CaloFlow's u-variables, if ``layer_sizes``) → logit →
-    standardise; ``cond``: log E_inc → standardise.
+    standardise (widths floored at ``min_std`` logit units, so a voxel that
+    hardly any training shower hits does not blow up); ``cond``: log E_inc →
+    standardise.
     """
     xt: list[Transform] = []
     if threshold_quantile is not None:
@@ -609,6 +630,6 @@ def calorimeter_pipeline(
     xt.append(NormaliseByIncidentEnergy())
     if layer_sizes is not None:
         xt.append(LayerFractions(layer_sizes))
-    xt += [Logit(alpha=alpha), Standardise()]
+    xt += [Logit(alpha=alpha), Standardise(min_std=min_std)]
     return Pipeline(x=xt, cond=[LogCondition(), Standardise()])
 

@@ -166,6 +166,7 @@ class Surrogate(nn.Module):
             return calorimeter_pipeline(
                 sizes, alpha=float(self.config.get("logit_alpha", 1e-3)), noise=float(noise) if noise else None,
                 threshold_quantile=None if q is None else float(q),
+                min_std=float(self.config.get("standardise_min_std", 0.2)),
             )
         if data.schema.kind == "spins":
             return Pipeline()
