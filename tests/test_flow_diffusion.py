@@ -124,6 +124,14 @@ def test_flow_fits_a_gaussian_that_needs_stretching_to_the_exact_likelihood():
     assert np.abs(learned - true).mean() < 0.05
     # its expectation, -(½ ln(2π·25) + ½) per dimension, is what the validation loss approaches
     assert flow.history[-1]["val_loss"] == pytest.approx(0.5 * math.log(2 * math.pi * 25) + 0.5, abs=0.06)
+    # the sampling temperature scales the base noise: a flow that learned N(0, 25) gives N(0, 25 T²)
+    flow.config["temperature"] = 0.5
+    cooled = flow.sample(n=4000, seed=1).x
+    assert float(cooled.std()) == pytest.approx(2.5, rel=0.06)
+    assert float(cooled.std() / sample.std()) == pytest.approx(0.5, rel=0.03)
+    for bad in (0.0, -1.0, 11.0):
+        with pytest.raises(InvalidDataError, match="temperature"):
+            create("flow", temperature=bad)
 
 
 def test_floor_dequantisation_spreads_only_the_point_mass():
