@@ -293,7 +293,8 @@ class FlowSurrogate(Surrogate):
             Default ``None``: 0.5 for calorimeter data, off otherwise (the lowest value of a
             discrete event column is not an empty voxel, and nothing maps its spread back).
         temperature: scale of the base noise when sampling (1: the fitted density). Below 1
-            it trades diversity for fewer outliers; the readout cuts fitted at the end of
+            it trades diversity for fewer outliers. With two stages it cools the voxel flow
+            only; the layer energies are still drawn at 1. The readout cuts fitted at the end of
             ``fit`` use it, so after changing it on a fitted model call ``calibrate_readout``.
     """
 
