@@ -373,10 +373,7 @@ class FlowSurrogate(Surrogate):
         return -self.log_prob_model(self._dequantise_floor(x), cond).mean() / x.shape[1], {}
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        z = torch.randn(n, self.dims["dim"], generator=generator, device=self._device())
-        t = self.config.get("temperature", 1.0)
-        if t != 1.0:
-            z = z * t
+        z = torch.randn(n, self.dims["dim"], generator=generator, device=self._device()) * self.config.get("temperature", 1.0)
         x, _ = self.transform.inverse(z, context=self._context(cond))
         return x
 
