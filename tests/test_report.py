@@ -94,3 +94,38 @@ def test_baseline_comparison_separates_losses_beyond_the_bootstrap_errors():
     mine["evaluation"]["features"]["c"]["separation_power"]["value"] = 0.055  # now within 2σ
     _compare_to_baseline(payload)
     assert mine["vs_gaussian"]["no_feature_significantly_worse"] and _significance(mine["vs_gaussian"]) == "; none by more than 2σ"
+
+
+def test_merging_a_partial_rerun_compares_against_the_committed_gaussian():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_results.py"
+    spec = importlib.util.spec_from_file_location("merge_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def result(family, sp, auc=0.9):
+        feats = {f: {"separation_power": {"value": v, "error": 0.001}} for f, v in sp.items()}
+        summary = {"classifier_auc": {"value": auc, "error": 0.01}}
+        return {"dataset": "d", "family": family, "label": family, "evaluation": {"features": feats, "summary": summary}}
+
+    meta = {"started": "t", "seconds": 1.0, "machine": {}, "matmul_gflops": 1.0}
+    old = {"suite": "s", **meta, "results": [result("gaussian", {"a": 0.10, "b": 0.10}), result("flow", {"a": 0.05, "b": 0.2}),
+                                            result("wgan", {"a": 0.5, "b": 0.5})]}
+    # the re-run's own Gaussian is far better on a; the comparison must still use the committed one
+    new = {"suite": "s", **{**meta, "started": "t2"}, "results": [result("gaussian", {"a": 0.01, "b": 0.10}, auc=0.6),
+                                                                   result("wgan", {"a": 0.05, "b": 0.05})]}
+    payload, warnings = mod.merge(old, new, ["wgan"])
+    labels = [r["label"] for r in payload["results"]]
+    assert labels == ["gaussian", "flow", "wgan"]  # committed order kept, the Gaussian not replaced
+    wgan = payload["results"][2]
+    assert wgan["evaluation"]["features"]["a"]["separation_power"]["value"] == 0.05  # the re-run's entry
+    assert wgan["vs_gaussian"]["worse_than_gaussian"] == []  # 0.05 < 0.10 (the re-run's Gaussian had 0.01)
+    assert payload["results"][1]["vs_gaussian"]["significantly_worse_than_gaussian"] == ["b"]
+    assert payload["merged"][-1]["labels"] == ["wgan"] and payload["merged"][-1]["started"] == "t2"
+    assert len(warnings) == 1 and "0.600" in warnings[0]  # the two Gaussians disagree by > 3σ
+    assert "merged" not in old and "vs_gaussian" not in old["results"][2]  # the inputs are left alone
+    with pytest.raises(SystemExit, match="no entry labelled"):
+        mod.merge(old, new, ["vae"])
+    with pytest.raises(SystemExit, match="suite mismatch"):
+        mod.merge(old, {**new, "suite": "other"}, ["wgan"])
