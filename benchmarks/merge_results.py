@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     write_result(args.suite, payload)
     with tempfile.TemporaryDirectory() as tmp:
         md = write_report(payload, tmp)["markdown"].read_text()
-    m = payload["merged"][-1]
-    md += (
-        f"\nEntries {', '.join(m['labels'])} re-run {m['started']} ({m['seconds']:.0f} s, matmul {m['matmul_gflops']:.0f} GFLOP/s) "
-        "and merged with `benchmarks/merge_results.py`; the comparisons with the Gaussian use the run above's Gaussian.\n"
-    )
+    md += "\n" + "".join(
+        f"Entries {', '.join(m['labels'])} re-run {m['started']} ({m['seconds']:.0f} s, matmul {m['matmul_gflops']:.0f} GFLOP/s) "
+        "and merged with `benchmarks/merge_results.py`.\n"
+        for m in payload["merged"]
+    ) + "The comparisons with the Gaussian use the first run's Gaussian.\n"
     target = RESULTS / f"{args.suite}.md"
     tmp_md = target.with_name(f".{target.name}.tmp")
     tmp_md.write_text(md)
