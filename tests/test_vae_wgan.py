@@ -65,7 +65,7 @@ def test_vae_history_reports_active_latent_dimensions(showers):
 def test_vae_empty_mass_is_a_hit_probability_times_a_gaussian(showers):
     vae = create("vae", latent=4, hidden=32, layers=1)
     vae.prepare(showers)
-    assert vae.config["empty_mass"] is True  # on by default for showers (logit, then standardise)
+    assert vae.config["empty_mass"] is True  # on by default for two-stage showers (logit, then standardise)
     y, _ = vae.preprocessing.forward(showers.x[:64], showers.cond[:64])
     y = y[:, :768].float()
     empty = showers.x[:64] == 0
@@ -92,7 +92,6 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
     monkeypatch.setattr(vae, "decode", lambda h, c: torch.cat([mean, torch.logit(rate)]).expand(len(h), -1))
     with torch.no_grad():
         vae.log_sigma.fill_(math.log(0.1))
-    with torch.no_grad():
         y = vae.sample_model(20_000, None, torch.Generator().manual_seed(0))
     empty = y == vae._empty
     hit_rate = 1 - empty.float().mean(0)
