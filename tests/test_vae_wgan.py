@@ -66,6 +66,9 @@ def test_vae_empty_mass_is_a_hit_probability_times_a_gaussian(showers):
     vae = create("vae", latent=4, hidden=32, layers=1)
     vae.prepare(showers)
     assert vae.config["empty_mass"] is True  # on by default for two-stage showers (logit, then standardise)
+    one_stage = create("vae", latent=4, hidden=32, layers=1, two_stage=False)
+    one_stage.prepare(showers[:200])
+    assert one_stage.config["empty_mass"] is False  # off without the layer energies (docs/surrogates.md)
     y, _ = vae.preprocessing.forward(showers.x[:64], showers.cond[:64])
     y = y[:, :768].float()
     empty = showers.x[:64] == 0
