@@ -103,18 +103,28 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
     assert abs(float(hits.std()) - 0.1) < 0.005 and abs(float(hits.mean())) < 0.005  # hits carry the Gaussian
 
 
-def test_vae_saved_before_empty_mass_loads_as_it_was_trained(tmp_path, showers):
+@pytest.mark.parametrize(
+    "family, config, option",
+    [
+        ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "empty_mass"),
+        ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "shower_moments"),
+    ],
+)
+def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path, showers, family, config, option):
     import json
 
-    vae = create("vae", latent=4, hidden=32, layers=1, empty_mass=False)
-    vae.fit(showers[:300], epochs=1, batch_size=100, progress=False)
-    vae.save(tmp_path / "m")
+    model = create(family, **config, **{option: False})
+    model.fit(showers[:300], epochs=1, batch_size=100, progress=False)
+    model.save(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    del cfg["hyperparameters"]["empty_mass"]  # as written before the option existed
+    del cfg["hyperparameters"][option]  # as written before the option existed
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     back = load(tmp_path / "m")
-    assert back.config["empty_mass"] is False
-    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, vae.sample(showers.cond[:50], seed=3).x)
+    assert back.config[option] is False
+    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, model.sample(showers.cond[:50], seed=3).x)
+
+
+def test_vae_empty_mass_needs_logit_then_standardise(showers):
     with pytest.raises(InvalidDataError, match="empty_mass needs"):
         create("vae", empty_mass=True).fit(showers[:200], preprocessing=Pipeline(), epochs=1, progress=False)
 
@@ -152,20 +162,6 @@ def test_wgan_critic_sees_the_showers_layer_centroids(showers):
     assert float(moments[:, 4 * 24 + 0].std()) > 0.01  # real spread to compare, not constants
     with pytest.raises(InvalidDataError, match="shower_moments needs"):
         create("wgan", shower_moments=True, two_stage=False).prepare(showers[:100])
-
-
-def test_wgan_saved_before_shower_moments_loads_as_it_was_trained(tmp_path, showers):
-    import json
-
-    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, shower_moments=False)
-    wgan.fit(showers[:300], epochs=1, batch_size=100, progress=False)
-    wgan.save(tmp_path / "m")
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    del cfg["hyperparameters"]["shower_moments"]  # as written before the option existed
-    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
-    back = load(tmp_path / "m")
-    assert back.config["shower_moments"] is False
-    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, wgan.sample(showers.cond[:50], seed=3).x)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from physgen.data import Data, Pipeline, Schema, calorimeter_pipeline
-from physgen.data.transforms import LayerFractions, ReadoutThreshold, Standardise
+from physgen.data.transforms import LayerFractions, Logit, ReadoutThreshold, Standardise
 from physgen.errors import CheckpointError, InvalidDataError, UnknownNameError
 from physgen.surrogates import checkpoint as ckpt
 from physgen.surrogates.training import autocast_dtype
@@ -244,6 +244,23 @@ class Surrogate(nn.Module):
     @property
     def has_energy_stage(self) -> bool:
         return self.dims.get("energy_dim", 0) > 0
+
+    def logit_standardise_tail(self) -> tuple[Logit, Standardise] | None:
+        """The pipeline's last two steps when they are logit, then standardise (the calorimeter pipeline's end)."""
+        steps = [] if self.preprocessing is None else self.preprocessing.x_transforms
+        tail = steps[-2:]
+        if len(tail) == 2 and isinstance(tail[0], Logit) and isinstance(tail[1], Standardise):
+            return tail[0], tail[1]
+        return None
+
+    def empty_value(self, dim: int) -> torch.Tensor | None:
+        """Model-space value of an empty voxel in each of the first ``dim`` columns (None without a logit tail)."""
+        tail = self.logit_standardise_tail()
+        if tail is None:
+            return None
+        logit, std = tail
+        width = len(std._params()[0])
+        return std.forward(logit.forward(torch.zeros(1, width), None), None)[0, :dim].float()
 
     def split_stages(self, y: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Model-space ``y`` → (voxel part, its condition: ``cond`` + layer energies, layer energies)."""

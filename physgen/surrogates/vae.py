@@ -61,7 +61,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from physgen.data import Data
-from physgen.data.transforms import Logit, Standardise
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
 from physgen.surrogates.base import Capabilities, Surrogate
@@ -135,21 +134,16 @@ class VAESurrogate(Surrogate):
     def _build_empty_mass(self, dim: int) -> None:
         """Decide ``empty_mass`` and store each feature's empty value (model space)."""
         wanted = self.config.get("empty_mass")
-        steps = [] if self.preprocessing is None else self.preprocessing.x_transforms
-        tail = steps[-2:] if len(steps) >= 2 else []
-        usable = len(tail) == 2 and isinstance(tail[0], Logit) and isinstance(tail[1], Standardise)
-        if wanted and not usable:
+        empty = self.empty_value(dim)
+        if wanted and empty is None:
             raise InvalidDataError("empty_mass needs a pipeline that ends with logit, then standardise")
         # by default only with the first stage: there each layer's energy is given, so hits the
         # model draws too rarely or too small change the shower's shape, not its energy. A one-stage
         # VAE trained briefly (the contract test's 6 epochs) put 0.62 of E_inc into 5 GeV showers
         two_stage = self.schema is not None and self.schema.kind == "calorimeter" and self.has_energy_stage
-        self.config["empty_mass"] = bool(usable and two_stage if wanted is None else wanted)
+        self.config["empty_mass"] = bool(empty is not None and two_stage if wanted is None else wanted)
         if self.config["empty_mass"]:
-            logit, std = tail
-            mean, sd = std._params()
-            empty = math.log(logit.alpha) - math.log1p(-logit.alpha)  # Logit.forward(0)
-            self.register_buffer("_empty", ((empty - mean[:dim]) / sd[:dim]).float())
+            self.register_buffer("_empty", empty)
 
     def _cat(self, a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return torch.cat([a, cond], 1) if cond is not None and self.dims.get("cond_dim") else a

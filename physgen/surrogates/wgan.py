@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from physgen.data.transforms import LayerFractions, Logit, Standardise
+from physgen.data.transforms import LayerFractions
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
 from physgen.surrogates.base import Capabilities, Surrogate
@@ -98,11 +98,10 @@ class WGANSurrogate(Surrogate):
         geometry = getattr(self.schema, "geometry", None) if self.schema is not None else None
         steps = [] if self.preprocessing is None else self.preprocessing.x_transforms
         fractions = [t for t in steps if isinstance(t, LayerFractions)]
-        tail = steps[-2:] if len(steps) >= 2 else []
+        tail = self.logit_standardise_tail()
         usable = (
             geometry is not None and len(fractions) == 1 and fractions[0].n_voxels == dim == geometry.n_voxels
-            and self.dims.get("energy_dim", 0) > 0
-            and len(tail) == 2 and isinstance(tail[0], Logit) and isinstance(tail[1], Standardise)
+            and self.dims.get("energy_dim", 0) > 0 and tail is not None
         )
         if wanted and not usable:
             raise InvalidDataError(
