@@ -108,6 +108,7 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
     [
         ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "empty_mass"),
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "shower_moments"),
+        ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "empty_mass"),
     ],
 )
 def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path, showers, family, config, option):
@@ -124,9 +125,61 @@ def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_p
     torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, model.sample(showers.cond[:50], seed=3).x)
 
 
-def test_vae_empty_mass_needs_logit_then_standardise(showers):
+@pytest.mark.parametrize("family", ["vae", "wgan"])
+def test_empty_mass_needs_logit_then_standardise(showers, family):
     with pytest.raises(InvalidDataError, match="empty_mass needs"):
-        create("vae", empty_mass=True).fit(showers[:200], preprocessing=Pipeline(), epochs=1, progress=False)
+        create(family, empty_mass=True).fit(showers[:200], preprocessing=Pipeline(), epochs=1, progress=False)
+
+
+def test_wgan_empty_mass_starts_at_the_voxels_marginals(showers):
+    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1)
+    y, _ = wgan.prepare(showers)
+    assert wgan.config["empty_mass"] is True  # on by default for two-stage showers (logit, then standardise)
+    y = y[:, :768].double().numpy()
+    hit = showers.x.numpy() > 0  # Geant4's hits are exactly the values above the stored empty value
+    n = hit.sum(0)
+    occ = np.clip((n + 0.5) / (len(y) + 1), 1e-3, 1 - 1e-3)
+    bias = wgan.generator[-1].bias.detach().double().numpy()
+    np.testing.assert_allclose(bias[768:], np.log(occ / (1 - occ)), rtol=1e-5, atol=1e-5)
+    seen = n > 1
+    mean = np.array([y[hit[:, v], v].mean() for v in np.flatnonzero(seen)])
+    std = np.array([y[hit[:, v], v].std(ddof=1) for v in np.flatnonzero(seen)])
+    np.testing.assert_allclose(bias[:768][seen], mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(wgan.log_noise.detach().double().numpy()[seen], np.log(np.maximum(std, 1e-2)), rtol=1e-4, atol=1e-4)
+    # so the untrained generator already hits each voxel about as often as Geant4 does
+    ym, cm = wgan.preprocessing.forward(showers.x, showers.cond)
+    _, cs, _ = wgan.split_stages(ym.float(), cm.float())
+    with torch.no_grad():
+        fake = wgan.sample_model(len(y), cs, torch.Generator().manual_seed(0))
+    fake_occ = (fake > wgan._empty + 1e-6).double().mean(0).numpy()
+    # a generator starting at π = ½ would be off by |½ − occupancy|; this one by a tenth of that or less
+    assert np.abs(fake_occ - hit.mean(0)).mean() < 0.1 * np.abs(0.5 - hit.mean(0)).mean()
+
+
+def test_wgan_empty_mass_trains_and_samples_the_same_distribution(showers):
+    """generate() (straight-through hits, for training) and sample_model() (hits first) agree, and the hit logits get gradients."""
+    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1)
+    wgan.prepare(showers)
+    rate = torch.linspace(0.05, 0.95, 768)
+    value = torch.full((768,), 3.0)  # far above every empty value
+    with torch.no_grad():
+        last = wgan.generator[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.cat([value, torch.logit(rate)]))
+        wgan.log_noise.fill_(math.log(0.1))
+    cond = torch.zeros(20_000, wgan.dims["cond_dim"])
+    z = torch.randn(20_000, wgan.config["noise_dim"], generator=torch.Generator().manual_seed(1))
+    trained = wgan.generate(z, cond, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sampled = wgan.sample_model(20_000, cond, torch.Generator().manual_seed(3))
+    for y in (trained.detach(), sampled):
+        empty = y == wgan._empty
+        assert float(((1 - empty.float().mean(0)) - rate).abs().max()) < 5 * math.sqrt(0.25 / 20_000)  # binomial errors
+        hits = y[~empty] - value.expand_as(y)[~empty]
+        assert abs(float(hits.std()) - 0.1) < 0.005 and abs(float(hits.mean())) < 0.005
+    trained.sum().backward()
+    grad = last.bias.grad[768:]
+    assert bool((grad > 0).all())  # more hits at values above empty: the output sum grows with every hit logit
 
 
 def test_wgan_divergence_is_detected_and_nothing_saved(tmp_path, showers):

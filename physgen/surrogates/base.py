@@ -38,7 +38,27 @@ from physgen.surrogates.training import autocast_dtype
 if TYPE_CHECKING:
     from physgen.surrogates.training import TrainConfig, TrainContext
 
-__all__ = ["Capabilities", "Surrogate", "ENERGY_FLOW_DEFAULTS"]
+__all__ = ["Capabilities", "Surrogate", "ENERGY_FLOW_DEFAULTS", "draw_empty_mass"]
+
+#: rows per network call when sampling on a CPU (see :meth:`Surrogate.sample_in_blocks`)
+CPU_SAMPLE_BLOCK = 256
+
+
+def draw_empty_mass(
+    mean: torch.Tensor, hit_logit: torch.Tensor, sigma: torch.Tensor | None, empty: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Voxels that are exactly ``empty`` with probability 1 − sigmoid(hit_logit), else ``mean`` + N(0, sigma²).
+
+    The sampling side of the VAE's and the WGAN's ``empty_mass``. Hit or empty is
+    drawn first, and the Gaussian's noise only where hit (a tenth of W/Si's voxels),
+    which saves most of the normal draws. ``sigma`` None: hits sit at ``mean``.
+    """
+    hit = torch.rand(mean.shape, generator=generator, device=mean.device) < torch.sigmoid(hit_logit.float())
+    value = torch.where(hit, mean.float(), empty.float())
+    if sigma is not None:
+        rows, cols = hit.nonzero(as_tuple=True)
+        value[rows, cols] += torch.randn(len(rows), generator=generator, device=mean.device) * sigma[cols].float()
+    return value
 
 #: the first stage's size (``energy_flow={...}`` overrides any of it)
 ENERGY_FLOW_DEFAULTS: dict[str, Any] = {"n_layers": 2, "hidden": 64, "n_blocks": 1, "coupling": "autoregressive", "bins": 8}
@@ -115,6 +135,21 @@ class Surrogate(nn.Module):
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         """``n`` model-space samples ``[n, dim]`` (``cond`` ``[n, C]`` when conditional)."""
         raise NotImplementedError
+
+    def sample_in_blocks(
+        self, draw: Any, n: int, cond: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor:
+        """``draw(n, cond, generator)`` over blocks of rows whose network outputs and noise stay in a CPU's cache.
+
+        10,000 W/Si showers from the VAE (12,960 decoder outputs each) took 3.5 s in one
+        block and 1.8 s in blocks of 256 (bf16). On other devices: one block.
+        """
+        block = CPU_SAMPLE_BLOCK if self._device().type == "cpu" else n
+        if n <= block:
+            return draw(n, cond, generator)
+        return torch.cat([
+            draw(min(block, n - s), None if cond is None else cond[s : s + block], generator) for s in range(0, n, block)
+        ])
 
     def log_prob_model(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Log-density ``[B]`` of model-space ``x`` (only where ``capabilities`` claim one)."""

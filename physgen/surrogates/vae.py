@@ -63,12 +63,11 @@ from torch import nn
 from physgen.data import Data
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
-from physgen.surrogates.base import Capabilities, Surrogate
+from physgen.surrogates.base import Capabilities, Surrogate, draw_empty_mass
 
 __all__ = ["VAESurrogate", "gaussian_kl"]
 
 _EMPTY_TOL = 1e-6  # model-space distance from the empty value below which a voxel counts as empty
-_CPU_SAMPLE_BLOCK = 256  # rows per decoder call when sampling on a CPU
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -226,31 +225,14 @@ class VAESurrogate(Surrogate):
         return bool(noise)
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        # on a CPU, blocks of rows whose decoder outputs and noise stay in cache: 10,000 W/Si
-        # showers (12,960 outputs each) took 3.5 s in one block, 1.8 s in blocks of 256 (bf16)
-        block = _CPU_SAMPLE_BLOCK if self._device().type == "cpu" else n
-        if n <= block:
-            return self._sample_block(n, cond, generator)
-        return torch.cat([
-            self._sample_block(min(block, n - s), None if cond is None else cond[s : s + block], generator)
-            for s in range(0, n, block)
-        ])
+        return self.sample_in_blocks(self._sample_block, n, cond, generator)
 
     def _sample_block(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         device = self._device()
         h = torch.randn(n, self.config["latent"], generator=generator, device=device)
         out = self.decode(h, cond)
-        mean, hit_logit = out.chunk(2, dim=1) if self.config.get("empty_mass") else (out, None)
-        sigma = self.log_sigma.exp()
-        if hit_logit is None:
-            if not self.adds_noise:
-                return mean
-            return mean + torch.randn(mean.shape, generator=generator, device=device) * sigma
-        # hit or empty first; the Gaussian's noise only where hit (a tenth of W/Si's voxels),
-        # which saves most of the normal draws
-        hit = torch.rand(mean.shape, generator=generator, device=device) < torch.sigmoid(hit_logit.float())
-        value = torch.where(hit, mean.float(), self._empty.float())
-        if self.adds_noise:
-            rows, cols = hit.nonzero(as_tuple=True)
-            value[rows, cols] += torch.randn(len(rows), generator=generator, device=device) * sigma[cols].float()
-        return value
+        sigma = self.log_sigma.exp() if self.adds_noise else None
+        if self.config.get("empty_mass"):
+            mean, hit_logit = out.chunk(2, dim=1)
+            return draw_empty_mass(mean, hit_logit, sigma, self._empty, generator)
+        return out if sigma is None else out + torch.randn(out.shape, generator=generator, device=device) * sigma

@@ -22,12 +22,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from physgen.data.transforms import LayerFractions
+from physgen.data import Data
+from physgen.data.transforms import LayerFractions, Pipeline
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
-from physgen.surrogates.base import Capabilities, Surrogate
+from physgen.surrogates.base import Capabilities, Surrogate, draw_empty_mass
 
 __all__ = ["WGANSurrogate"]
+
+_EMPTY_TOL = 1e-6  # model-space distance from the empty value below which a voxel counts as empty
 
 
 class _LeakyReLU(nn.LeakyReLU):
@@ -55,12 +58,23 @@ class WGANSurrogate(Surrogate):
             discriminator sparsity and energy sums: a critic on 768 logit
             fractions barely sees the first moments of sparse early layers, where
             a plain WGAN's centroids came out biased.
+        empty_mass: the generator also gives each voxel a hit logit, and each voxel a
+            learned noise scale: a voxel is exactly empty with probability 1 − π (drawn
+            with logistic noise, passed straight through: exact 0/1 forward, the
+            sigmoid's slope backward), else the generator's value plus Gaussian noise,
+            as the VAE's ``empty_mass``. The hit logits, values and noise scales start at
+            each voxel's occupancy and hit-value mean and spread in the training data.
+            ``None`` (the default): on for two-stage calorimeter showers whose pipeline
+            ends with logit → standardise. On W/Si (90 % of voxels empty, 2.5 minutes)
+            a plain generator made the outer voxels hit in a third of showers with small
+            values, where Geant4 hits them in 2-8 % with large ones: radial widths half
+            Geant4's, 197 of 363 features worse than the Gaussian by > 2σ; with it, 19.
     """
 
     family = "wgan"
     capabilities = Capabilities(conditional=True, gradient_trained=True)
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999, "divergence_factor": 1e3, "grad_clip": None}
-    checkpoint_defaults: ClassVar[dict[str, Any]] = {"shower_moments": False}  # models saved before it existed
+    checkpoint_defaults: ClassVar[dict[str, Any]] = {"shower_moments": False, "empty_mass": False}  # models saved before it existed
     ddp_find_unused_parameters = True  # critic steps leave the generator unused, and vice versa
 
     def __init__(
@@ -75,6 +89,7 @@ class WGANSurrogate(Surrogate):
         lr_critic: float = 1e-4,
         lr_generator: float = 1e-4,
         shower_moments: bool | None = None,
+        empty_mass: bool | None = None,
         **config: Any,
     ):
         if n_critic < 1 or gp_weight < 0:
@@ -82,15 +97,55 @@ class WGANSurrogate(Surrogate):
         super().__init__(
             noise_dim=int(noise_dim), hidden=int(hidden), layers=int(layers), critic_hidden=int(critic_hidden),
             critic_layers=int(critic_layers), n_critic=int(n_critic), gp_weight=float(gp_weight),
-            lr_critic=float(lr_critic), lr_generator=float(lr_generator), shower_moments=shower_moments, **config,
+            lr_critic=float(lr_critic), lr_generator=float(lr_generator), shower_moments=shower_moments,
+            empty_mass=None if empty_mass is None else bool(empty_mass), **config,
         )
 
     def build(self, dim: int, cond_dim: int) -> None:
         c = self.config
-        self.generator = mlp(c["noise_dim"] + cond_dim, dim, c["hidden"], c["layers"], nn.SiLU)
+        self._build_empty_mass(dim)
+        self.generator = mlp(c["noise_dim"] + cond_dim, dim * (2 if c["empty_mass"] else 1), c["hidden"], c["layers"], nn.SiLU)
+        if c["empty_mass"]:
+            self.log_noise = nn.Parameter(torch.zeros(dim))
         n_moments = self._build_moments(dim)
         self.critic = mlp(dim + n_moments + cond_dim, 1, c["critic_hidden"], c["critic_layers"], _LeakyReLU)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def _build_empty_mass(self, dim: int) -> None:
+        """Decide ``empty_mass`` and store each voxel's empty value (model space)."""
+        wanted = self.config.get("empty_mass")
+        empty = self.empty_value(dim)
+        if wanted and empty is None:
+            raise InvalidDataError("empty_mass needs a pipeline that ends with logit, then standardise")
+        two_stage = self.schema is not None and self.schema.kind == "calorimeter" and self.has_energy_stage
+        self.config["empty_mass"] = bool(empty is not None and two_stage if wanted is None else wanted)
+        if self.config["empty_mass"]:
+            self.register_buffer("_empty", empty)
+
+    def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, c = super().prepare(data, preprocessing)
+        if self.config["empty_mass"]:
+            self._init_marginals(y[:, : self.dims["dim"]])
+        return y, c
+
+    @torch.no_grad()
+    def _init_marginals(self, y: torch.Tensor) -> None:
+        """Start the generator at each voxel's occupancy and hit-value mean and spread.
+
+        The marginals are known before training; the critic alone moved W/Si's
+        6,480 hit rates from ½ towards Geant4's (~0.1) too slowly for a few hundred
+        generator steps. The adversarial game is left the correlations.
+        """
+        dim = y.shape[1]
+        hit = y > self._empty + _EMPTY_TOL
+        n_hit = hit.sum(0)
+        occupancy = ((n_hit + 0.5) / (len(y) + 1)).clamp(1e-3, 1 - 1e-3)
+        mean = torch.where(n_hit > 0, torch.where(hit, y, 0.0).sum(0) / n_hit.clamp_min(1), self._empty)
+        var = torch.where(hit, (y - mean) ** 2, 0.0).sum(0) / (n_hit - 1).clamp_min(1)
+        last = self.generator[-1]
+        last.bias[:dim] = mean
+        last.bias[dim:] = torch.log(occupancy) - torch.log1p(-occupancy)
+        self.log_noise.copy_(0.5 * torch.where(n_hit > 1, var, 1.0).clamp_min(1e-4).log())
 
     def _build_moments(self, dim: int) -> int:
         """Set up the shower-moment features; returns how many the critic gets (0: none)."""
@@ -142,8 +197,17 @@ class WGANSurrogate(Surrogate):
     def _cat(self, a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return torch.cat([a, cond], 1) if cond is not None and self.dims.get("cond_dim") else a
 
-    def generate(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        return self.generator(self._cat(z, cond))
+    def generate(self, z: torch.Tensor, cond: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        out = self.generator(self._cat(z, cond))
+        if not self.config.get("empty_mass"):
+            return out
+        value, hit_logit = out.chunk(2, dim=1)
+        value = value + torch.randn(value.shape, generator=generator, device=value.device) * self.log_noise.exp()
+        u = torch.rand(value.shape, generator=generator, device=value.device).clamp(1e-6, 1 - 1e-6)
+        logits = hit_logit.float() + torch.log(u) - torch.log1p(-u)  # logistic noise: P(> 0) = sigmoid(hit_logit)
+        soft = torch.sigmoid(logits)
+        hit = (logits > 0).float() + soft - soft.detach()  # straight through: exact 0/1, the sigmoid's slope
+        return self._empty + hit * (value - self._empty)
 
     def score(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if self.config.get("shower_moments"):
@@ -165,11 +229,15 @@ class WGANSurrogate(Surrogate):
         w = real_score.mean() - fake_score.mean()
         return -w + self.config["gp_weight"] * gp, {"wasserstein": float(w.detach()), "gp": float(gp.detach())}
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """The generator's weights and, with ``empty_mass``, the voxels' noise scales."""
+        return [*self.generator.parameters(), *([self.log_noise] if self.config.get("empty_mass") else [])]
+
     def configure_optimizers(self, cfg: Any) -> list[torch.optim.Optimizer]:
         c = self.config
         return [
             torch.optim.Adam(self.critic.parameters(), lr=c["lr_critic"], betas=(0.5, 0.9)),
-            torch.optim.Adam(self.generator.parameters(), lr=c["lr_generator"], betas=(0.5, 0.9)),
+            torch.optim.Adam(self.generator_parameters(), lr=c["lr_generator"], betas=(0.5, 0.9)),
         ]
 
     def train_batch(self, model: nn.Module, x: torch.Tensor, cond: torch.Tensor | None, optimizers: list[torch.optim.Optimizer], ctx: Any) -> dict[str, float]:
@@ -184,7 +252,7 @@ class WGANSurrogate(Surrogate):
             gen_opt.zero_grad(set_to_none=True)
             with ctx.autocast():
                 gen_loss, _ = model(x, cond, "generator")
-            ctx.step(gen_loss, gen_opt, self.generator.parameters())
+            ctx.step(gen_loss, gen_opt, self.generator_parameters())
             out["generator_loss"] = float(gen_loss.detach())
         return out
 
@@ -200,7 +268,7 @@ class WGANSurrogate(Surrogate):
         with torch.no_grad():
             fake = torch.cat([
                 self.generate(torch.randn(len(x[s : s + batch_size]), self.config["noise_dim"], generator=gen, device=x.device),
-                              None if cond is None else cond[s : s + batch_size])
+                              None if cond is None else cond[s : s + batch_size], gen)
                 for s in range(0, len(x), batch_size)
             ])
             dirs = torch.randn(x.shape[1], 64, generator=gen, device=x.device)
@@ -210,5 +278,12 @@ class WGANSurrogate(Surrogate):
         return float((a - b).abs().mean())
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        return self.sample_in_blocks(self._sample_block, n, cond, generator)
+
+    def _sample_block(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.config["noise_dim"], generator=generator, device=self._device())
-        return self.generate(z, cond)
+        if not self.config.get("empty_mass"):
+            return self.generate(z, cond, generator)
+        # the same distribution as generate's, without the straight-through bookkeeping
+        value, hit_logit = self.generator(self._cat(z, cond)).chunk(2, dim=1)
+        return draw_empty_mass(value, hit_logit, self.log_noise.exp(), self._empty, generator)
