@@ -204,9 +204,18 @@ def test_bf16_sampling_stays_close_to_fp32(fitted, name):
 
     fp32, bf16 = draw(None), draw(torch.bfloat16)
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
-    diff = (bf16 - fp32).abs()
     scale = fp32.std()
-    if model.family != "gaussian":  # learned networks: bf16 really ran, and stayed within its precision
+    if model.config.get("empty_mass"):
+        # hits are drawn first (the same uniforms in both) and the Gaussian noise only for hits, so a hit
+        # that bf16's rounding flips shifts the noise of the voxels after it: compare hits and averages
+        dim = model.dims["dim"]
+        hit32, hit16 = fp32[:, :dim] != model._empty, bf16[:, :dim] != model._empty  # an empty voxel is exactly that value
+        assert float((hit32 != hit16).float().mean()) < 0.01
+        assert float((bf16[:, :dim] - fp32[:, :dim]).abs().max()) > 0  # bf16 really ran
+        torch.testing.assert_close(bf16[:, :dim].mean(), fp32[:, :dim].mean(), atol=0.02 * float(scale), rtol=0)
+        fp32, bf16 = fp32[:, dim:], bf16[:, dim:]  # the first stage's layer energies (float32 in both): the same draws
+    diff = (bf16 - fp32).abs()
+    if model.family != "gaussian" and not model.config.get("empty_mass"):  # bf16 really ran, within its precision
         assert float(diff.max()) > 0
     assert float(diff.mean()) < 0.02 * float(scale), (float(diff.mean()), float(scale))
     # and through the public API, with the choice validated

@@ -78,6 +78,12 @@ class _Layers:
         parts = [x[:, v0 : v0 + count * size].reshape(len(x), count, size).sum(-1) for v0, _, count, size in self.runs]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
+    def scale_(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """Multiply each voxel of ``x`` ``[N, V]`` by its layer's ``factor`` ``[N, L]``, in place (no ``[N, V]`` temporary)."""
+        for v0, l0, count, size in self.runs:
+            x[:, v0 : v0 + count * size].view(len(x), count, size).mul_(factor[:, l0 : l0 + count, None])
+        return x
+
     def per_voxel(self, e: torch.Tensor) -> torch.Tensor:
         """``[N, L]`` per-layer values → ``[N, V]``: each voxel gets its layer's."""
         parts = [e[:, l0 : l0 + count, None].expand(len(e), count, size).reshape(len(e), count * size) for _, l0, count, size in self.runs]
@@ -208,8 +214,8 @@ class LayerFractions(Transform):
         y = _f64(y)
         frac = y[:, : self.n_voxels].clamp_min(0)
         e_layer = self._energies(y[:, self.n_voxels :])
-        frac = self._ratio(frac, self._layers.per_voxel(self._layers.sums(frac)))
-        return frac * self._layers.per_voxel(e_layer)
+        # each layer's fractions renormalised to 1, times its energy (a layer with no fractions stays empty)
+        return self._layers.scale_(frac, self._ratio(e_layer, self._layers.sums(frac)))
 
     def state(self) -> dict[str, Any]:
         return {"layer_sizes": self.layer_sizes, "layer_energy": self.layer_energy}
@@ -483,7 +489,7 @@ class ReadoutThreshold(Transform):
         # give each layer's cut energy back to its surviving voxels, in proportion
         before, after = self._layers.sums(y.clamp_min(0)), self._layers.sums(cut)
         scale = torch.where(after > 0, before / after.clamp_min(1e-300), torch.ones_like(after))
-        return cut * self._layers.per_voxel(scale)
+        return self._layers.scale_(cut, scale)
 
     def state(self) -> dict[str, Any]:
         return {
