@@ -42,6 +42,8 @@ __all__ = ["Capabilities", "Surrogate", "ENERGY_FLOW_DEFAULTS", "draw_empty_mass
 
 #: rows per network call when sampling on a CPU (see :meth:`Surrogate.sample_in_blocks`)
 CPU_SAMPLE_BLOCK = 256
+#: model-space distance from the empty value below which a voxel counts as empty (``empty_mass``)
+EMPTY_TOL = 1e-6
 
 
 def draw_empty_mass(
@@ -296,6 +298,24 @@ class Surrogate(nn.Module):
         logit, std = tail
         width = len(std._params()[0])
         return std.forward(logit.forward(torch.zeros(1, width), None), None)[0, :dim].float()
+
+    def setup_empty_mass(self, dim: int) -> None:
+        """Decide the ``empty_mass`` option (VAE, WGAN) and store each voxel's empty value as ``_empty``.
+
+        ``None`` means on for two-stage calorimeter showers whose pipeline ends with logit,
+        then standardise. Only with the first stage: there each layer's energy is given, so
+        hits drawn too rarely or too small change the shower's shape, not its energy. A
+        one-stage VAE trained briefly (the contract test's 6 epochs) put 0.62 of E_inc into
+        5 GeV showers with it.
+        """
+        wanted = self.config.get("empty_mass")
+        empty = self.empty_value(dim)
+        if wanted and empty is None:
+            raise InvalidDataError("empty_mass needs a pipeline that ends with logit, then standardise")
+        two_stage = self.schema is not None and self.schema.kind == "calorimeter" and self.has_energy_stage
+        self.config["empty_mass"] = bool(empty is not None and two_stage if wanted is None else wanted)
+        if self.config["empty_mass"]:
+            self.register_buffer("_empty", empty)
 
     def split_stages(self, y: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Model-space ``y`` → (voxel part, its condition: ``cond`` + layer energies, layer energies)."""

@@ -63,11 +63,10 @@ from torch import nn
 from physgen.data import Data
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
-from physgen.surrogates.base import Capabilities, Surrogate, draw_empty_mass
+from physgen.surrogates.base import EMPTY_TOL, Capabilities, Surrogate, draw_empty_mass
 
 __all__ = ["VAESurrogate", "gaussian_kl"]
 
-_EMPTY_TOL = 1e-6  # model-space distance from the empty value below which a voxel counts as empty
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -122,7 +121,7 @@ class VAESurrogate(Surrogate):
 
     def build(self, dim: int, cond_dim: int) -> None:
         c = self.config
-        self._build_empty_mass(dim)
+        self.setup_empty_mass(dim)
         self.encoder = mlp(dim + cond_dim, 2 * c["latent"], c["hidden"], c["layers"])
         self.decoder = mlp(c["latent"] + cond_dim, dim * (2 if c["empty_mass"] else 1), c["hidden"], c["layers"])
         self.log_sigma = nn.Parameter(torch.zeros(dim), requires_grad=c["likelihood"] == "learned")
@@ -131,19 +130,6 @@ class VAESurrogate(Surrogate):
                 self.log_sigma.fill_(math.log(c["fixed_sigma"]))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def _build_empty_mass(self, dim: int) -> None:
-        """Decide ``empty_mass`` and store each feature's empty value (model space)."""
-        wanted = self.config.get("empty_mass")
-        empty = self.empty_value(dim)
-        if wanted and empty is None:
-            raise InvalidDataError("empty_mass needs a pipeline that ends with logit, then standardise")
-        # by default only with the first stage: there each layer's energy is given, so hits the
-        # model draws too rarely or too small change the shower's shape, not its energy. A one-stage
-        # VAE trained briefly (the contract test's 6 epochs) put 0.62 of E_inc into 5 GeV showers
-        two_stage = self.schema is not None and self.schema.kind == "calorimeter" and self.has_energy_stage
-        self.config["empty_mass"] = bool(empty is not None and two_stage if wanted is None else wanted)
-        if self.config["empty_mass"]:
-            self.register_buffer("_empty", empty)
 
     def _cat(self, a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return torch.cat([a, cond], 1) if cond is not None and self.dims.get("cond_dim") else a
@@ -162,7 +148,7 @@ class VAESurrogate(Surrogate):
         gauss = -0.5 * ((y - mean) / log_sigma.exp()) ** 2 - log_sigma - 0.5 * math.log(2 * math.pi)
         if hit_logit is None:
             return gauss.sum(-1)
-        empty = y <= self._empty + _EMPTY_TOL
+        empty = y <= self._empty + EMPTY_TOL
         return torch.where(empty, F.logsigmoid(-hit_logit), F.logsigmoid(hit_logit) + gauss).sum(-1)
 
     def beta_now(self) -> float:
