@@ -22,6 +22,7 @@ exact or bounded density implement :meth:`Surrogate.log_prob_model`.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -61,6 +62,7 @@ def draw_empty_mass(
         rows, cols = hit.nonzero(as_tuple=True)
         value[rows, cols] += torch.randn(len(rows), generator=generator, device=mean.device) * sigma[cols].float()
     return value
+
 
 #: the first stage's size (``energy_flow={...}`` overrides any of it)
 ENERGY_FLOW_DEFAULTS: dict[str, Any] = {"n_layers": 2, "hidden": 64, "n_blocks": 1, "coupling": "autoregressive", "bins": 8}
@@ -139,7 +141,8 @@ class Surrogate(nn.Module):
         raise NotImplementedError
 
     def sample_in_blocks(
-        self, draw: Any, n: int, cond: torch.Tensor | None, generator: torch.Generator
+        self, draw: Callable[[int, torch.Tensor | None, torch.Generator], torch.Tensor], n: int,
+        cond: torch.Tensor | None, generator: torch.Generator,
     ) -> torch.Tensor:
         """``draw(n, cond, generator)`` over blocks of rows whose network outputs and noise stay in a CPU's cache.
 

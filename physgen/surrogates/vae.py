@@ -68,7 +68,6 @@ from physgen.surrogates.base import EMPTY_TOL, Capabilities, Surrogate, draw_emp
 __all__ = ["VAESurrogate", "gaussian_kl"]
 
 
-
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, diag e^logvar) ‖ N(0, I)) per row: ½ Σ (μ² + e^logvar − 1 − logvar)."""
     return 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum(-1)
@@ -129,7 +128,6 @@ class VAESurrogate(Surrogate):
             with torch.no_grad():
                 self.log_sigma.fill_(math.log(c["fixed_sigma"]))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
 
     def _cat(self, a: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return torch.cat([a, cond], 1) if cond is not None and self.dims.get("cond_dim") else a
