@@ -29,6 +29,7 @@ from nflows.transforms import (
     CompositeTransform,
     LULinear,
     MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+    Permutation,
     PiecewiseRationalQuadraticCouplingTransform,
     RandomPermutation,
     Transform,
@@ -39,7 +40,14 @@ from torch.nn import functional as F
 from physgen.errors import InvalidDataError
 from physgen.surrogates.base import Capabilities, Surrogate
 
-__all__ = ["AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_floor", "realnvp", "rq_spline_inverse"]
+__all__ = [
+    "AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_floor",
+    "realnvp", "rq_spline_inverse", "sampling_plan", "sample_feature_major",
+]
+
+#: showers per pass of :func:`sample_feature_major` on a CPU: a W/Si block's state
+#: (6,480 × 512 floats) stays near the cache; 512 beat 256, 1,024 and 2,000 on both sets
+FLOW_CPU_SAMPLE_BLOCK = 512
 
 
 class ExpAffineCoupling(AffineCouplingTransform):
@@ -255,6 +263,74 @@ def realnvp(
     return CompositeTransform(layers)
 
 
+SamplingPlan = tuple[list[tuple[ExpAffineCoupling, torch.Tensor]], torch.Tensor]
+
+
+def sampling_plan(transform: CompositeTransform) -> SamplingPlan | None:
+    """The gathers that run a RealNVP's inverse feature-major, or None where it does not apply.
+
+    Applies to :func:`realnvp`'s affine flows with permutation mixing (couplings and
+    permutations alternating, nflows ``ResidualNet`` conditioners without batch norm).
+    nflows' inverse gathers both halves of every coupling's input and scatters them
+    back, then permutes: five copies of the state per layer, each along the slow
+    (feature) axis. Here each permutation is folded with the next coupling's split into
+    one row gather of a ``[features, batch]`` state, whose halves are then contiguous.
+    Returns ``[(coupling, gather), ...]`` in inverse order and the final gather.
+    """
+    layers = list(transform._transforms)
+    if not layers or len(layers) % 2:
+        return None
+    pairs = list(zip(layers[0::2], layers[1::2], strict=True))
+    for coupling, perm in pairs:
+        net = coupling.transform_net
+        if (type(coupling) is not ExpAffineCoupling or not isinstance(perm, Permutation) or perm._dim != 1
+                or coupling.unconditional_transform is not None or not isinstance(net, ResidualNet)
+                or any(b.use_batch_norm for b in net.blocks)):
+            return None
+    layout = torch.arange(pairs[0][0].features, device=pairs[0][0].identity_features.device)  # row j holds feature layout[j]
+    steps = []
+    for coupling, perm in reversed(pairs):
+        order = torch.cat([coupling.identity_features, coupling.transform_features])
+        steps.append((coupling, torch.argsort(layout)[perm._inverse_permutation[order]]))
+        layout = order
+    return steps, torch.argsort(layout)
+
+
+def _residual_net_feature_major(net: ResidualNet, x: torch.Tensor, context_t: torch.Tensor | None) -> torch.Tensor:
+    """nflows ``ResidualNet.forward`` (eval mode) on ``x`` ``[in, B]`` and ``context_t`` ``[C, B]``; returns ``[out, B]``."""
+    n_in = x.shape[0]
+    w0, b0 = net.initial_layer.weight, net.initial_layer.bias[:, None]
+    h = torch.addmm(b0 if context_t is None else torch.addmm(b0, w0[:, n_in:], context_t), w0[:, :n_in], x)
+    for block in net.blocks:
+        act, (l1, l2) = block.activation, block.linear_layers
+        t = torch.addmm(l2.bias[:, None], l2.weight, act(torch.addmm(l1.bias[:, None], l1.weight, act(h))))
+        if context_t is not None:  # nflows' GLU: t · σ(context layer)
+            t = t * torch.sigmoid(torch.addmm(block.context_layer.bias[:, None], block.context_layer.weight, context_t))
+        h = h + t
+    return torch.addmm(net.final_layer.bias[:, None], net.final_layer.weight, h)
+
+
+def sample_feature_major(plan: SamplingPlan, z: torch.Tensor, context: torch.Tensor | None, block: int) -> torch.Tensor:
+    """The flow's inverse ``z → y`` (no log-determinant), ``block`` rows at a time, from :func:`sampling_plan`.
+
+    The same map as nflows' inverse (a test compares them): 2.3× faster on the W/Si
+    flow (fp32; 2.8× in bf16), 1.3× on PbWO4's. The state stays float32 under autocast.
+    """
+    steps, final = plan
+    parts = []
+    for s in range(0, z.shape[0], block):
+        state = z[s : s + block].t()
+        context_t = None if context is None else context[s : s + block].t()
+        for coupling, gather in steps:
+            state = state.index_select(0, gather)
+            n_id, n_tr = coupling.num_identity_features, coupling.num_transform_features
+            params = _residual_net_feature_major(coupling.transform_net, state[:n_id], context_t)
+            shift, inv_scale = params[:n_tr], params[n_tr:].div_(coupling.clamp).tanh_().mul_(-coupling.clamp).exp_()
+            state[n_id:].sub_(shift).mul_(inv_scale)  # (y − shift) / exp(clamp · tanh(u / clamp))
+        parts.append(state.index_select(0, final).t())
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def point_mass_floor(y: torch.Tensor, min_fraction: float = 0.005) -> torch.Tensor:
     """Per column, the minimum where at least ``min_fraction`` of the rows sit exactly on it, else −inf.
 
@@ -374,6 +450,10 @@ class FlowSurrogate(Surrogate):
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         z = torch.randn(n, self.dims["dim"], generator=generator, device=self._device()) * self.config.get("temperature", 1.0)
+        plan = None if self.training else sampling_plan(self.transform)
+        if plan is not None:
+            block = FLOW_CPU_SAMPLE_BLOCK if z.device.type == "cpu" else n
+            return sample_feature_major(plan, z, self._context(cond), block)
         x, _ = self.transform.inverse(z, context=self._context(cond))
         return x
 
