@@ -24,6 +24,7 @@ from physgen.surrogates.flow import (
     point_mass_floor,
     realnvp,
     sample_feature_major,
+    sample_inverse,
     sampling_plan,
 )
 
@@ -62,17 +63,20 @@ def test_lu_linear_inverts_without_deprecated_solvers():
     assert float(logdet[0]) == pytest.approx(float(torch.linalg.slogdet(lu.weight())[1]), abs=1e-5)
 
 
-def test_autoregressive_spline_inverse_is_nflows_inverse_done_cheaper():
-    """The first stage's one-feature-per-step inverse equals nflows' own (D full passes) and undoes forward."""
+@pytest.mark.parametrize(("cond_dim", "n_blocks", "hidden"), [(2, 1, 16), (0, 2, 13)])
+def test_autoregressive_spline_inverse_is_nflows_inverse_done_cheaper(cond_dim, n_blocks, hidden):
+    """The first stage's unit-by-degree inverse equals nflows' own (D full passes) and undoes forward."""
     torch.manual_seed(0)
-    flow = realnvp(6, 2, n_layers=2, hidden=16, n_blocks=1, coupling="autoregressive", tail_bound=3.0)
+    flow = realnvp(6, cond_dim, n_layers=2, hidden=hidden, n_blocks=n_blocks, coupling="autoregressive", tail_bound=3.0)
     with torch.no_grad():
         for p in flow.parameters():  # away from the identity initialisation: bent splines, real dependence
             p.add_(0.3 * torch.randn_like(p))
-    flow.double()  # float64: the spline's quadratic root is then exact enough for a tight round trip
-    z, c = 2 * torch.randn(400, 6, dtype=torch.float64), torch.randn(400, 2, dtype=torch.float64)  # some beyond the tail bound
+    flow.double().eval()  # float64: the spline's quadratic root is then exact enough for a tight round trip
+    z = 2 * torch.randn(400, 6, dtype=torch.float64)  # some beyond the tail bound
+    c = torch.randn(400, cond_dim, dtype=torch.float64) if cond_dim else None
     with torch.no_grad():
         x, logdet = flow.inverse(z, context=c)
+        assert torch.equal(sample_inverse(flow, z, c), x)  # the sampling path: the same map without log|det|
         ref, ref_logdet = z, torch.zeros(400, dtype=torch.float64)
         for t in reversed(list(flow._transforms)):
             ref, part = AutoregressiveTransform.inverse(t, ref, c) if isinstance(t, AutoregressiveSpline) else t.inverse(ref)

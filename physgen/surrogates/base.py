@@ -403,9 +403,11 @@ class Surrogate(nn.Module):
         """
         ye = None
         if self.has_energy_stage:
+            from physgen.surrogates.flow import sample_inverse
+
             assert cond is not None
             z = torch.randn(n, self.dims["energy_dim"], generator=generator, device=cond.device)
-            ye, _ = self.energy.inverse(z, context=cond)
+            ye = sample_inverse(self.energy, z, cond)
             cond = torch.cat([cond, ye], 1)
         with torch.autocast(self._device().type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             y = self.sample_model(n, cond, generator).float()

