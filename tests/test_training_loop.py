@@ -100,3 +100,23 @@ def test_bf16_autocast_trains_on_cpu():
     data = physgen.load_default()[:400]
     hist = create("gaussian", solver="gradient").fit(data, epochs=3, precision="bf16", progress=False)
     assert hist[-1]["val_loss"] < hist[0]["val_loss"]
+
+
+def test_gaussian_scale_factor_is_cached_only_while_the_parameter_is_unchanged():
+    """The sampling cache of L = tril(raw, -1) + diag(exp(diag raw)) follows every in-place update."""
+    model = create("gaussian", solver="gradient")
+    model.build(5, 0)
+    with torch.no_grad():
+        model.scale_tril_raw.copy_(torch.randn(5, 5))
+    raw = model.scale_tril_raw.detach().clone()
+    expected = torch.tril(raw, -1) + torch.diag(raw.diagonal().exp())
+    with torch.no_grad():
+        first = model.scale_tril()
+        torch.testing.assert_close(first, expected, rtol=0, atol=0)
+        assert model.scale_tril() is first  # kept while the parameter is unchanged
+        model.scale_tril_raw.mul_(2)  # an optimiser step or load_state_dict changes it in place
+        torch.testing.assert_close(model.scale_tril(), torch.tril(2 * raw, -1) + torch.diag((2 * raw).diagonal().exp()))
+    # with autograd on it is rebuilt every call, and gradients reach the raw diagonal through exp
+    model.scale_tril().sum().backward()
+    grad = model.scale_tril_raw.grad
+    torch.testing.assert_close(grad, torch.tril(torch.ones(5, 5), -1) + torch.diag((2 * raw).diagonal().exp()))
