@@ -109,6 +109,7 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
         ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "empty_mass"),
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "shower_moments"),
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "empty_mass"),
+        ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "layer_scatter"),
     ],
 )
 def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path, showers, family, config, option):
@@ -142,6 +143,8 @@ def test_wgan_empty_mass_starts_at_the_voxels_marginals(showers):
     hit = showers.x.numpy() > 0  # Geant4's hits are exactly the values above the stored empty value
     bias = wgan.generator[-1].bias.detach().double().numpy()
     slope = wgan.cond_slope.detach().double().numpy()
+    # with layer_scatter the hit logits are stretched by √(1 + πs²/8) for their layer's spread s
+    stretch = np.sqrt(1 + np.pi * wgan.hit_scatter.detach().double().numpy()[wgan._hit_layer.numpy()] ** 2 / 8)
     occ = hit.mean(0)
     for v in np.flatnonzero((occ > 0.05) & (occ < 0.95))[::97]:
         # hit logit a + b x: a logistic regression with the slope's ridge of 1, solved by scipy
@@ -150,7 +153,7 @@ def test_wgan_empty_mass_starts_at_the_voxels_marginals(showers):
             return float(np.sum(np.logaddexp(0, eta) - hit[:, v] * eta) + 0.5 * p[1] ** 2)
 
         a, b = minimize(nll, [0.0, 0.0], method="BFGS", options={"gtol": 1e-8}).x
-        np.testing.assert_allclose([bias[768 + v], slope[768 + v]], [a, b], atol=2e-3)
+        np.testing.assert_allclose([bias[768 + v], slope[768 + v]], [a * stretch[v], b * stretch[v]], atol=2e-3)
         # hit value: the least-squares line through the hits (same ridge), and their residual spread
         xh, yh = x[hit[:, v]], y[hit[:, v], v]
         m = np.sum((xh - xh.mean()) * (yh - yh.mean())) / (np.sum((xh - xh.mean()) ** 2) + 1.0)
@@ -169,6 +172,35 @@ def test_wgan_empty_mass_starts_at_the_voxels_marginals(showers):
     assert abs(fake_hit[top].mean() - hit[top].mean()) < 0.1 * abs(hit[top].mean() - hit.mean())
 
 
+def test_wgan_layer_scatter_recovers_a_shared_logit_shift(showers):
+    """Hits drawn with one N(0, 1) shift s·u per shower and layer: the start finds s and undoes the fits' attenuation."""
+    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1)
+    wgan.prepare(showers)
+    assert wgan.config["layer_scatter"] is True  # on by default with empty_mass and a geometry
+    n_layers, dim, n = len(wgan.hit_scatter), len(wgan._empty), 20_000
+    g = torch.Generator().manual_seed(0)
+    s_true = torch.linspace(0.2, 0.8, n_layers, dtype=torch.float64)
+    a = torch.rand(dim, generator=g, dtype=torch.float64) * 3 - 2  # occupancies of about 0.1 to 0.7
+    b = torch.rand(dim, generator=g, dtype=torch.float64)
+    x = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    u = torch.randn(n, n_layers, generator=g, dtype=torch.float64)
+    hit = torch.rand(n, dim, generator=g, dtype=torch.float64) < torch.sigmoid(a + b * x + (u * s_true)[:, wgan._hit_layer])
+    y = torch.where(hit, wgan._empty + 1.0, wgan._empty)
+    # what a logistic regression of each voxel alone finds: the probit-attenuated logits
+    shrink = (1 + math.pi * s_true[wgan._hit_layer] ** 2 / 8) ** -0.5
+    a_fit, b_fit = (a * shrink).float(), (b * shrink).float()
+    wgan._init_layer_scatter(y, x, a_fit, b_fit)
+    torch.testing.assert_close(wgan.hit_scatter.detach().double(), s_true, atol=0.06, rtol=0.1)
+    torch.testing.assert_close(a_fit.double(), a, atol=0.08, rtol=0.05)  # stretched back
+    torch.testing.assert_close(b_fit.double(), b, atol=0.08, rtol=0.05)
+    # without a shared shift the excess is zero: no scatter is added
+    hit0 = torch.rand(n, dim, generator=g, dtype=torch.float64) < torch.sigmoid(a + b * x)
+    wgan._init_layer_scatter(torch.where(hit0, wgan._empty + 1.0, wgan._empty), x, a.float(), b.float())
+    assert float(wgan.hit_scatter.detach().max()) < 0.1
+    with pytest.raises(InvalidDataError, match="layer_scatter needs empty_mass"):
+        create("wgan", hidden=32, critic_hidden=32, empty_mass=False, layer_scatter=True).fit(showers[:200], epochs=1, progress=False)
+
+
 def test_wgan_empty_mass_trains_and_samples_the_same_distribution(showers):
     """generate() (straight-through hits, for training) and sample_model() (hits first) agree, and the hit logits get gradients."""
     wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1)
@@ -180,6 +212,10 @@ def test_wgan_empty_mass_trains_and_samples_the_same_distribution(showers):
         last.weight.zero_()
         last.bias.copy_(torch.cat([value, torch.logit(rate)]))
         wgan.log_noise.fill_(math.log(0.1))
+        wgan.hit_scatter.fill_(0.7)  # each layer's logits shifted by 0.7·u, u ~ N(0, 1) per shower
+    # the hit rate is then E_u σ(logit(rate) + 0.7 u): Gauss-Hermite quadrature
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    rate = torch.from_numpy((weights / weights.sum() * (1 / (1 + np.exp(-(np.log(rate.numpy() / (1 - rate.numpy()))[:, None] + 0.7 * nodes))))).sum(1)).float()
     cond = torch.zeros(20_000, wgan.dims["cond_dim"])
     z = torch.randn(20_000, wgan.config["noise_dim"], generator=torch.Generator().manual_seed(1))
     trained = wgan.generate(z, cond, torch.Generator().manual_seed(2))
