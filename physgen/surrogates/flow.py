@@ -97,7 +97,7 @@ class AutoregressiveSpline(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
         blocks = list(made.blocks)
         degrees = made.initial_layer.degrees
         if (self.training or not made.use_residual_blocks or any(b.use_batch_norm for b in blocks)
-                or any(not torch.equal(b.degrees, degrees) for b in blocks)):
+                or any(not torch.equal(lin.degrees, degrees) for b in blocks for lin in b.linear_layers)):
             return super().inverse(inputs, context)  # nflows' generic path (dropout, batch norm, other masks)
         n, d = inputs.shape
         m, act = self._output_dim_multiplier(), made.activation
