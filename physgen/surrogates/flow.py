@@ -361,12 +361,7 @@ def sample_inverse(transform: CompositeTransform, z: torch.Tensor, context: torc
     """``transform``'s inverse ``z → y`` without the log-determinant that sampling does not use."""
     x = z
     for t in reversed(list(transform._transforms)):
-        if isinstance(t, AutoregressiveSpline):
-            x, _ = t.inverse(x, context, logdet=False)
-        elif isinstance(t, Permutation) and t._dim == 1:
-            x = x.index_select(1, t._inverse_permutation)
-        else:
-            x, _ = t.inverse(x, context)
+        x, _ = t.inverse(x, context, logdet=False) if isinstance(t, AutoregressiveSpline) else t.inverse(x, context)
     return x
 
 

@@ -233,12 +233,12 @@ class WGANSurrogate(Surrogate):
     def _build_moments(self, dim: int) -> int:
         """Set up the shower-moment features; returns how many the critic gets (0: none)."""
         wanted = self.config.get("shower_moments")
-        geometry = getattr(self.schema, "geometry", None) if self.schema is not None else None
+        layer = self._voxel_layers(dim)
         steps = [] if self.preprocessing is None else self.preprocessing.x_transforms
         fractions = [t for t in steps if isinstance(t, LayerFractions)]
         tail = self.logit_standardise_tail()
         usable = (
-            geometry is not None and len(fractions) == 1 and fractions[0].n_voxels == dim == geometry.n_voxels
+            layer is not None and len(fractions) == 1 and fractions[0].n_voxels == dim
             and self.dims.get("energy_dim", 0) > 0 and tail is not None
         )
         if wanted and not usable:
@@ -249,12 +249,12 @@ class WGANSurrogate(Surrogate):
         self.config["shower_moments"] = bool(usable if wanted is None else wanted)
         if not self.config["shower_moments"]:
             return 0
+        assert layer is not None and tail is not None and self.schema is not None
         logit, std = tail
         mean, sd = std._params()
-        xs, ys, rs = (torch.as_tensor(v, dtype=torch.float32) for v in geometry.voxel_centres())
+        xs, ys, rs = (torch.as_tensor(v, dtype=torch.float32) for v in self.schema.geometry.voxel_centres())
         scale = float(rs.max()) or 1.0
         coords = torch.stack([xs, ys, rs]) / scale  # [3, V], within [-1, 1]
-        layer = torch.as_tensor(geometry.layer_index()[:dim], dtype=torch.long)
         n_layers = int(layer.max()) + 1
         onehot = torch.zeros(dim, n_layers).index_put_((torch.arange(dim), layer), torch.tensor(1.0))
         self.register_buffer("_m_mean", mean[:dim].float())
