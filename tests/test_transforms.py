@@ -185,24 +185,67 @@ def test_readout_cut_keeps_each_layers_energy_and_round_trips_through_json():
     g = torch.Generator().manual_seed(2)
     gen = torch.where(x > 0, x, 0.5 * torch.rand(x.shape, generator=g, dtype=torch.float64))
     t = ReadoutThreshold(threshold=0.01, layer_sizes=[4, 0, 4]).calibrate(x, e, gen, e, bins=3)
+    assert t.layer_thresholds.shape == (3, 2)
     back = t.inverse(gen, e)
-    for sl in (slice(0, 4), slice(4, 8)):
+    bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(t.edges, dtype=torch.float64), right=True)
+    for layer, sl in enumerate((slice(0, 4), slice(4, 8))):
         before, after = gen[:, sl].sum(1), back[:, sl].sum(1)
-        alive = (back[:, sl] > 0).any(1)
-        torch.testing.assert_close(after[alive], before[alive], rtol=1e-12, atol=0)
-        assert bool((after[~alive] == 0).all())
-    # cut voxels stay empty, survivors keep their ratios within the layer
-    assert bool((back[gen < t.voxel_thresholds.min()] == 0).all())
+        read = before >= t.layer_thresholds[bins, layer]
+        # a layer read out keeps its energy and at least one voxel; one not read out is empty
+        torch.testing.assert_close(after[read], before[read], rtol=1e-12, atol=0)
+        assert bool(((back[read, sl] > 0).sum(1) >= 1).all()) and bool((after[~read] == 0).all())
+        # a voxel below its cut survives only as the largest of a layer its cuts would have emptied
+        thresholds = t.voxel_thresholds[bins][:, sl]
+        below = (gen[:, sl] < thresholds) & (back[:, sl] > 0)
+        rescued = below.any(1)
+        assert bool((below.sum(1) <= 1).all()) and bool(((gen[:, sl] >= thresholds) & read[:, None]).sum(1)[rescued].eq(0).all())
+        assert torch.equal(gen[rescued, sl].argmax(1), below[rescued].double().argmax(1))
     s = ReadoutThreshold.from_dict(json.loads(json.dumps(t.to_dict())))
     assert torch.equal(s.inverse(gen, e), back)
     s.active = False
     assert torch.equal(s.inverse(gen, e), gen)
+    # a calibration saved before the layer thresholds existed cuts voxels only, as it did
+    old = t.to_dict()
+    del old["layer_thresholds"]
+    old_cut = ReadoutThreshold.from_dict(old).inverse(gen, e)
+    assert bool((old_cut[gen < t.voxel_thresholds[bins]] == 0).all())
     with pytest.raises(InvalidDataError, match="one row per energy bin"):
         ReadoutThreshold(edges=[0.0], voxel_thresholds=[[1.0, 2.0]])
     with pytest.raises(InvalidDataError, match="equal V"):
         t.calibrate(x, e, gen[:, :3], e)
     with pytest.raises(InvalidDataError, match="add up to"):
         ReadoutThreshold(layer_sizes=[4, 4]).fit(torch.ones(3, 9), None)
+
+
+def test_readout_calibration_reproduces_each_layers_share_of_empty_showers():
+    """A model that spreads small energies into layers Geant4 leaves empty: the layer cuts restore the empty share per energy bin."""
+    g = torch.Generator().manual_seed(3)
+    n, size = 6000, 5
+    e = torch.exp(torch.rand(n, 1, generator=g, dtype=torch.float64) * np.log(100.0)) * 1000
+    reach = torch.log10(e / 1000)  # showers reach deeper at high energy: layer k is non-empty up to a random depth
+    depth = reach * 2 + torch.rand(n, 1, generator=g, dtype=torch.float64) * 2
+    layer_on = torch.arange(4, dtype=torch.float64)[None, :] < depth  # [n, 4]
+    # Geant4: a layer with energy has it in one voxel; the model spreads the same energy evenly over all five,
+    # and leaves tiny deposits in the layers Geant4 keeps empty
+    energy = (1 + 9 * torch.rand(n, 4, generator=g, dtype=torch.float64)) * layer_on
+    one_hot = torch.nn.functional.one_hot(torch.randint(0, size, (n, 4), generator=g), size).double()
+    x = (energy[:, :, None] * one_hot).reshape(n, 4 * size)
+    gen = (energy[:, :, None] / size + 1e-3 * torch.rand(n, 4, size, generator=g, dtype=torch.float64)).reshape(n, 4 * size)
+    t = ReadoutThreshold(threshold=1e-4, layer_sizes=[size] * 4).calibrate(x, e, gen, e, bins=4)
+    back = t.inverse(gen, e)
+    bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(t.edges, dtype=torch.float64), right=True)
+    layer = lambda v: v.reshape(n, 4, size).sum(-1) > 0  # noqa: E731
+    for b in range(4):
+        real, got = layer(x)[bins == b].double().mean(0), layer(back)[bins == b].double().mean(0)
+        assert float((real - got).abs().max()) <= 2.0 / int((bins == b).sum())
+    assert 0.1 < float(layer(x).double().mean()) < 0.9  # empty layers are common here, at every depth but the first
+    read, e_gen = layer(back), gen.reshape(n, 4, size).sum(-1)
+    torch.testing.assert_close(back.reshape(n, 4, size).sum(-1), torch.where(read, e_gen, 0.0), rtol=1e-12, atol=0)  # all or nothing
+    # the layers read out are those the model gave real energy, and the tiny deposits are gone
+    assert float((read & (energy == 0)).double().mean()) < 0.01 and bool((back[back > 0] > 1e-2).all())
+    # voxel cuts alone match each voxel's occupancy, but empty most of the layers Geant4 reads out
+    voxels_only = ReadoutThreshold(threshold=1e-4).calibrate(x, e, gen, e, bins=4).inverse(gen, e)
+    assert float((layer(voxels_only).double().mean() - layer(x).double().mean())) < -0.2
 
 
 def test_fit_calibrates_the_readout_so_samples_have_geant4s_hit_occupancy(showers):

@@ -84,6 +84,16 @@ class _Layers:
             x[:, v0 : v0 + count * size].view(len(x), count, size).mul_(factor[:, l0 : l0 + count, None])
         return x
 
+    def keep_largest_(self, cut: torch.Tensor, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """In the layers ``where`` ``[N, L]`` is true, set ``cut``'s voxel at ``x``'s largest to ``x``'s value (in place)."""
+        for v0, l0, count, size in self.runs:
+            block_x = x[:, v0 : v0 + count * size].view(len(x), count, size)
+            block_cut = cut[:, v0 : v0 + count * size].view(len(x), count, size)
+            top = block_x.argmax(-1, keepdim=True)
+            chosen = where[:, l0 : l0 + count, None]
+            block_cut.scatter_(-1, top, torch.where(chosen, block_x.gather(-1, top), block_cut.gather(-1, top)))
+        return cut
+
     def per_voxel(self, e: torch.Tensor) -> torch.Tensor:
         """``[N, L]`` per-layer values → ``[N, V]``: each voxel gets its layer's."""
         parts = [e[:, l0 : l0 + count, None].expand(len(e), count, size).reshape(len(e), count * size) for _, l0, count, size in self.runs]
@@ -376,10 +386,20 @@ class ReadoutThreshold(Transform):
     proportion, so a cut never changes the layer energies (and E_tot) that a
     model's first stage generated.
 
+    With ``layer_sizes``, :meth:`calibrate` also fits one threshold per layer and
+    energy bin on the layer energies, by the same quantile map: a layer is read out
+    iff its energy reaches it, so each layer is non-empty as often as in Geant4. A
+    layer read out keeps at least its largest voxel, however many the voxel cuts
+    remove; a layer not read out is emptied. Per-voxel cuts alone emptied whole
+    layers whose energy a model had spread over many small deposits: at 10-30 GeV
+    on W/Si, 49 % of the VAE's showers had an empty layer 30, Geant4's 22 %, while
+    dropping the cuts' emptying would have filled layer 44 in 41 % (Geant4: 6 %).
+
     Args:
         threshold: the global threshold (MeV).
         quantile: fit the global threshold as this quantile of the non-zero training voxels.
         layer_sizes: voxels per layer, to keep each layer's energy through the cut.
+        edges, voxel_thresholds, layer_thresholds: a calibration (:meth:`calibrate`), as saved.
     """
 
     name = "readout_threshold"
@@ -391,6 +411,7 @@ class ReadoutThreshold(Transform):
         layer_sizes: Sequence[int] | None = None,
         edges: Sequence[float] | None = None,
         voxel_thresholds: Sequence[Sequence[float]] | None = None,
+        layer_thresholds: Sequence[Sequence[float]] | None = None,
     ):
         if quantile is not None and not 0 <= quantile < 1:
             raise InvalidDataError(f"readout threshold quantile must be in [0, 1); got {quantile}")
@@ -405,6 +426,12 @@ class ReadoutThreshold(Transform):
             self.voxel_thresholds is not None and (self.voxel_thresholds.ndim != 2 or len(self.edges) != self.voxel_thresholds.shape[0] - 1)
         ):
             raise InvalidDataError("readout threshold: voxel_thresholds needs one row per energy bin and len(edges) = bins − 1")
+        self.layer_thresholds = None if layer_thresholds is None else torch.tensor(layer_thresholds, dtype=torch.float64)
+        if self.layer_thresholds is not None and (
+            self.voxel_thresholds is None or self._layers is None
+            or tuple(self.layer_thresholds.shape) != (self.voxel_thresholds.shape[0], len(self._layers))
+        ):
+            raise InvalidDataError("readout threshold: layer_thresholds needs layer_sizes and one row of one threshold per layer for each energy bin")
         #: with ``False`` the inverse passes samples through uncut (used while calibrating)
         self.active = True
 
@@ -412,7 +439,7 @@ class ReadoutThreshold(Transform):
         if self.quantile is not None:
             nonzero = x[x > 0].double().numpy()
             self.threshold = float(np.quantile(nonzero, self.quantile)) if nonzero.size else 0.0
-        self.edges = self.voxel_thresholds = None
+        self.edges = self.voxel_thresholds = self.layer_thresholds = None
         if self.layer_sizes is not None and sum(self.layer_sizes) != x.shape[1]:
             raise InvalidDataError(f"readout threshold: layer sizes add up to {sum(self.layer_sizes)} voxels, data has {x.shape[1]}")
         return self
@@ -452,25 +479,28 @@ class ReadoutThreshold(Transform):
         bins = max(1, min(int(bins), len(x) // min_per_bin, len(g) // min_per_bin))
         inner = torch.quantile(kx, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]) if bins > 1 else torch.zeros(0, dtype=torch.float64)
         bx, bg = torch.bucketize(kx, inner, right=True), torch.bucketize(kg, inner, right=True)
-        rows = []
+        layers = self._layers if self._layers is not None and self._layers.n_voxels == x.shape[1] else None
+        rows, layer_rows = [], []
         for b in range(bins):
-            xb, gb = x[bx == b], g[bg == b]
+            xb, gb = x[bx == b], g[bg == b]  # copies: gb's unread layers are emptied in place below
             if len(xb) == 0 or len(gb) == 0:
                 rows.append(torch.full((x.shape[1],), self.threshold, dtype=torch.float64))
+                layer_rows.append(torch.zeros(len(layers) if layers is not None else 0, dtype=torch.float64))
                 continue
-            occupancy = (xb > 0).double().mean(0)
-            # the (1 − occupancy) quantile of each voxel's samples, linear interpolation as numpy's default
-            srt = torch.sort(gb, dim=0).values
-            pos = (1 - occupancy) * (len(gb) - 1)
-            lo = pos.floor().long().clamp(0, len(gb) - 1)
-            hi = (lo + 1).clamp_max(len(gb) - 1)
-            frac = pos - lo
-            q = srt.gather(0, lo[None])[0] * (1 - frac) + srt.gather(0, hi[None])[0] * frac
-            # a voxel Geant4 never hit in this bin stays empty
-            q = torch.where(occupancy == 0, torch.full_like(q, _NEVER), q)
-            rows.append(q.clamp_min(self.threshold))
+            if layers is not None:
+                # layers first: the voxel cuts are fitted on the samples whose unread layers are already empty
+                e_gen = layers.sums(gb.clamp_min(0))
+                layer_rows.append(_occupancy_quantile(e_gen, (layers.sums(xb) > 0).double().mean(0)))
+                layers.scale_(gb, self._read_out(e_gen, layer_rows[-1]).double())
+            rows.append(_occupancy_quantile(gb, (xb > 0).double().mean(0)).clamp_min(self.threshold))
         self.edges, self.voxel_thresholds = inner.tolist(), torch.stack(rows)
+        self.layer_thresholds = torch.stack(layer_rows) if layers is not None else None
         return self
+
+    @staticmethod
+    def _read_out(layer_energy: torch.Tensor, layer_threshold: torch.Tensor) -> torch.Tensor:
+        """Which layers ``[N, L]`` are read out: a non-zero energy at or above the layer's threshold."""
+        return (layer_energy >= layer_threshold) & (layer_energy > 0)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return _f64(x)
@@ -484,12 +514,21 @@ class ReadoutThreshold(Transform):
             b = torch.bucketize(self._bin_key(cond, len(y)), torch.tensor(self.edges, dtype=torch.float64), right=True)
             t = self.voxel_thresholds[b]
         cut = torch.where(y < t, torch.zeros_like(y), y)
-        if self._layers is None or self._layers.n_voxels != y.shape[1]:
+        layers = self._layers
+        if layers is None or layers.n_voxels != y.shape[1]:
             return cut
+        before = layers.sums(y.clamp_min(0))
+        if self.layer_thresholds is not None:
+            read = self._read_out(before, self.layer_thresholds[b])
+            layers.scale_(cut, read.double())  # a layer not read out is empty
+            after = layers.sums(cut)
+            lost = read & (after <= 0)
+            if bool(lost.any()):  # a layer read out keeps its largest voxel, whatever the voxel cuts said
+                layers.keep_largest_(cut, y, lost)
         # give each layer's cut energy back to its surviving voxels, in proportion
-        before, after = self._layers.sums(y.clamp_min(0)), self._layers.sums(cut)
+        after = layers.sums(cut)
         scale = torch.where(after > 0, before / after.clamp_min(1e-300), torch.ones_like(after))
-        return self._layers.scale_(cut, scale)
+        return layers.scale_(cut, scale)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -498,11 +537,27 @@ class ReadoutThreshold(Transform):
             "layer_sizes": self.layer_sizes,
             "edges": self.edges,
             "voxel_thresholds": None if self.voxel_thresholds is None else self.voxel_thresholds.tolist(),
+            "layer_thresholds": None if self.layer_thresholds is None else self.layer_thresholds.tolist(),
         }
 
 
 #: a per-voxel threshold no deposit reaches (finite, so the state stays strict JSON)
 _NEVER = 1e30
+
+
+def _occupancy_quantile(generated: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
+    """Per column of ``generated`` ``[N, K]``, its (1 − ``occupancy``) quantile (numpy's linear interpolation).
+
+    A cut at it leaves the column non-zero in the share ``occupancy`` of the rows;
+    a column with occupancy 0 (never non-zero in Geant4 here) gets :data:`_NEVER`.
+    """
+    srt = torch.sort(generated, dim=0).values
+    pos = (1 - occupancy) * (len(generated) - 1)
+    lo = pos.floor().long().clamp(0, len(generated) - 1)
+    hi = (lo + 1).clamp_max(len(generated) - 1)
+    frac = pos - lo
+    q = srt.gather(0, lo[None])[0] * (1 - frac) + srt.gather(0, hi[None])[0] * frac
+    return torch.where(occupancy == 0, torch.full_like(q, _NEVER), q)
 
 
 class LogCondition(Transform):
