@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import physgen
 from physgen.data import Data, Pipeline, Schema
@@ -80,11 +81,43 @@ def test_vae_empty_mass_is_a_hit_probability_times_a_gaussian(showers):
     out = torch.randn(64, 2 * 768)
     with torch.no_grad():
         vae.log_sigma.normal_(0, 0.3)
-    got = vae._log_lik(y, out)
     mean, logit = out[:, :768], out[:, 768:]
     bern = torch.distributions.Bernoulli(logits=logit).log_prob((~empty).float())
-    gauss = torch.distributions.Normal(mean, vae.log_sigma.exp()).log_prob(y)
-    torch.testing.assert_close(got, (bern + torch.where(empty, 0.0, gauss)).sum(1))
+    assert vae.config["fold_hits"] is True  # on with empty_mass: hits follow a folded normal above the empty value
+    sigma = vae.log_sigma.detach().exp()
+    # scipy's folded normal: e + |N(m, s²) − e| has foldnorm(c = |m − e|/s, loc = e, scale = s)
+    folded = stats.foldnorm.logpdf(y.double().numpy(), ((mean - vae._empty) / sigma).abs().double().numpy(), loc=vae._empty.double().numpy(), scale=sigma.double().numpy())
+    torch.testing.assert_close(vae._log_lik(y, out), (bern + torch.where(empty, 0.0, torch.from_numpy(folded).float())).sum(1))
+    vae.config["fold_hits"] = False  # the plain Gaussian of models saved before the option
+    gauss = torch.distributions.Normal(mean, sigma).log_prob(y)
+    torch.testing.assert_close(vae._log_lik(y, out), (bern + torch.where(empty, 0.0, gauss)).sum(1))
+
+
+def test_folded_hits_are_never_lost_and_follow_the_folded_normal():
+    """A hit drawn near the empty value stays a hit; its value is e + |m + sε − e| (scipy's foldnorm), not below e."""
+    from physgen.surrogates.base import draw_empty_mass, folded_normal_log_prob
+
+    n, empty = 40_000, torch.tensor([-1.5, 0.0, 2.0])
+    mean = empty + torch.tensor([-0.3, 0.0, 0.5])  # at, below and above the empty value: folding matters
+    sigma = torch.tensor([0.4, 1.0, 0.5])
+    rate = torch.tensor([0.3, 0.6, 0.9])
+    for fold in (False, True):
+        y = draw_empty_mass(mean.expand(n, 3), torch.logit(rate).expand(n, 3), sigma, empty, torch.Generator().manual_seed(0), fold=fold)
+        hit = y > empty
+        below = (y < empty).float().mean(0)
+        if not fold:  # the plain Gaussian leaves Φ((e − m)/s) of the hits below the empty value
+            expected = rate * torch.distributions.Normal(0, 1).cdf((empty - mean) / sigma)
+            assert float((below - expected).abs().max()) < 5 * math.sqrt(0.25 / n)
+            continue
+        assert float(below.max()) == 0.0
+        assert float(((hit.float().mean(0)) - rate).abs().max()) < 5 * math.sqrt(0.25 / n)  # every drawn hit kept
+        for j in range(3):
+            c = abs(float((mean[j] - empty[j]) / sigma[j]))  # scipy's c ≥ 0: folding N(m) or N(2e − m) is the same
+            assert stats.kstest(y[hit[:, j], j].numpy(), stats.foldnorm(c, loc=float(empty[j]), scale=float(sigma[j])).cdf).pvalue > 1e-3
+    # the log-density integrates to 1 over the hits' side
+    grid = torch.linspace(0, 12, 200_001, dtype=torch.float64)
+    dens = folded_normal_log_prob(grid, torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64).log1p(), torch.tensor(0.0, dtype=torch.float64)).exp()
+    assert abs(float(torch.trapezoid(dens, grid)) - 1) < 1e-6
 
 
 def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
@@ -110,6 +143,8 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "shower_moments"),
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "empty_mass"),
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "layer_scatter"),
+        ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "fold_hits"),
+        ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "fold_hits"),
     ],
 )
 def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path, showers, family, config, option):
@@ -130,6 +165,12 @@ def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_p
 def test_empty_mass_needs_logit_then_standardise(showers, family):
     with pytest.raises(InvalidDataError, match="empty_mass needs"):
         create(family, empty_mass=True).fit(showers[:200], preprocessing=Pipeline(), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("family", ["vae", "wgan"])
+def test_fold_hits_needs_empty_mass(showers, family):
+    with pytest.raises(InvalidDataError, match="fold_hits .* needs empty_mass"):
+        create(family, empty_mass=False, fold_hits=True).fit(showers[:200], epochs=1, progress=False)
 
 
 def test_wgan_empty_mass_starts_at_the_voxels_marginals(showers):
@@ -229,6 +270,18 @@ def test_wgan_empty_mass_trains_and_samples_the_same_distribution(showers):
     trained.sum().backward()
     grad = last.bias.grad[768:]
     assert bool((grad > 0).all())  # more hits at values above empty: the output sum grows with every hit logit
+    # values at the empty value: folded in training and in sampling alike, so no drawn hit is lost below it
+    assert wgan.config["fold_hits"] is True
+    with torch.no_grad():
+        last.bias[:768] = wgan._empty
+        wgan.log_noise.fill_(math.log(0.5))
+        trained = wgan.generate(z, cond, torch.Generator().manual_seed(2))
+        sampled = wgan.sample_model(20_000, cond, torch.Generator().manual_seed(3))
+    for y in (trained, sampled):
+        assert not bool((y < wgan._empty).any())
+        assert float(((y > wgan._empty).float().mean(0) - rate).abs().max()) < 5 * math.sqrt(0.25 / 20_000)
+        hits = (y - wgan._empty)[y > wgan._empty]
+        assert stats.kstest(hits.numpy(), stats.halfnorm(scale=0.5).cdf).pvalue > 1e-3  # |N(0, 0.5²)|
 
 
 def test_wgan_divergence_is_detected_and_nothing_saved(tmp_path, showers):

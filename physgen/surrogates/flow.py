@@ -41,8 +41,8 @@ from physgen.errors import InvalidDataError
 from physgen.surrogates.base import Capabilities, Surrogate
 
 __all__ = [
-    "AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_floor",
-    "realnvp", "rq_spline_inverse", "sample_inverse", "sampling_plan", "sample_feature_major",
+    "AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_bounds", "point_mass_floor",
+    "realnvp", "rq_spline_inverse", "sample_inverse", "sampling_plan", "sample_feature_major", "spread_point_masses",
 ]
 
 #: showers per pass of :func:`sample_feature_major` on a CPU: a W/Si block's state
@@ -372,9 +372,36 @@ def point_mass_floor(y: torch.Tensor, min_fraction: float = 0.005) -> torch.Tens
     at the bottom of the column's range. Columns without one get −inf, so
     :meth:`FlowSurrogate._dequantise_floor` leaves them alone.
     """
-    low = y.min(0).values
-    share = (y <= low).float().mean(0)
-    return torch.where(share >= min_fraction, low, torch.full_like(low, -math.inf))
+    return point_mass_bounds(y, min_fraction)[0]
+
+
+def point_mass_bounds(y: torch.Tensor, min_fraction: float = 0.005) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column, (the minimum, the maximum) where at least ``min_fraction`` of the rows sit exactly on it, else ∓inf."""
+    low, high = y.min(0).values, y.max(0).values
+    share_low, share_high = (y <= low).float().mean(0), (y >= high).float().mean(0)
+    return (
+        torch.where(share_low >= min_fraction, low, torch.full_like(low, -math.inf)),
+        torch.where(share_high >= min_fraction, high, torch.full_like(high, math.inf)),
+    )
+
+
+def spread_point_masses(
+    x: torch.Tensor, floor: torch.Tensor, ceiling: torch.Tensor | None, width: float, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Spread values at or below ``floor`` uniformly over ``[floor − width, floor]``, at or above ``ceiling`` over ``[ceiling, ceiling + width]``.
+
+    Uniform dequantisation of point masses at the edges of a column's range, outside
+    it: a continuous density can fit the block, and every sample it draws beyond the
+    edge maps back (through the inverse logit's clamp) to the exact edge value.
+    Columns with an infinite bound are left alone.
+    """
+    floor = floor.to(x.device, x.dtype)
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    out = torch.where(x <= floor, floor - width * u, x)
+    if ceiling is None:
+        return out
+    ceiling = ceiling.to(x.device, x.dtype)
+    return torch.where(x >= ceiling, ceiling + width * u, out)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -461,8 +488,7 @@ class FlowSurrogate(Surrogate):
         w = self._floor_width()
         if not w or self._floor is None:
             return x
-        floor = self._floor.to(x.device, x.dtype)
-        return torch.where(x <= floor, floor - w * torch.rand_like(x), x)
+        return spread_point_masses(x, self._floor, None, w)
 
     def build(self, dim: int, cond_dim: int) -> None:
         cfg = self.config

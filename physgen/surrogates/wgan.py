@@ -27,7 +27,7 @@ from physgen.data import Data
 from physgen.data.transforms import LayerFractions, Pipeline
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
-from physgen.surrogates.base import EMPTY_TOL, Capabilities, Surrogate, draw_empty_mass
+from physgen.surrogates.base import EMPTY_TOL, Capabilities, Surrogate, draw_empty_mass, fold_hit
 
 __all__ = ["WGANSurrogate"]
 
@@ -77,12 +77,19 @@ class WGANSurrogate(Surrogate):
             the data's hit-count variance over the independent fits' (moment matching),
             and the fitted logits are stretched to keep each voxel's occupancy.
             ``None`` (the default): on with ``empty_mass`` and a geometry.
+        fold_hits: with ``empty_mass``, a hit's value plus noise is folded at the empty value
+            (``empty + |value + noise − empty|``), in training and in sampling, so a drawn hit
+            never lands below it, where the inverse preprocessing makes it an empty voxel
+            (6 % of the W/Si WGAN's hits in layers 9-13 at 40-100 GeV were lost that way).
+            ``None`` (the default): on with ``empty_mass``.
     """
 
     family = "wgan"
     capabilities = Capabilities(conditional=True, gradient_trained=True)
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999, "divergence_factor": 1e3, "grad_clip": None}
-    checkpoint_defaults: ClassVar[dict[str, Any]] = {"shower_moments": False, "empty_mass": False, "layer_scatter": False}  # models saved before it existed
+    checkpoint_defaults: ClassVar[dict[str, Any]] = {  # models saved before an option existed
+        "shower_moments": False, "empty_mass": False, "layer_scatter": False, "fold_hits": False,
+    }
     ddp_find_unused_parameters = True  # critic steps leave the generator unused, and vice versa
 
     def __init__(
@@ -99,6 +106,7 @@ class WGANSurrogate(Surrogate):
         shower_moments: bool | None = None,
         empty_mass: bool | None = None,
         layer_scatter: bool | None = None,
+        fold_hits: bool | None = None,
         **config: Any,
     ):
         if n_critic < 1 or gp_weight < 0:
@@ -108,7 +116,8 @@ class WGANSurrogate(Surrogate):
             critic_layers=int(critic_layers), n_critic=int(n_critic), gp_weight=float(gp_weight),
             lr_critic=float(lr_critic), lr_generator=float(lr_generator), shower_moments=shower_moments,
             empty_mass=None if empty_mass is None else bool(empty_mass),
-            layer_scatter=None if layer_scatter is None else bool(layer_scatter), **config,
+            layer_scatter=None if layer_scatter is None else bool(layer_scatter),
+            fold_hits=None if fold_hits is None else bool(fold_hits), **config,
         )
 
     def build(self, dim: int, cond_dim: int) -> None:
@@ -286,6 +295,8 @@ class WGANSurrogate(Surrogate):
             return out
         value, hit_logit = out.chunk(2, dim=1)
         value = value + torch.randn(value.shape, generator=generator, device=value.device) * self.log_noise.exp()
+        if self.config.get("fold_hits"):
+            value = fold_hit(value, self._empty)
         hit_logit = self._scatter_hits(hit_logit, generator)
         u = torch.rand(value.shape, generator=generator, device=value.device).clamp(1e-6, 1 - 1e-6)
         logits = hit_logit.float() + torch.log(u) - torch.log1p(-u)  # logistic noise: P(> 0) = sigmoid(hit_logit)
@@ -371,4 +382,7 @@ class WGANSurrogate(Surrogate):
             return self.generate(z, cond, generator)
         # the same distribution as generate's, without the straight-through bookkeeping
         value, hit_logit = self._generator_out(z, cond).chunk(2, dim=1)
-        return draw_empty_mass(value, self._scatter_hits(hit_logit, generator), self.log_noise.exp(), self._empty, generator)
+        return draw_empty_mass(
+            value, self._scatter_hits(hit_logit, generator), self.log_noise.exp(), self._empty, generator,
+            fold=self.config.get("fold_hits", False),
+        )
