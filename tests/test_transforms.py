@@ -245,7 +245,7 @@ def test_readout_calibration_reproduces_each_layers_share_of_empty_showers():
     assert float((read & (energy == 0)).double().mean()) < 0.01 and bool((back[back > 0] > 1e-2).all())
     # voxel cuts alone match each voxel's occupancy, but empty most of the layers Geant4 reads out
     voxels_only = ReadoutThreshold(threshold=1e-4).calibrate(x, e, gen, e, bins=4).inverse(gen, e)
-    assert float((layer(voxels_only).double().mean() - layer(x).double().mean())) < -0.2
+    assert float(layer(voxels_only).double().mean() - layer(x).double().mean()) < -0.2
 
 
 def test_fit_calibrates_the_readout_so_samples_have_geant4s_hit_occupancy(showers):

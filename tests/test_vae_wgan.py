@@ -145,6 +145,8 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "layer_scatter"),
         ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "fold_hits"),
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "fold_hits"),
+        ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "one_hit_per_layer"),
+        ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "one_hit_per_layer"),
     ],
 )
 def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path, showers, family, config, option):
@@ -165,6 +167,57 @@ def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_p
 def test_empty_mass_needs_logit_then_standardise(showers, family):
     with pytest.raises(InvalidDataError, match="empty_mass needs"):
         create(family, empty_mass=True).fit(showers[:200], preprocessing=Pipeline(), epochs=1, progress=False)
+
+
+def test_a_layer_without_hits_gets_one_where_hits_are_likely():
+    """one_hit_per_layer_: hitless layers get one hit, at a voxel drawn ∝ the hit probabilities; other layers are untouched."""
+    from physgen.data.transforms import _Layers
+    from physgen.surrogates.base import one_hit_per_layer_
+
+    layers = _Layers([4, 4, 6])
+    prob = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.5, 0.5, 0.5, 0.5, 0.001, 0.002, 0.003, 0.004, 0.005, 0.085])
+    n = 30_000
+    g = torch.Generator().manual_seed(0)
+    hit = torch.rand(n, 14, generator=g) < prob
+    before = hit.clone()
+    one_hit_per_layer_(hit, prob.expand(n, -1), layers, torch.Generator().manual_seed(1))
+    counts = torch.stack([hit[:, :4].sum(1), hit[:, 4:8].sum(1), hit[:, 8:].sum(1)], 1)
+    assert bool((counts >= 1).all())
+    had = torch.stack([before[:, :4].any(1), before[:, 4:8].any(1), before[:, 8:].any(1)], 1)
+    for k, sl in enumerate((slice(0, 4), slice(4, 8), slice(8, 14))):
+        assert torch.equal(hit[had[:, k], sl], before[had[:, k], sl])  # layers with a hit keep theirs
+        forced = hit[~had[:, k], sl]
+        assert bool((forced.sum(1) == 1).all())
+        observed = forced.sum(0).double().numpy()
+        if observed.sum() > 100:  # the chosen voxel follows the probabilities
+            share = prob[sl].double().numpy()
+            expected = share / share.sum() * observed.sum()
+            assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("family", ["vae", "wgan"])
+def test_one_hit_per_layer_is_on_for_showers_and_needs_a_geometry(showers, family):
+    small = {"latent": 4, "hidden": 32, "layers": 1} if family == "vae" else {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}
+    model = create(family, **small)
+    model.prepare(showers)
+    assert model.config["one_hit_per_layer"] is True and model.hit_layers.sizes == [32] * 24
+    # hit logits of −14: a voxel is hit once in a million draws, yet every layer holds exactly one hit
+    out = torch.cat([torch.full((768,), 3.0), torch.full((768,), -14.0)])
+    with torch.no_grad():
+        if family == "vae":
+            model.decode = lambda h, c: out.expand(len(h), -1)
+        else:
+            model.generator[-1].weight.zero_()
+            model.generator[-1].bias.copy_(out)
+            model.hit_scatter.zero_()
+        cond = torch.zeros(500, model.dims["cond_dim"])
+        y = model.sample_model(500, cond, torch.Generator().manual_seed(0))
+        if family == "wgan":  # training draws hits without it (docs/surrogates.md): nearly no layer has one
+            trained = model.generate(torch.randn(500, model.config["noise_dim"]), cond, torch.Generator().manual_seed(1))
+            assert float((trained > model._empty).double().mean()) < 1e-4
+    assert bool(((y > model._empty).reshape(500, 24, 32).sum(-1) == 1).all())
+    with pytest.raises(InvalidDataError, match="one_hit_per_layer needs empty_mass"):
+        create(family, **small, empty_mass=False, one_hit_per_layer=True).fit(showers[:200], epochs=1, progress=False)
 
 
 @pytest.mark.parametrize("family", ["vae", "wgan"])
@@ -244,7 +297,8 @@ def test_wgan_layer_scatter_recovers_a_shared_logit_shift(showers):
 
 def test_wgan_empty_mass_trains_and_samples_the_same_distribution(showers):
     """generate() (straight-through hits, for training) and sample_model() (hits first) agree, and the hit logits get gradients."""
-    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1)
+    # without one_hit_per_layer, which only sampling applies (tested below)
+    wgan = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, one_hit_per_layer=False)
     wgan.prepare(showers)
     rate = torch.linspace(0.05, 0.95, 768)
     value = torch.full((768,), 3.0)  # far above every empty value

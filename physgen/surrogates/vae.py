@@ -101,12 +101,18 @@ class VAESurrogate(Surrogate):
         fold_hits: with ``empty_mass``, a hit's Gaussian is folded at the empty value: the
             likelihood of a hit is N(y; m, s²) + N(y; 2e − m, s²) on y > e, and samples are
             e + |m + sε − e| (see the module docstring); None (default): on with ``empty_mass``.
+        one_hit_per_layer: with ``empty_mass``, a layer whose voxels drew no hit when sampling
+            gets one, at a voxel drawn in proportion to the hit probabilities, so a layer the
+            first stage gives energy has a voxel to hold it (:func:`~physgen.surrogates.base.one_hit_per_layer_`);
+            None (default): on with ``empty_mass`` and a geometry.
     """
 
     family = "vae"
     energy_steps = 2  # first-stage steps per (slower) family step
     capabilities = Capabilities(density_bound=True, conditional=True, gradient_trained=True)
-    checkpoint_defaults: ClassVar[dict[str, Any]] = {"empty_mass": False, "fold_hits": False}  # models saved before they existed
+    checkpoint_defaults: ClassVar[dict[str, Any]] = {  # models saved before an option existed
+        "empty_mass": False, "fold_hits": False, "one_hit_per_layer": False,
+    }
 
     def __init__(
         self,
@@ -120,6 +126,7 @@ class VAESurrogate(Surrogate):
         sample_noise: bool | None = None,
         empty_mass: bool | None = None,
         fold_hits: bool | None = None,
+        one_hit_per_layer: bool | None = None,
         **config: Any,
     ):
         if likelihood not in ("learned", "fixed"):
@@ -130,7 +137,8 @@ class VAESurrogate(Surrogate):
             latent=int(latent), hidden=int(hidden), layers=int(layers), beta=float(beta), kl_warmup_steps=int(kl_warmup_steps),
             likelihood=likelihood, fixed_sigma=float(fixed_sigma), sample_noise=None if sample_noise is None else bool(sample_noise),
             empty_mass=None if empty_mass is None else bool(empty_mass),
-            fold_hits=None if fold_hits is None else bool(fold_hits), **config,
+            fold_hits=None if fold_hits is None else bool(fold_hits),
+            one_hit_per_layer=None if one_hit_per_layer is None else bool(one_hit_per_layer), **config,
         )
 
     def build(self, dim: int, cond_dim: int) -> None:
@@ -236,5 +244,7 @@ class VAESurrogate(Surrogate):
         sigma = self.log_sigma.exp() if self.adds_noise else None
         if self.config.get("empty_mass"):
             mean, hit_logit = out.chunk(2, dim=1)
-            return draw_empty_mass(mean, hit_logit, sigma, self._empty, generator, fold=self.config.get("fold_hits", False))
+            return draw_empty_mass(
+                mean, hit_logit, sigma, self._empty, generator, fold=self.config.get("fold_hits", False), layers=self.hit_layers,
+            )
         return out if sigma is None else out + torch.randn(out.shape, generator=generator, device=device) * sigma

@@ -27,7 +27,13 @@ from physgen.data import Data
 from physgen.data.transforms import LayerFractions, Pipeline
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
-from physgen.surrogates.base import EMPTY_TOL, Capabilities, Surrogate, draw_empty_mass, fold_hit
+from physgen.surrogates.base import (
+    EMPTY_TOL,
+    Capabilities,
+    Surrogate,
+    draw_empty_mass,
+    fold_hit,
+)
 
 __all__ = ["WGANSurrogate"]
 
@@ -82,13 +88,22 @@ class WGANSurrogate(Surrogate):
             never lands below it, where the inverse preprocessing makes it an empty voxel
             (6 % of the W/Si WGAN's hits in layers 9-13 at 40-100 GeV were lost that way).
             ``None`` (the default): on with ``empty_mass``.
+        one_hit_per_layer: with ``empty_mass``, a layer whose voxels drew no hit when sampling
+            gets one, at a voxel drawn in proportion to the hit probabilities: in 9 % of the
+            W/Si WGAN's showers at 10-30 GeV, layer 30 had energy from the first stage and no
+            hit, and its energy went to one fixed voxel
+            (:func:`~physgen.surrogates.base.one_hit_per_layer_`). Training draws hits without
+            it: with the extra hit in ``generate`` too (it carries no gradient), the generator
+            left the deep layers to it (one voxel each; W/Si AUC 0.764, against 0.538 with the
+            extra hit at sampling only, one model each). ``None`` (the default): on with
+            ``empty_mass`` and a geometry.
     """
 
     family = "wgan"
     capabilities = Capabilities(conditional=True, gradient_trained=True)
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999, "divergence_factor": 1e3, "grad_clip": None}
     checkpoint_defaults: ClassVar[dict[str, Any]] = {  # models saved before an option existed
-        "shower_moments": False, "empty_mass": False, "layer_scatter": False, "fold_hits": False,
+        "shower_moments": False, "empty_mass": False, "layer_scatter": False, "fold_hits": False, "one_hit_per_layer": False,
     }
     ddp_find_unused_parameters = True  # critic steps leave the generator unused, and vice versa
 
@@ -107,6 +122,7 @@ class WGANSurrogate(Surrogate):
         empty_mass: bool | None = None,
         layer_scatter: bool | None = None,
         fold_hits: bool | None = None,
+        one_hit_per_layer: bool | None = None,
         **config: Any,
     ):
         if n_critic < 1 or gp_weight < 0:
@@ -117,7 +133,8 @@ class WGANSurrogate(Surrogate):
             lr_critic=float(lr_critic), lr_generator=float(lr_generator), shower_moments=shower_moments,
             empty_mass=None if empty_mass is None else bool(empty_mass),
             layer_scatter=None if layer_scatter is None else bool(layer_scatter),
-            fold_hits=None if fold_hits is None else bool(fold_hits), **config,
+            fold_hits=None if fold_hits is None else bool(fold_hits),
+            one_hit_per_layer=None if one_hit_per_layer is None else bool(one_hit_per_layer), **config,
         )
 
     def build(self, dim: int, cond_dim: int) -> None:
@@ -127,7 +144,7 @@ class WGANSurrogate(Surrogate):
         if c["empty_mass"]:
             self.log_noise = nn.Parameter(torch.zeros(dim))
             self.cond_slope = nn.Parameter(torch.zeros(2 * dim))  # per output, times the first condition column
-        layers = self._voxel_layers(dim) if c["empty_mass"] else None
+        layers = self.voxel_layers(dim) if c["empty_mass"] else None
         if c.get("layer_scatter") and layers is None:
             raise InvalidDataError("layer_scatter needs empty_mass and calorimeter showers with a geometry")
         c["layer_scatter"] = bool(layers is not None if c.get("layer_scatter") is None else c["layer_scatter"])
@@ -197,13 +214,6 @@ class WGANSurrogate(Surrogate):
         intercept = torch.where(n_hit > 0, my - slope * mx, empty)
         return intercept, slope, a, b, 0.5 * torch.where(seen, resid, 1.0).clamp_min(1e-4).log()
 
-    def _voxel_layers(self, dim: int) -> torch.Tensor | None:
-        """Each voxel's layer (None without a geometry that covers the ``dim`` voxels)."""
-        geometry = getattr(self.schema, "geometry", None) if self.schema is not None else None
-        if geometry is None or geometry.n_voxels != dim:
-            return None
-        return torch.as_tensor(geometry.layer_index()[:dim], dtype=torch.long)
-
     def _scatter_hits(self, hit_logit: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """With ``layer_scatter``: one N(0, 1) draw per shower and layer shifts all its voxels' hit logits."""
         if not self.config.get("layer_scatter"):
@@ -242,7 +252,7 @@ class WGANSurrogate(Surrogate):
     def _build_moments(self, dim: int) -> int:
         """Set up the shower-moment features; returns how many the critic gets (0: none)."""
         wanted = self.config.get("shower_moments")
-        layer = self._voxel_layers(dim)
+        layer = self.voxel_layers(dim)
         steps = [] if self.preprocessing is None else self.preprocessing.x_transforms
         fractions = [t for t in steps if isinstance(t, LayerFractions)]
         tail = self.logit_standardise_tail()
@@ -380,9 +390,9 @@ class WGANSurrogate(Surrogate):
         z = torch.randn(n, self.config["noise_dim"], generator=generator, device=self._device())
         if not self.config.get("empty_mass"):
             return self.generate(z, cond, generator)
-        # the same distribution as generate's, without the straight-through bookkeeping
+        # generate's distribution without the straight-through bookkeeping, plus one_hit_per_layer's hit
         value, hit_logit = self._generator_out(z, cond).chunk(2, dim=1)
         return draw_empty_mass(
             value, self._scatter_hits(hit_logit, generator), self.log_noise.exp(), self._empty, generator,
-            fold=self.config.get("fold_hits", False),
+            fold=self.config.get("fold_hits", False), layers=self.hit_layers,
         )
