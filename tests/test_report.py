@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -129,3 +130,36 @@ def test_merging_a_partial_rerun_compares_against_the_committed_gaussian():
         mod.merge(old, new, ["vae"])
     with pytest.raises(SystemExit, match="suite mismatch"):
         mod.merge(old, {**new, "suite": "other"}, ["wgan"])
+
+
+def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(tmp_path, monkeypatch):
+    import importlib.util
+
+    from physgen.surrogates import create
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "heldout_eval.py"
+    spec = importlib.util.spec_from_file_location("heldout_eval", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "RESULTS", tmp_path)
+    monkeypatch.setattr(mod, "write_result", lambda name, payload: (tmp_path / f"{name}.json").write_text(json.dumps(payload, default=str)))
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(
+        'name = "tiny"\nseed = 0\n[metrics]\nclassifier_epochs = 2\n[[datasets]]\nname = "pb"\nsource = "embedded"\nmax_events = 1200\n'
+        '[[surrogates]]\nfamily = "gaussian"\n[[surrogates]]\nfamily = "vae"\n'
+    )
+    train = physgen.load_default()[:1200].split((0.7, 0.3), seed=0)[0]
+    for family, config in (("gaussian", {}), ("vae", {"latent": 4, "hidden": 32, "layers": 1})):
+        model = create(family, **config)
+        model.fit(train, epochs=1, progress=False)
+        model.save(tmp_path / "run" / "models" / f"pb__{family}")
+    with pytest.raises(SystemExit, match="overlap the suite's first 1200"):
+        mod.main([str(suite), str(tmp_path / "run"), "--events", "1000:2000", "--out", "h"])
+    with pytest.raises(SystemExit, match="START:STOP"):
+        mod.main([str(suite), str(tmp_path / "run"), "--events", "1200", "--out", "h"])
+    assert mod.main([str(suite), str(tmp_path / "run"), "--events", "1200:2000", "--out", "h"]) == 0
+    payload = json.loads((tmp_path / "h.json").read_text())
+    assert [r["label"] for r in payload["results"]] == ["gaussian", "vae"] and payload["n_events"] == 800
+    ev = payload["results"][0]["evaluation"]
+    assert ev["n_reference"] == ev["n_test"] == 400  # two halves of the 800 held-out showers
+    assert "vs_gaussian" in payload["results"][1] and "| pb | vae |" in (tmp_path / "h.md").read_text()

@@ -1,0 +1,122 @@
+"""Judge a suite's trained surrogates on showers the suite never used: more held-out data, smaller floors.
+
+The W/Si suite trains on 4,200 showers and tests on 1,800 (two halves of 900 for the
+floors); at that size a feature's separation power scatters by about 0.008, so a
+surrogate and the Gaussian that both sit at the truth-vs-truth floor "beat" each
+other by chance. The W/Si file holds 18,000 showers; this script reloads the suite's
+saved models (``RUN/models/DATASET__LABEL``), draws one shower per condition of a
+range of events the suite never touched, and runs the suite's evaluation (every
+metric next to its floor, the comparison with the Gaussian) on them::
+
+    python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi \\
+        --events 8000:18000 --out calo_wsi_heldout
+
+Several run folders may be given: a label's model is taken from the last one that has
+it (the order of ``merge_results.py``). Writes ``benchmarks/results/OUT.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from physgen.bench import _compare_to_baseline, _load, load_suite
+from physgen.metrics import evaluate
+from physgen.surrogates import load
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, write_result  # noqa: E402
+
+
+def _events(text: str) -> slice:
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError as exc:
+        raise SystemExit(f"--events takes START:STOP (e.g. 8000:18000); got {text!r}") from exc
+    if not 0 <= start < stop:
+        raise SystemExit(f"--events needs 0 <= START < STOP; got {text!r}")
+    return slice(start, stop)
+
+
+def markdown(payload: dict) -> str:
+    lines = [
+        f"# Held-out evaluation of suite `{payload['suite']}`",
+        "",
+        f"Events {payload['events']} of each data set ({payload['n_events']} showers; the suite used at most the first "
+        f"{payload['suite_events']}), one generated shower per condition. Floors: two halves of these showers.",
+        "",
+        "| dataset | surrogate | AUC (floor) | FPD (floor) | mean sep. power (floor) | beats the Gaussian on | worse beyond 2σ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in payload["results"]:
+        s, v = r["evaluation"]["summary"], r.get("vs_gaussian")
+        auc, fpd = s["classifier_auc"], s["fpd"]
+        beats = f"{v['features'] - len(v['worse_than_gaussian'])} of {v['features']}" if v else "–"
+        sig = (", ".join(v["significantly_worse_than_gaussian"]) or "none") if v else "–"
+        lines.append(
+            f"| {r['dataset']} | {r['label']} | {auc['value']:.3f} ± {auc['error']:.3f} ({auc['floor']:.3f}) "
+            f"| {fpd['value']:.3g} ({fpd['floor']:.3g}) | {r['evaluation']['mean_separation_power']:.4f} "
+            f"({r['evaluation']['mean_separation_power_floor']:.4f}) | {beats} | {sig} |"
+        )
+    lines.append("")
+    for r in payload["results"]:
+        v = r.get("vs_gaussian")
+        if v and v["worse_than_gaussian"]:
+            lines.append(f"- {r['label']} not better than the Gaussian on: {', '.join(v['worse_than_gaussian'])}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("suite", help="the suite file the models were trained with")
+    ap.add_argument("runs", nargs="+", type=Path, help="suite run folders (holding models/DATASET__LABEL)")
+    ap.add_argument("--events", required=True, type=_events, help="START:STOP, the events of each data file to judge on")
+    ap.add_argument("--out", required=True, help="result name: writes benchmarks/results/OUT.{json,md}")
+    args = ap.parse_args(argv)
+    suite = load_suite(args.suite)
+    base = Path(suite["_path"]).parent
+    seed, metrics = int(suite.get("seed", 0)), dict(suite.get("metrics", {}))
+    results, used = [], 0
+    t0 = time.perf_counter()
+    for ds in suite["datasets"]:
+        data = _load({k: v for k, v in ds.items() if k != "max_events"}, base)
+        used = max(used, int(ds.get("max_events") or len(data)))
+        if args.events.start < used:
+            raise SystemExit(f"{ds['name']}: events from {args.events.start} overlap the suite's first {used}, which it trained and tested on")
+        held = data[args.events]
+        if len(held) < args.events.stop - args.events.start:
+            raise SystemExit(f"{ds['name']}: the file has {len(data)} events, fewer than --events asks for")
+        for spec in suite["surrogates"]:
+            label = spec.get("label", spec["family"])
+            paths = [run / "models" / f"{ds['name']}__{label}" for run in args.runs]
+            found = [p for p in paths if p.exists()]
+            if not found:
+                print(f"{ds['name']} / {label}: no saved model in {', '.join(map(str, args.runs))}; skipped", file=sys.stderr)
+                continue
+            model = load(found[-1])
+            generated = model.sample(held.cond, seed=seed) if model.is_conditional else model.sample(n=len(held), seed=seed)
+            report = evaluate(held, generated, seed=seed, **metrics)
+            results.append({"dataset": ds["name"], "family": spec["family"], "label": label, "model": str(found[-1]), "evaluation": report})
+            s = report["summary"]["classifier_auc"]
+            print(json.dumps({"model": f"{ds['name']}__{label}", "auc": round(s["value"], 3), "floor": round(s["floor"], 3),
+                              "mean_separation_power": round(report["mean_separation_power"], 4)}), flush=True)
+    payload = {
+        "suite": suite.get("name"), "suite_file": str(args.suite), "runs": [str(r) for r in args.runs],
+        "events": f"{args.events.start}:{args.events.stop}", "n_events": args.events.stop - args.events.start,
+        "suite_events": used, "machine": machine(), "seconds": time.perf_counter() - t0, "results": results,
+    }
+    _compare_to_baseline(payload)
+    write_result(args.out, payload)
+    target = RESULTS / f"{args.out}.md"
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(markdown(payload))
+    tmp.replace(target)
+    print(f"wrote {RESULTS / (args.out + '.json')} and {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
