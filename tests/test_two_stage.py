@@ -227,3 +227,25 @@ def test_spread_point_masses_give_the_first_stage_geant4s_empty_layers(showers):
     # layer energies under 1e-4 of E_inc (1.1 % in Geant4) off by 0.0013 against 0.0089; on W/Si's deep layers the
     # smearing was far worse (docs/surrogates.md)
     assert errors[0.5] < 0.75 * errors[0.0] and tiny[0.5] < 0.75 * tiny[0.0]
+
+
+def test_a_checkpoint_saved_before_the_point_mass_spread_loads_without_it(showers, tmp_path, zmumu_path):
+    from physgen.surrogates import load
+
+    model = create("flow", **SMALL_FLOW, energy_point_mass_noise=0.0)
+    model.fit(showers[:300], epochs=1, batch_size=100, progress=False)
+    model.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["hyperparameters"]["energy_point_mass_noise"]  # as written before the option existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    back = load(tmp_path / "m")
+    assert back.config["energy_point_mass_noise"] == 0.0  # resumed training would not spread what it never did
+    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, model.sample(showers.cond[:50], seed=3).x)
+    fresh = create("flow", **SMALL_FLOW)
+    fresh.prepare(showers[:300])
+    assert fresh.config["energy_point_mass_noise"] == 0.5  # the default for new models
+    events = physgen.read(zmumu_path, branches=["E1", "px1", "py1", "pz1"], units="GeV")
+    plain = create("gaussian")
+    plain.fit(events, progress=False)
+    plain.save(tmp_path / "g")
+    assert "energy_point_mass_noise" not in load(tmp_path / "g").config  # no first stage, no first-stage option
