@@ -9,6 +9,8 @@ for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi 
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"
 done
+# the W/Si models judged on the 10,000 showers the suite never uses
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 8000:18000 --out calo_wsi_heldout
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_30min.toml runs/calo_pbwo4_30min --out generation_speed_pbwo4_30min
