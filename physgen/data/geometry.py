@@ -154,6 +154,37 @@ class CalorimeterGeometry:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         return np.concatenate(xs), np.concatenate(ys), np.concatenate(rs)
 
+    @property
+    def azimuthal_order(self) -> int:
+        """Number of rotations about the shower axis that map every layer's angular bins onto themselves.
+
+        The greatest common divisor of ``n_alpha`` over the layers binned in α (1 if none):
+        dataset 2 and the Geant4 files here rotate in steps of one bin, a binning with 10 and
+        16 bins only by half turns.
+        """
+        if self.kind != "polar":
+            raise GeometryError("azimuthal symmetry is defined for polar (CaloChallenge) geometries only")
+        return math.gcd(*[self.layers[i].n_alpha for i in self.layers_binned_in_alpha]) if self.layers_binned_in_alpha else 1
+
+    def azimuthal_permutation(self, steps: int = 0, reflect: bool = False) -> np.ndarray:
+        """Voxel gather index of a rotation (and optional reflection) about the shower axis.
+
+        ``x[..., perm]`` is the shower ``x`` mirrored α → −α if ``reflect``, then rotated by
+        ``steps · 2π / azimuthal_order``. For a particle entering along the axis of an
+        azimuthally symmetric calorimeter, both map a shower onto an equally likely one.
+        """
+        order = self.azimuthal_order
+        perm = []
+        for layer, start in zip(self.layers, self._offsets, strict=False):
+            n_a, n_r = layer.n_alpha, layer.n_r
+            a = np.arange(n_a)
+            if n_a > 1:
+                a = (a - (steps % order) * (n_a // order)) % n_a  # the bin each new bin takes its energy from
+                if reflect:
+                    a = n_a - 1 - a
+            perm.append(start + (a[:, None] * n_r + np.arange(n_r)[None, :]).ravel())
+        return np.concatenate(perm) if perm else np.zeros(0, dtype=np.int64)
+
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -55,6 +55,10 @@ class TrainConfig:
         schedule: ``"cosine"`` (to 0 over the run, after ``warmup_epochs``), ``"constant"``.
         grad_clip: clip the global gradient norm to this (``None``: off).
         val_fraction: share of ``data`` held out for validation (0: none).
+        augment: train on this many copies of each training shower under the calorimeter's
+            azimuthal symmetry (rotations by whole angular bins and mirrors α → −α, distinct
+            per shower; 1: off); see :func:`physgen.data.augment.azimuthal_copies`. The
+            validation split is not augmented. Needs a polar geometry binned in α.
         patience: stop after this many epochs without a better validation loss and
             restore the best weights (``None``: train all epochs).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
@@ -65,7 +69,8 @@ class TrainConfig:
         checkpoint_dir: write ``epoch-NNNNNN`` checkpoints and ``LATEST`` here.
         checkpoint_every: epochs between checkpoints.
         resume: continue from ``checkpoint_dir``'s latest checkpoint if there is one.
-        time_budget_s: stop (cleanly, after the epoch) once this much wall time has passed; the
+        time_budget_s: stop cleanly once this much wall time has passed (on one process within
+            the epoch, its record averaging the batches run; under DDP after the epoch); the
             cosine schedule then anneals over the budget (such runs depend on the machine's speed,
             so they are not bit-reproducible).
         divergence_factor: stop if a batch's training loss exceeds this multiple of the first
@@ -82,6 +87,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     grad_clip: float | None = 5.0
     val_fraction: float = 0.1
+    augment: int = 1
     patience: int | None = None
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -100,6 +106,8 @@ class TrainConfig:
             raise InvalidDataError(f"epochs and batch_size must be ≥ 1; got {self.epochs}, {self.batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise InvalidDataError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+        if self.augment < 1:
+            raise InvalidDataError(f"augment must be ≥ 1 (copies of each training shower); got {self.augment}")
         autocast_dtype(self.precision)
         if self.schedule not in ("cosine", "constant"):
             raise InvalidDataError(f"schedule must be 'cosine' or 'constant'; got {self.schedule!r}")
@@ -216,6 +224,10 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         device = torch.device("cuda", local_rank)
     train_data, val_data = (data.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed) if cfg.val_fraction > 0 else (data, None))
 
+    if cfg.augment > 1:
+        from physgen.data.augment import azimuthal_copies
+
+        train_data = azimuthal_copies(train_data, cfg.augment, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     y, c = model.prepare(train_data, preprocessing)
     assert model.preprocessing is not None  # set by prepare
@@ -317,9 +329,11 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
             n_batches += 1
             n_samples += len(idx)
             state["step"] += 1
+            if world == 1 and cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s:
+                break  # long (augmented) epochs end at the budget too; ranks of a DDP run stop together at the epoch's end
         record: dict[str, Any] = {k: v / max(n_batches, 1) for k, v in sums.items()}
         elapsed = time.perf_counter() - t0
-        record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples_per_s=n_samples * world / max(elapsed, 1e-9))
+        record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples=n_samples * world, samples_per_s=n_samples * world / max(elapsed, 1e-9))
         if yv is not None:
             backup = swap_in_ema()
             record["val_loss"] = model.validation_total(yv, cv)

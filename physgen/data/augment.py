@@ -1,0 +1,59 @@
+"""Training-set augmentation by the calorimeter's azimuthal symmetry.
+
+A particle that enters along the axis of an azimuthally symmetric calorimeter (the
+CaloChallenge sets, the Geant4 files of this project) makes showers whose distribution
+does not change when every shower is rotated about that axis or mirrored in a plane
+through it. On a polar readout the rotations by whole angular bins and the mirrors
+α → −α permute voxels exactly, so each training shower stands for up to
+``2 · azimuthal_order`` distinct, equally likely showers (8 for 4 angular bins, 32 for
+dataset 2's 16), at no simulation cost. CaloDiffusion's cylindrical convolutions build
+the same symmetry into the network; this builds it into the data, for every family.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from physgen.data.container import Data
+from physgen.errors import InvalidDataError
+
+__all__ = ["azimuthal_copies"]
+
+
+def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
+    """``data`` followed by ``copies − 1`` rotated or mirrored copies of each shower.
+
+    Each shower's copies are distinct elements of the symmetry group (rotations by whole
+    angular bins, with and without the mirror α → −α), drawn at random per shower; the
+    first block is ``data`` itself. Conditions and aux columns are repeated unchanged.
+
+    Raises:
+        InvalidDataError: ``data`` is not calorimeter data with a polar geometry binned in
+            α, or ``copies`` is not between 1 and the group's size.
+    """
+    geometry = data.geometry
+    if data.schema.kind != "calorimeter" or geometry is None or geometry.kind != "polar" or not geometry.layers_binned_in_alpha:
+        raise InvalidDataError(
+            "azimuthal augmentation needs calorimeter data with a polar geometry binned in alpha; "
+            f"got kind={data.schema.kind!r}, geometry={'none' if geometry is None else geometry.kind}"
+        )
+    order = geometry.azimuthal_order
+    size = 2 * order  # rotations, each with and without the mirror
+    if not 1 <= copies <= size:
+        raise InvalidDataError(f"augment copies must be in [1, {size}] for {order} rotations and their mirrors; got {copies}")
+    if copies == 1:
+        return data
+    perms = [torch.from_numpy(geometry.azimuthal_permutation(k % order, reflect=k >= order)) for k in range(size)]
+    rng = np.random.default_rng(seed)
+    # per shower, copies - 1 distinct non-identity elements (element 0 is the identity)
+    chosen = rng.permuted(np.tile(np.arange(1, size), (len(data), 1)), axis=1)[:, : copies - 1]
+    parts = [data]
+    for j in range(copies - 1):
+        x = torch.empty_like(data.x)
+        for k in range(1, size):
+            rows = torch.from_numpy(np.flatnonzero(chosen[:, j] == k))
+            if len(rows):
+                x[rows] = data.x[rows][:, perms[k]]
+        parts.append(Data(x, data.schema, cond=data.cond, mask=data.mask, aux=data.aux, validate=False))
+    return Data.concat(parts)
