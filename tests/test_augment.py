@@ -82,6 +82,7 @@ def test_bad_augmentation_requests_are_rejected(showers):
     events = Data(np.ones((5, 3)), Schema(kind="event", feature_names=("a", "b", "c")))
     with pytest.raises(InvalidDataError, match="polar geometry"):
         azimuthal_copies(events, 2)
+    assert azimuthal_copies(events, 1) is events  # off: any data passes through
     with pytest.raises(InvalidDataError, match="augment must be"):
         create("gaussian", solver="gradient").fit(showers[:100], epochs=1, augment=0, progress=False)
 
@@ -99,12 +100,13 @@ def test_geant4_showers_are_azimuthally_symmetric(showers):
     assert frac.std(0).min() > 0.02
 
 
-def test_training_on_the_whole_orbit_gives_a_symmetric_fit(showers):
+@pytest.mark.parametrize("solver", ["gradient", "closed_form"])
+def test_training_on_the_whole_orbit_gives_a_symmetric_fit(showers, solver):
     data = showers[:300]
     geo = data.geometry
     perms = [torch.from_numpy(geo.azimuthal_permutation(k % 4, k >= 4)) for k in range(8)]
     for copies, symmetric in ((1, False), (8, True)):
-        model = create("gaussian", solver="gradient")
+        model = create("gaussian", solver=solver)
         model.fit(data, epochs=1, augment=copies, progress=False)
         mean = model.logit_standardise_tail()[1].mean[: geo.n_voxels]  # voxel columns, then layer energies
         gap = max(float((mean[p] - mean).abs().max()) for p in perms)

@@ -27,11 +27,14 @@ def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
     Each shower's copies are distinct elements of the symmetry group (rotations by whole
     angular bins, with and without the mirror α → −α), drawn at random per shower; the
     first block is ``data`` itself. Conditions and aux columns are repeated unchanged.
+    ``copies=1`` returns ``data`` as it is, whatever its kind.
 
     Raises:
         InvalidDataError: ``data`` is not calorimeter data with a polar geometry binned in
             α, or ``copies`` is not between 1 and the group's size.
     """
+    if copies == 1:
+        return data
     geometry = data.geometry
     if data.schema.kind != "calorimeter" or geometry is None or geometry.kind != "polar" or not geometry.layers_binned_in_alpha:
         raise InvalidDataError(
@@ -42,8 +45,6 @@ def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
     size = 2 * order  # rotations, each with and without the mirror
     if not 1 <= copies <= size:
         raise InvalidDataError(f"augment copies must be in [1, {size}] for {order} rotations and their mirrors; got {copies}")
-    if copies == 1:
-        return data
     perms = [torch.from_numpy(geometry.azimuthal_permutation(k % order, reflect=k >= order)) for k in range(size)]
     rng = np.random.default_rng(seed)
     # per shower, copies - 1 distinct non-identity elements (element 0 is the identity)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from physgen.data import Data, Pipeline
+from physgen.data.augment import azimuthal_copies
 from physgen.errors import InvalidDataError
 from physgen.surrogates.base import Capabilities, Surrogate
 
@@ -113,7 +114,7 @@ class GaussianSurrogate(Surrogate):
         """Exact MLE (``closed_form``) or the shared loop (``gradient``).
 
         Takes the same training options as every family; the closed form uses
-        ``val_fraction`` and ``seed`` and has no epochs, checkpoints or device to honour.
+        ``val_fraction``, ``augment`` and ``seed`` and has no epochs, checkpoints or device to honour.
 
         The closed form records the per-dimension negative log-likelihood on a
         validation split before (identity Gaussian) and after the fit.
@@ -126,6 +127,7 @@ class GaussianSurrogate(Surrogate):
         cfg = TrainConfig(**{**self.train_defaults, **train_config})
         val_fraction, seed = cfg.val_fraction, cfg.seed
         train_data, val_data = data.split((1 - val_fraction, val_fraction), seed=seed) if val_fraction > 0 else (data, data)
+        train_data = azimuthal_copies(train_data, cfg.augment, seed=seed)
         y, c = self.prepare(train_data, preprocessing)
         assert self.preprocessing is not None
         yv, cv = (t.float() if t is not None else None for t in self.preprocessing.forward(val_data.x, val_data.cond))

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from physgen.data import Data, Pipeline
+from physgen.data.augment import azimuthal_copies
 from physgen.errors import InvalidDataError, PhysgenError
 from physgen.surrogates import checkpoint as ckpt
 
@@ -224,10 +225,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         device = torch.device("cuda", local_rank)
     train_data, val_data = (data.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed) if cfg.val_fraction > 0 else (data, None))
 
-    if cfg.augment > 1:
-        from physgen.data.augment import azimuthal_copies
-
-        train_data = azimuthal_copies(train_data, cfg.augment, seed=cfg.seed)
+    train_data = azimuthal_copies(train_data, cfg.augment, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     y, c = model.prepare(train_data, preprocessing)
     assert model.preprocessing is not None  # set by prepare
