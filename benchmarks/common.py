@@ -8,7 +8,7 @@ from typing import Any
 from physgen.bench import machine_info as machine
 from physgen.bench import matmul_gflops
 
-__all__ = ["SHARED_DATA", "RESULTS", "machine", "matmul_gflops", "write_result"]
+__all__ = ["SHARED_DATA", "RESULTS", "machine", "matmul_gflops", "write_result", "write_markdown"]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -20,3 +20,14 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     return write_json(RESULTS / f"{name}.json", payload)
+
+
+def write_markdown(name: str, text: str) -> Path:
+    """Write ``benchmarks/results/NAME.md`` atomically."""
+    from physgen.io._common import atomic_path
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    target = RESULTS / f"{name}.md"
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return target

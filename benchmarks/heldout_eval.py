@@ -28,7 +28,7 @@ from physgen.metrics import evaluate
 from physgen.surrogates import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_result  # noqa: E402
+from common import machine, write_markdown, write_result  # noqa: E402
 
 
 def _events(text: str) -> slice:
@@ -109,12 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "suite_events": used, "machine": machine(), "seconds": time.perf_counter() - t0, "results": results,
     }
     _compare_to_baseline(payload)
-    write_result(args.out, payload)
-    target = RESULTS / f"{args.out}.md"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(markdown(payload))
-    tmp.replace(target)
-    print(f"wrote {RESULTS / (args.out + '.json')} and {target}")
+    json_path = write_result(args.out, payload)
+    print(f"wrote {json_path} and {write_markdown(args.out, markdown(payload))}")
     return 0
 
 

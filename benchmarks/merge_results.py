@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from physgen.bench import _compare_to_baseline
 from physgen.report import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, write_markdown, write_result  # noqa: E402
 
 
 def _key(r: dict) -> tuple[str, str]:
@@ -85,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "and merged with `benchmarks/merge_results.py`.\n"
         for m in payload["merged"]
     ) + "The comparisons with the Gaussian use the first run's Gaussian.\n"
-    target = RESULTS / f"{args.suite}.md"
-    tmp_md = target.with_name(f".{target.name}.tmp")
-    tmp_md.write_text(md)
-    os.replace(tmp_md, target)
-    print(f"wrote {RESULTS / (args.suite + '.json')} and {target}")
+    print(f"wrote {RESULTS / (args.suite + '.json')} and {write_markdown(args.suite, md)}")
     return 0
 
 

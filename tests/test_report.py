@@ -141,8 +141,12 @@ def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(t
     spec = importlib.util.spec_from_file_location("heldout_eval", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "RESULTS", tmp_path)
-    monkeypatch.setattr(mod, "write_result", lambda name, payload: (tmp_path / f"{name}.json").write_text(json.dumps(payload, default=str)))
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    monkeypatch.setattr(mod, "write_result", lambda name, payload: write(f"{name}.json", json.dumps(payload, default=str)))
+    monkeypatch.setattr(mod, "write_markdown", lambda name, text: write(f"{name}.md", text))
     suite = tmp_path / "tiny.toml"
     suite.write_text(
         'name = "tiny"\nseed = 0\n[metrics]\nclassifier_epochs = 2\n[[datasets]]\nname = "pb"\nsource = "embedded"\nmax_events = 1200\n'
