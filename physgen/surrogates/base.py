@@ -109,6 +109,46 @@ def fold_hit(value: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
     return empty + (value - empty).abs()
 
 
+def fit_voxel_marginals(y: torch.Tensor, empty: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per voxel of ``y`` ``[N, V]``, as functions of ``x`` ``[N, 1]`` (log E_inc, standardised), float32:
+    (hit-value intercept, slope, hit-logit intercept, slope, log of the hits' residual spread).
+
+    A logistic regression of hit on ``x`` (8 Newton steps, ridge 1 on the slope, so a voxel
+    hit only at the highest energies keeps a finite one) and a least-squares line through the
+    hits; a voxel with at most two hits gets slope 0 and spread 1, one never hit its empty
+    value. The WGAN's generator starts at them; the diffusion's ``hit_bits`` fill empty voxels' values from them.
+    """
+    step = max(1, 2**22 // max(len(y), 1))  # voxels at a time: [N, step] float64 temporaries of about 32 MB
+    x = x.double()
+    parts = [_fit_voxel_marginals(y[:, v : v + step].double(), empty[v : v + step].double(), x) for v in range(0, y.shape[1], step)]
+    return tuple(torch.cat(t).float() for t in zip(*parts, strict=True))
+
+
+def _fit_voxel_marginals(y: torch.Tensor, empty: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    hit = (y > empty + EMPTY_TOL).double()
+    n_hit = hit.sum(0)
+    occupancy = ((n_hit + 0.5) / (len(y) + 1)).clamp(1e-3, 1 - 1e-3)
+    a, b = torch.log(occupancy) - torch.log1p(-occupancy), torch.zeros_like(occupancy)
+    ridge = 1.0  # on the slopes, so a voxel hit only at the highest energies keeps a finite one
+    for _ in range(8):  # Newton steps of the logistic regression, a 2x2 system per voxel
+        p = torch.sigmoid(a + b * x)
+        r, w = hit - p, p * (1 - p)
+        g_a, g_b = r.sum(0), (r * x).sum(0) - ridge * b
+        h_aa, h_ab, h_bb = w.sum(0) + 1e-6, (w * x).sum(0), (w * x * x).sum(0) + ridge
+        det = h_aa * h_bb - h_ab * h_ab
+        a = (a + (h_bb * g_a - h_ab * g_b) / det).clamp(-7, 7)
+        b = (b + (h_aa * g_b - h_ab * g_a) / det).clamp(-7, 7)
+    # hit values: least squares on x over the hits
+    sw = n_hit.clamp_min(1)
+    mx, my = (hit * x).sum(0) / sw, (hit * y).sum(0) / sw
+    slope = (hit * (x - mx) * (y - my)).sum(0) / ((hit * (x - mx) ** 2).sum(0) + ridge)
+    resid = (hit * (y - my - slope * (x - mx)) ** 2).sum(0) / (n_hit - 2).clamp_min(1)
+    seen = n_hit > 2
+    slope = torch.where(seen, slope, 0.0)
+    intercept = torch.where(n_hit > 0, my - slope * mx, empty)
+    return intercept, slope, a, b, 0.5 * torch.where(seen, resid, 1.0).clamp_min(1e-4).log()
+
+
 def folded_normal_log_prob(y: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
     """Elementwise log-density on ``y > empty`` of ``empty + |N(mean, σ²) − empty|``: N(y; m, σ²) + N(y; 2·empty − m, σ²)."""
     sigma = log_sigma.exp()

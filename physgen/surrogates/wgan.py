@@ -32,6 +32,7 @@ from physgen.surrogates.base import (
     Capabilities,
     Surrogate,
     draw_empty_mass,
+    fit_voxel_marginals,
     fold_hit,
 )
 
@@ -177,9 +178,7 @@ class WGANSurrogate(Surrogate):
         """
         dim = y.shape[1]
         x = (cond[:, 0] if cond is not None and cond.shape[1] else torch.zeros(len(y))).double()[:, None]
-        step = max(1, 2**22 // len(y))  # voxels at a time: [N, step] float64 temporaries of about 32 MB
-        parts = [self._fit_marginals(y[:, v : v + step].double(), self._empty[v : v + step].double(), x) for v in range(0, dim, step)]
-        intercept, slope, a, b, log_noise = (torch.cat(t).float() for t in zip(*parts, strict=True))
+        intercept, slope, a, b, log_noise = fit_voxel_marginals(y, self._empty, x)
         if self.config.get("layer_scatter"):
             self._init_layer_scatter(y, x, a, b)
         last = self.generator[-1]
@@ -187,32 +186,6 @@ class WGANSurrogate(Surrogate):
         last.bias[dim:] = a
         self.cond_slope.copy_(torch.cat([slope, b]))
         self.log_noise.copy_(log_noise)
-
-    @staticmethod
-    def _fit_marginals(y: torch.Tensor, empty: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per voxel of ``y`` ``[N, V]``: (value intercept, value slope, hit-logit intercept, slope, log noise) in ``x`` ``[N, 1]``."""
-        hit = (y > empty + EMPTY_TOL).double()
-        n_hit = hit.sum(0)
-        occupancy = ((n_hit + 0.5) / (len(y) + 1)).clamp(1e-3, 1 - 1e-3)
-        a, b = torch.log(occupancy) - torch.log1p(-occupancy), torch.zeros_like(occupancy)
-        ridge = 1.0  # on the slopes, so a voxel hit only at the highest energies keeps a finite one
-        for _ in range(8):  # Newton steps of the logistic regression, a 2x2 system per voxel
-            p = torch.sigmoid(a + b * x)
-            r, w = hit - p, p * (1 - p)
-            g_a, g_b = r.sum(0), (r * x).sum(0) - ridge * b
-            h_aa, h_ab, h_bb = w.sum(0) + 1e-6, (w * x).sum(0), (w * x * x).sum(0) + ridge
-            det = h_aa * h_bb - h_ab * h_ab
-            a = (a + (h_bb * g_a - h_ab * g_b) / det).clamp(-7, 7)
-            b = (b + (h_aa * g_b - h_ab * g_a) / det).clamp(-7, 7)
-        # hit values: least squares on x over the hits
-        sw = n_hit.clamp_min(1)
-        mx, my = (hit * x).sum(0) / sw, (hit * y).sum(0) / sw
-        slope = (hit * (x - mx) * (y - my)).sum(0) / ((hit * (x - mx) ** 2).sum(0) + ridge)
-        resid = (hit * (y - my - slope * (x - mx)) ** 2).sum(0) / (n_hit - 2).clamp_min(1)
-        seen = n_hit > 2
-        slope = torch.where(seen, slope, 0.0)
-        intercept = torch.where(n_hit > 0, my - slope * mx, empty)
-        return intercept, slope, a, b, 0.5 * torch.where(seen, resid, 1.0).clamp_min(1e-4).log()
 
     def _scatter_hits(self, hit_logit: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """With ``layer_scatter``: one N(0, 1) draw per shower and layer shifts all its voxels' hit logits."""
