@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from nflows.nn.nets import ResidualNet
 from nflows.transforms import AffineCouplingTransform
 from nflows.transforms.autoregressive import AutoregressiveTransform
@@ -255,6 +256,87 @@ def test_edm_denoiser_limits_and_schedule():
     assert bool((sig[1:] < sig[:-1]).all())
     assert diff.evaluations_per_sample() == 19
     assert create("diffusion", steps=10).evaluations_per_sample() == 10  # the default sampler is Euler
+
+
+def test_hit_bits_encode_the_voxels_exactly_and_fill_empties_from_the_hits(showers):
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, hit_bits=True)
+    y, c = diff.prepare(showers[:600])
+    dim = diff.dims["dim"]
+    ys = y[:, :dim]
+    empty = diff._empty
+    hit = ys > empty + 1e-6
+    assert 0.2 < float(hit.float().mean()) < 0.9  # PbWO4 showers: a share of voxels empty, exactly at their value
+    assert bool((ys[~hit] == empty.expand_as(ys)[~hit]).all())
+    # an empty voxel's value is drawn about the line through its hits in log E_inc (scipy's least squares;
+    # ours puts a ridge of 1 on the slope, against a spread of x of about n_hit) with the hits' residual spread
+    x = c[:, 0].double().numpy()
+    for j in (0, 5, 100, 400, 767):
+        h = hit[:, j].numpy()
+        fit = stats.linregress(x[h], ys[h, j].double().numpy())
+        resid = ys[h, j].double().numpy() - fit.intercept - fit.slope * x[h]
+        assert float(diff._fill_slope[j]) == pytest.approx(fit.slope, rel=0.02, abs=1e-3)
+        assert float(diff._fill_intercept[j]) == pytest.approx(fit.intercept, rel=0.02, abs=1e-3)
+        assert float(diff._fill_std[j]) == pytest.approx(np.sqrt((resid**2).sum() / (h.sum() - 2)), rel=0.02)
+    u = diff.encode_hits(ys, c, torch.Generator().manual_seed(0))
+    assert u.shape == (len(ys), 2 * dim)
+    values, bits = u.chunk(2, dim=1)
+    assert bool((bits == torch.where(hit, 1.0, -1.0)).all())
+    assert torch.equal(values[hit], ys[hit])
+    # empties: standardised about their line, they are N(0, 1)
+    z = ((values - diff._fill_intercept - diff._fill_slope * c[:, :1]) / diff._fill_std)[~hit]
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+    # decoding gives back the voxels exactly (showers whose every layer has a hit: an empty layer gets one, tested below)
+    full = hit.reshape(len(ys), 24, 32).any(-1).all(1)
+    assert int(full.sum()) > 100
+    assert torch.equal(diff.decode_hits(u[full], torch.Generator().manual_seed(1)), ys[full])
+
+
+def test_hit_bits_sampler_ends_on_the_denoisers_bits(showers, monkeypatch):
+    """The ODE's last Euler step lands on the denoiser's output: bits > 0 are hits (values folded at the empty value)."""
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=4, hit_bits=True)
+    diff.prepare(showers[:300])
+    dim, empty = diff.dims["dim"], diff._empty
+    target_bits = torch.where(torch.arange(dim) % 3 == 0, 0.7, -0.4)  # a hit in every third voxel: each layer has hits
+    target_values = empty + torch.where(torch.arange(dim) % 2 == 0, 1.5, -0.25)  # half of them below the empty value
+    monkeypatch.setattr(diff, "denoise", lambda y, sigma, cond: torch.cat([target_values, target_bits]).expand(len(y), -1))
+    with torch.no_grad():
+        y = diff.sample_model(50, torch.zeros(50, diff.dims["cond_dim"]), torch.Generator().manual_seed(0))
+    hit = target_bits > 0
+    assert y.shape == (50, dim)
+    assert bool((y[:, ~hit] == empty[~hit]).all())  # exactly empty
+    torch.testing.assert_close(y[:, hit], (empty + (target_values - empty).abs())[hit].expand(50, -1))
+    # a layer whose bits are all ≤ 0 gets one hit
+    monkeypatch.setattr(diff, "denoise", lambda y, sigma, cond: torch.cat([target_values, torch.full((dim,), -1.0)]).expand(len(y), -1))
+    with torch.no_grad():
+        y = diff.sample_model(50, torch.zeros(50, diff.dims["cond_dim"]), torch.Generator().manual_seed(0))
+    assert bool(((y > empty).reshape(50, 24, 32).sum(-1) == 1).all())
+
+
+def test_hit_bits_need_logit_then_standardise(showers):
+    with pytest.raises(InvalidDataError, match="hit_bits needs"):
+        create("diffusion", hidden=16, n_blocks=1, hit_bits=True).fit(showers[:200], preprocessing=Pipeline(), epochs=1, progress=False)
+
+
+def test_hit_bits_diffusion_round_trips_a_checkpoint(tmp_path, showers):
+    import json
+
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=3, hit_bits=True)
+    diff.fit(showers[:300], epochs=1, batch_size=100, progress=False)
+    diff.save(tmp_path / "m")
+    back = physgen.surrogates.load(tmp_path / "m")
+    assert back.config["hit_bits"] is True
+    torch.testing.assert_close(back._fill_std, diff._fill_std)
+    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, diff.sample(showers.cond[:50], seed=3).x)
+    # a diffusion saved before the option existed loads without it
+    plain = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=3)
+    plain.fit(showers[:300], epochs=1, batch_size=100, progress=False)
+    plain.save(tmp_path / "p")
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    del cfg["hyperparameters"]["hit_bits"]
+    (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
+    old = physgen.surrogates.load(tmp_path / "p")
+    assert old.config["hit_bits"] is False
+    torch.testing.assert_close(old.sample(showers.cond[:50], seed=3).x, plain.sample(showers.cond[:50], seed=3).x)
 
 
 def test_diffusion_learns_a_bimodal_distribution():
