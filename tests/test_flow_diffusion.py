@@ -305,6 +305,14 @@ def test_hit_bits_sampler_ends_on_the_denoisers_bits(showers, monkeypatch):
     assert y.shape == (50, dim)
     assert bool((y[:, ~hit] == empty[~hit]).all())  # exactly empty
     torch.testing.assert_close(y[:, hit], (empty + (target_values - empty).abs())[hit].expand(50, -1))
+    # bit_threshold moves the cut: at -0.5 the bits of -0.4 are hits too
+    diff.config["bit_threshold"] = -0.5
+    with torch.no_grad():
+        y = diff.sample_model(50, torch.zeros(50, diff.dims["cond_dim"]), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(y, (empty + (target_values - empty).abs()).expand(50, -1))
+    diff.config["bit_threshold"] = 0.0
+    with pytest.raises(InvalidDataError, match="bit_threshold"):
+        create("diffusion", hit_bits=True, bit_threshold=1.0)
     # a layer whose bits are all ≤ 0 gets one hit
     monkeypatch.setattr(diff, "denoise", lambda y, sigma, cond: torch.cat([target_values, torch.full((dim,), -1.0)]).expand(len(y), -1))
     with torch.no_grad():
@@ -332,10 +340,10 @@ def test_hit_bits_diffusion_round_trips_a_checkpoint(tmp_path, showers):
     plain.fit(showers[:300], epochs=1, batch_size=100, progress=False)
     plain.save(tmp_path / "p")
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    del cfg["hyperparameters"]["hit_bits"]
+    del cfg["hyperparameters"]["hit_bits"], cfg["hyperparameters"]["bit_threshold"]
     (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
     old = physgen.surrogates.load(tmp_path / "p")
-    assert old.config["hit_bits"] is False
+    assert old.config["hit_bits"] is False and old.config["bit_threshold"] == 0.0
     torch.testing.assert_close(old.sample(showers.cond[:50], seed=3).x, plain.sample(showers.cond[:50], seed=3).x)
 
 
