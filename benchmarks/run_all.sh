@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Re-make every committed benchmark result (about an hour and a half on the project's 2-core machine).
+# Re-make every committed benchmark result (about three hours on the project's 2-core machine).
 # Needs ../shared/data (the Geant4 files) and the test extra (scikit-hep-testdata).
 # JETNET_PYTHON: a Python where jetnet imports (jetnet 0.2.5 needs NumPy < 2), for the FPD/KPD comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi spins; do
+for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi calo_wsi_diffusion_hit_bits spins; do
   python -m physgen.cli bench "benchmarks/suites/$suite.toml" --out "runs/$suite"
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"
 done
 # the W/Si models judged on the 10,000 showers the suite never uses
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 8000:18000 --out calo_wsi_heldout
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_diffusion_hit_bits.toml runs/calo_wsi_diffusion_hit_bits --events 8000:18000 \
+  --out calo_wsi_diffusion_hit_bits_heldout
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_30min.toml runs/calo_pbwo4_30min --out generation_speed_pbwo4_30min

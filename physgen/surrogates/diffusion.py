@@ -97,7 +97,7 @@ class DiffusionSurrogate(Surrogate):
             bits' midpoint). A sampler that regresses rare bits towards their mean draws rare
             hits too rarely, and the readout calibration can remove hits but not add them; a
             threshold below 0 draws more, which the calibration then trims per voxel and energy.
-            Chosen per model on showers neither trained nor tested on (calo_wsi: -0.3).
+            Chosen per model on showers neither trained nor tested on (-0.3 on W/Si; docs/surrogates.md).
     """
 
     family = "diffusion"
