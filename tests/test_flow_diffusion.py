@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 from nflows.nn.nets import ResidualNet
 from nflows.transforms import AffineCouplingTransform
 from nflows.transforms.autoregressive import AutoregressiveTransform
+from scipy import stats
 
 import physgen
 from physgen.data import Data, Pipeline, Schema
