@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from physgen.surrogates.training import TrainConfig, TrainContext
 
 __all__ = [
-    "Capabilities", "Surrogate", "ENERGY_FLOW_DEFAULTS", "draw_empty_mass", "fold_hit", "folded_normal_log_prob", "one_hit_per_layer_",
+    "Capabilities", "Surrogate", "ENERGY_FLOW_DEFAULTS", "draw_empty_mass", "energy_column", "fit_voxel_marginals", "fold_hit", "folded_normal_log_prob", "one_hit_per_layer_",
 ]
 
 #: rows per network call when sampling on a CPU (see :meth:`Surrogate.sample_in_blocks`)
@@ -105,8 +105,14 @@ def fold_hit(value: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
     the W/Si VAE's and WGAN's drawn hits in layers 9-13 at 40-100 GeV were lost that
     way, and the occupancy-calibrated readout cut can only remove hits, never add them.
     Folding keeps every drawn hit a hit; empty voxels (exactly ``empty``) stay empty.
+    Values at or above ``empty`` come back bit for bit (``empty + |value − empty|`` would round them).
     """
-    return empty + (value - empty).abs()
+    return torch.where(value < empty, 2 * empty - value, value)
+
+
+def energy_column(cond: torch.Tensor | None, n: int) -> torch.Tensor:
+    """The first condition column (standardised log E_inc for showers) as ``[N, 1]``; zeros without one."""
+    return cond[:, :1] if cond is not None and cond.shape[1] else torch.zeros(n, 1)
 
 
 def fit_voxel_marginals(y: torch.Tensor, empty: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -415,6 +421,11 @@ class Surrogate(nn.Module):
             return None
         return torch.as_tensor(geometry.layer_index()[:dim], dtype=torch.long)
 
+    def voxel_layer_runs(self, dim: int) -> _Layers | None:
+        """The voxels' layers as :class:`_Layers` (for :func:`one_hit_per_layer_`); None without a geometry."""
+        layers = self.voxel_layers(dim)
+        return None if layers is None else _Layers([n for n in torch.bincount(layers).tolist() if n])
+
     def setup_empty_mass(self, dim: int) -> None:
         """Decide the ``empty_mass`` option (VAE, WGAN) and store each voxel's empty value as ``_empty``.
 
@@ -439,12 +450,12 @@ class Surrogate(nn.Module):
         if fold and not self.config["empty_mass"]:
             raise InvalidDataError("fold_hits folds the hits of empty_mass at the empty value: it needs empty_mass")
         self.config["fold_hits"] = bool(self.config["empty_mass"] if fold is None else fold)
-        layers = self.voxel_layers(dim)
+        layers = self.voxel_layer_runs(dim)
         one_hit = self.config.get("one_hit_per_layer")
         if one_hit and (not self.config["empty_mass"] or layers is None):
             raise InvalidDataError("one_hit_per_layer needs empty_mass and calorimeter showers with a geometry")
         self.config["one_hit_per_layer"] = bool(self.config["empty_mass"] and layers is not None if one_hit is None else one_hit)
-        self.hit_layers = _Layers([n for n in torch.bincount(layers).tolist() if n]) if self.config["one_hit_per_layer"] and layers is not None else None
+        self.hit_layers = layers if self.config["one_hit_per_layer"] else None
 
     def split_stages(self, y: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Model-space ``y`` → (voxel part, its condition: ``cond`` + layer energies, layer energies)."""

@@ -43,7 +43,9 @@ from physgen.surrogates.base import (
     EMPTY_TOL,
     Capabilities,
     Surrogate,
+    energy_column,
     fit_voxel_marginals,
+    fold_hit,
     one_hit_per_layer_,
 )
 
@@ -161,29 +163,23 @@ class DiffusionSurrogate(Surrogate):
             self.register_buffer("_fill_intercept", torch.zeros(dim))
             self.register_buffer("_fill_slope", torch.zeros(dim))
             self.register_buffer("_fill_std", torch.ones(dim))
-            layers = self.voxel_layers(dim)
-            self.hit_layers = _Layers([n for n in torch.bincount(layers).tolist() if n]) if layers is not None else None
+            self.hit_layers = self.voxel_layer_runs(dim)
             width = 2 * dim
         self.net = ResidualMLP(width, cond_dim, hidden=c["hidden"], n_blocks=c["n_blocks"], emb=c["emb"], dropout=c["dropout"])
 
     def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, c = super().prepare(data, preprocessing)
         if self.config.get("hit_bits"):
-            intercept, slope, _, _, log_spread = fit_voxel_marginals(y[:, : self.dims["dim"]], self._empty, self._energy_column(c, len(y)))
+            intercept, slope, _, _, log_spread = fit_voxel_marginals(y[:, : self.dims["dim"]], self._empty, energy_column(c, len(y)))
             self._fill_intercept.copy_(intercept)
             self._fill_slope.copy_(slope)
             self._fill_std.copy_(log_spread.exp())
         return y, c
 
-    @staticmethod
-    def _energy_column(cond: torch.Tensor | None, n: int) -> torch.Tensor:
-        """The first condition column (standardised log E_inc for showers) as ``[N, 1]``; zeros without one."""
-        return cond[:, :1] if cond is not None and cond.shape[1] else torch.zeros(n, 1)
-
     def encode_hits(self, y: torch.Tensor, cond: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
         """``hit_bits``: voxels ``[B, D]`` → ``[B, 2D]``: values (an empty one drawn from the voxel's hits at this energy), then bits ±1."""
         hit = y > self._empty + EMPTY_TOL
-        mean = self._fill_intercept + self._fill_slope * self._energy_column(cond, len(y)).to(y.device)
+        mean = self._fill_intercept + self._fill_slope * energy_column(cond, len(y)).to(y.device)
         fill = mean + self._fill_std * torch.randn(y.shape, device=y.device, generator=generator)
         return torch.cat([torch.where(hit, y, fill), hit.to(y.dtype) * 2 - 1], 1)
 
@@ -195,8 +191,7 @@ class DiffusionSurrogate(Surrogate):
         if self.hit_layers is not None:  # a layer with energy but no hit: one where the bit says a hit is likeliest
             one_hit_per_layer_(hit, torch.sigmoid(4 * bit), self.hit_layers, generator)
         empty = self._empty.float()
-        folded = torch.where(value < empty, 2 * empty - value, value)  # fold_hit, exact for values above the empty one
-        return torch.where(hit, folded, empty)
+        return torch.where(hit, fold_hit(value, empty), empty)
 
     def denoise(self, y: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """EDM's preconditioned denoiser D(y; σ, c); ``sigma`` is ``[B]``."""

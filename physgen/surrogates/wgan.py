@@ -32,6 +32,7 @@ from physgen.surrogates.base import (
     Capabilities,
     Surrogate,
     draw_empty_mass,
+    energy_column,
     fit_voxel_marginals,
     fold_hit,
 )
@@ -177,7 +178,7 @@ class WGANSurrogate(Surrogate):
         game is left the correlations.
         """
         dim = y.shape[1]
-        x = (cond[:, 0] if cond is not None and cond.shape[1] else torch.zeros(len(y))).double()[:, None]
+        x = energy_column(cond, len(y)).double()
         intercept, slope, a, b, log_noise = fit_voxel_marginals(y, self._empty, x)
         if self.config.get("layer_scatter"):
             self._init_layer_scatter(y, x, a, b)
