@@ -147,6 +147,8 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "fold_hits"),
         ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "one_hit_per_layer"),
         ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "one_hit_per_layer"),
+        ("vae", {"latent": 4, "hidden": 32, "layers": 1}, "hit_calibration"),
+        ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1}, "hit_calibration"),
     ],
 )
 def test_checkpoint_saved_before_an_option_existed_loads_as_it_was_trained(tmp_path, showers, family, config, option):
@@ -336,6 +338,164 @@ def test_wgan_empty_mass_trains_and_samples_the_same_distribution(showers):
         assert float(((y > wgan._empty).float().mean(0) - rate).abs().max()) < 5 * math.sqrt(0.25 / 20_000)
         hits = (y - wgan._empty)[y > wgan._empty]
         assert stats.kstest(hits.numpy(), stats.halfnorm(scale=0.5).cdf).pvalue > 1e-3  # |N(0, 0.5²)|
+
+
+def test_fit_hit_shift_is_the_logistic_regression_with_the_models_logits_as_offset():
+    """Against scipy's minimiser of the same penalised likelihood, the score equations, and the truth."""
+    from scipy.optimize import minimize
+
+    from physgen.surrogates.base import fit_hit_shift
+
+    g = torch.Generator().manual_seed(0)
+    n, v = 20_000, 4
+    x = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    logits = torch.randn(n, v, generator=g, dtype=torch.float64) * 1.5 - 1  # a model's drawn logits
+    a_true, b_true = torch.tensor([-1.0, 0.0, 0.5, 2.0], dtype=torch.float64), torch.tensor([0.8, -0.3, 0.0, 1.2], dtype=torch.float64)
+    hit = torch.rand(n, v, generator=g, dtype=torch.float64) < torch.sigmoid(logits + a_true + b_true * x)
+    a, b = fit_hit_shift(hit, x.float(), logits.float())
+    eta = logits + a.double() + b.double() * x
+    torch.testing.assert_close(torch.sigmoid(eta).sum(0), hit.double().sum(0), rtol=1e-4, atol=0.5)  # occupancy
+    torch.testing.assert_close((x * torch.sigmoid(eta)).sum(0), (x * hit).sum(0), rtol=1e-3, atol=2.0)  # its energy trend
+    xs, hs, ls = x[:, 0].numpy(), hit.numpy(), logits.float().double().numpy()
+    for k in range(v):
+        def nll(p, k=k):
+            e = ls[:, k] + p[0] + p[1] * xs
+            return float(np.sum(np.logaddexp(0, e) - hs[:, k] * e) + 0.5 * p[1] ** 2)  # ridge 1 on the slope
+        ref = minimize(nll, np.zeros(2), method="BFGS", options={"gtol": 1e-8}).x
+        np.testing.assert_allclose([float(a[k]), float(b[k])], ref, atol=2e-4)
+    torch.testing.assert_close(a.double(), a_true, atol=0.06, rtol=0)  # and the truth, within a few standard errors
+    torch.testing.assert_close(b.double(), b_true, atol=0.06, rtol=0)
+
+
+def test_fit_hit_shift_pools_the_voxels_of_a_group_into_one_regression():
+    from scipy.optimize import minimize
+
+    from physgen.surrogates.base import fit_hit_shift
+
+    g = torch.Generator().manual_seed(1)
+    n = 8000
+    x = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    logits = torch.randn(n, 5, generator=g, dtype=torch.float64) - 1
+    groups = torch.tensor([0, 0, 1, 1, 1])
+    line = torch.tensor([[-0.5, 1.0], [0.8, -0.4]], dtype=torch.float64)[groups]
+    hit = torch.rand(n, 5, generator=g, dtype=torch.float64) < torch.sigmoid(logits + line[:, 0] + line[:, 1] * x)
+    a, b = fit_hit_shift(hit, x.float(), logits.float(), groups=groups)
+    assert bool((a[:2] == a[0]).all() and (a[2:] == a[2]).all() and (b[2:] == b[2]).all())  # one line per group
+    xs, hs, ls = x[:, 0].numpy(), hit.numpy(), logits.float().double().numpy()
+    for cols in ([0, 1], [2, 3, 4]):  # scipy on the group's voxels stacked as one column
+        def nll(p, cols=cols):
+            e = ls[:, cols] + p[0] + p[1] * xs[:, None]
+            return float(np.sum(np.logaddexp(0, e) - hs[:, cols] * e) + 0.5 * p[1] ** 2)
+        ref = minimize(nll, np.zeros(2), method="BFGS", options={"gtol": 1e-8}).x
+        np.testing.assert_allclose([float(a[cols[0]]), float(b[cols[0]])], ref, atol=2e-4)
+    with pytest.raises(InvalidDataError, match="one id per voxel"):
+        fit_hit_shift(hit, x.float(), logits.float(), groups=groups[:3])
+
+
+def test_hit_calibration_pools_the_azimuthal_orbits_of_the_geometry(showers):
+    """Orbits are the rings (layer, radial bin) of the polar readout; the pooled fit holds per ring, across its chunks."""
+    from physgen.surrogates.base import fit_hit_shift
+
+    model = create("vae", latent=4, hidden=32, layers=1)
+    model.prepare(showers)
+    geometry = showers.schema.geometry
+    orbits = model.azimuthal_orbits(768)
+    layer = torch.as_tensor(geometry.layer_index())
+    _, _, r = geometry.voxel_centres()
+    ring = torch.unique(layer * 10**8 + torch.round(torch.as_tensor(r) * 1000).long(), return_inverse=True)[1]
+    assert bool((torch.unique(ring, return_inverse=True)[1] == orbits).all())  # the same partition, the same order
+    assert int(orbits.max()) + 1 == sum(geometry.layers[i].n_r for i in range(geometry.n_layers))
+    # score equations per ring, with 20,000 rows (fitted in chunks of about 200 voxels)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(20_000, 1, generator=g)
+    logits = torch.randn(20_000, 768, generator=g) - 1
+    hit = torch.rand(20_000, 768, generator=g) < torch.sigmoid(logits + 0.3 * x + 0.2)
+    a, b = fit_hit_shift(hit, x, logits, groups=orbits)
+    p = torch.sigmoid(logits.double() + a.double() + b.double() * x.double())
+    per_ring = lambda v: torch.zeros(int(orbits.max()) + 1, dtype=torch.float64).index_add_(0, orbits, v)  # noqa: E731
+    torch.testing.assert_close(per_ring(p.sum(0)), per_ring(hit.double().sum(0)), rtol=1e-5, atol=1e-2)
+    with pytest.raises(InvalidDataError, match="hit_pool must be"):
+        create("vae", hit_pool="ring").prepare(showers)
+    flat = Data(showers.x, Schema(kind="calorimeter", feature_names=showers.schema.feature_names), cond=showers.cond)
+    with pytest.raises(InvalidDataError, match="hit_pool='azimuthal' needs"):
+        create("vae", hit_pool="azimuthal").prepare(flat)
+
+
+def _drawn_hits(model, data, copies=8):
+    """Mean hits per shower and layer ``[N, L]`` of ``copies`` pre-readout draws at each of ``data``'s conditions and
+    layer energies, the data's hits per layer, and the energy column.
+
+    Several draws per condition: the WGAN's shared per-layer logit scatter (about 1 logit unit on PbWO4) makes
+    one draw's mean count over 1,500 showers scatter by 5 % in layer 0."""
+    y, c = model.preprocessing.forward(data.x, data.cond)
+    ys, cs, _ = model.split_stages(y.float(), c.float())
+    with torch.no_grad():
+        drawn = model.sample_model(copies * len(ys), cs.repeat(copies, 1), torch.Generator().manual_seed(5))
+    layer = model.voxel_layers(ys.shape[1])
+    per_layer = lambda h: torch.zeros(len(h), int(layer.max()) + 1).index_add_(1, layer, h.float())  # noqa: E731
+    mean_drawn = per_layer(drawn > model._empty + 1e-6).view(copies, len(ys), -1).mean(0)
+    return mean_drawn, per_layer(ys > model._empty + 1e-6), cs[:, 0]
+
+
+@pytest.mark.parametrize(
+    "family, config",
+    [("vae", {"latent": 4, "hidden": 32, "layers": 1}), ("wgan", {"hidden": 32, "critic_hidden": 32, "layers": 1, "critic_layers": 1})],
+)
+def test_hit_calibration_gives_back_the_hits_a_model_draws_too_rarely(showers, monkeypatch, family, config):
+    """A model whose hit logits are 1.5 too low per unit of log E_inc draws far too few hits; the calibration restores Geant4's counts."""
+    train = showers[:1500]
+    model = create(family, **config)
+    model.fit(train, epochs=2, batch_size=250, progress=False, seed=0)
+    assert model.config["hit_calibration"] is True  # on by default with empty_mass
+    before = model._hit_shift.clone()
+    dim = model.dims["dim"]
+    if family == "wgan":
+        with torch.no_grad():
+            model.cond_slope[dim:] -= 1.5  # the hit logits' slope in the first condition column (standardised log E_inc)
+    else:
+        decode = model.decode
+        monkeypatch.setattr(model, "decode", lambda h, c: decode(h, c) - 1.5 * torch.cat([torch.zeros(dim), torch.ones(dim)]) * c[:, :1])
+    model.calibrate_hits(train)
+    # the same draws (same seed), logits lower by exactly 1.5·x: the fitted slope rises by 1.5, less a little
+    # that the slope's ridge (1, against a Fisher information of tens to hundreds here) keeps back
+    y, _ = model.preprocessing.forward(train.x, train.cond)
+    common = (y[:, :dim] > model._empty + 1e-6).double().mean(0).sub(0.5).abs() < 0.3
+    shift = (model._hit_shift[1] - before[1])[common]
+    assert int(common.sum()) > 50 and abs(float(shift.median()) - 1.5) < 0.03 and float((shift - 1.5).abs().max()) < 0.1, shift
+    drawn, real, x = _drawn_hits(model, train)
+    for part in (x < x.median(), x >= x.median()):  # low and high energies alike
+        ratio = drawn[part].sum(1).mean() / real[part].sum(1).mean()
+        assert abs(float(ratio) - 1) < 0.03, float(ratio)
+    per_layer = drawn.mean(0) / real.mean(0).clamp_min(1e-9)
+    busy = real.mean(0) > 5  # layers with a few hits a shower
+    assert float((per_layer[busy] - 1).abs().max()) < 0.05
+    with torch.no_grad():
+        model._hit_shift.zero_()
+    drawn0, _, _ = _drawn_hits(model, train)
+    hi = x >= x.median()
+    assert float(drawn0[hi].sum(1).mean() / real[hi].sum(1).mean()) < 0.95  # without it the sabotage shows (PbWO4's hits near saturation)
+
+
+def test_recalibrate_turns_the_hit_calibration_on_for_an_older_model(tmp_path, showers):
+    model = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, hit_calibration=False)
+    model.fit(showers[:600], epochs=1, batch_size=100, progress=False)
+    assert not hasattr(model, "_hit_shift")
+    model.recalibrate(showers[:600], hit_calibration=True)
+    assert model.config["hit_calibration"] is True and float(model._hit_shift.abs().sum()) > 0
+    model.save(tmp_path / "m")
+    back = load(tmp_path / "m")
+    torch.testing.assert_close(back._hit_shift, model._hit_shift)
+    torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, model.sample(showers.cond[:50], seed=3).x)
+    model.recalibrate(showers[:600], hit_calibration=False)
+    assert model.config["hit_calibration"] is False and not hasattr(model, "_hit_shift")
+    plain = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, empty_mass=False)
+    plain.fit(showers[:300], epochs=1, batch_size=100, progress=False)
+    with pytest.raises(InvalidDataError, match="no empty_mass"):
+        plain.recalibrate(showers[:300], hit_calibration=True)
+    with pytest.raises(InvalidDataError, match="hit_calibration shifts the hit logits of empty_mass: it needs empty_mass"):
+        create("vae", empty_mass=False, hit_calibration=True).fit(showers[:200], epochs=1, progress=False)
+    with pytest.raises(InvalidDataError, match="not fitted"):
+        create("vae").recalibrate(showers[:200])
 
 
 def test_wgan_divergence_is_detected_and_nothing_saved(tmp_path, showers):

@@ -71,7 +71,6 @@ from physgen.surrogates.base import (
     EMPTY_TOL,
     Capabilities,
     Surrogate,
-    draw_empty_mass,
     folded_normal_log_prob,
 )
 
@@ -105,13 +104,16 @@ class VAESurrogate(Surrogate):
             gets one, at a voxel drawn in proportion to the hit probabilities, so a layer the
             first stage gives energy has a voxel to hold it (:func:`~physgen.surrogates.base.one_hit_per_layer_`);
             None (default): on with ``empty_mass`` and a geometry.
+        hit_calibration, hit_pool: with ``empty_mass``, shift the hit logits after training so the
+            model draws the training showers' hits, as the WGAN's (see there and
+            :meth:`~physgen.surrogates.Surrogate.calibrate_hits`); None (default): on with ``empty_mass``.
     """
 
     family = "vae"
     energy_steps = 2  # first-stage steps per (slower) family step
     capabilities = Capabilities(density_bound=True, conditional=True, gradient_trained=True)
     checkpoint_defaults: ClassVar[dict[str, Any]] = {  # models saved before an option existed
-        "empty_mass": False, "fold_hits": False, "one_hit_per_layer": False,
+        "empty_mass": False, "fold_hits": False, "one_hit_per_layer": False, "hit_calibration": False,
     }
 
     def __init__(
@@ -238,13 +240,12 @@ class VAESurrogate(Surrogate):
         return self.sample_in_blocks(self._sample_block, n, cond, generator)
 
     def _sample_block(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        device = self._device()
-        h = torch.randn(n, self.config["latent"], generator=generator, device=device)
-        out = self.decode(h, cond)
-        sigma = self.log_sigma.exp() if self.adds_noise else None
         if self.config.get("empty_mass"):
-            mean, hit_logit = out.chunk(2, dim=1)
-            return draw_empty_mass(
-                mean, hit_logit, sigma, self._empty, generator, fold=self.config.get("fold_hits", False), layers=self.hit_layers,
-            )
-        return out if sigma is None else out + torch.randn(out.shape, generator=generator, device=device) * sigma
+            return self.sample_empty_mass(n, cond, generator)
+        out = self.decode(torch.randn(n, self.config["latent"], generator=generator, device=self._device()), cond)
+        return out + torch.randn(out.shape, generator=generator, device=out.device) * self.log_sigma.exp() if self.adds_noise else out
+
+    def empty_mass_out(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        h = torch.randn(n, self.config["latent"], generator=generator, device=self._device())
+        mean, hit_logit = self.decode(h, cond).chunk(2, dim=1)
+        return mean, hit_logit, self.log_sigma.exp() if self.adds_noise else None
