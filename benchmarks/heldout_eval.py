@@ -13,6 +13,10 @@ metric next to its floor, the comparison with the Gaussian) on them::
 
 Several run folders may be given: a label's model is taken from the last one that has
 it (the order of ``merge_results.py``). Writes ``benchmarks/results/OUT.{json,md}``.
+
+``--events test`` judges on the suite's own test split instead (its split and seed, as
+``physgen bench`` drew it): for models whose calibration was re-fitted after the suite ran
+(``recalibrate.py``, which fits on the training split only), at the suite's statistics.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_markdown, write_result  # noqa: E402
 
 
-def _events(text: str) -> slice:
+def _events(text: str) -> slice | str:
+    if text == "test":
+        return text
     try:
         start, stop = (int(v) for v in text.split(":"))
     except ValueError as exc:
@@ -45,8 +51,10 @@ def markdown(payload: dict) -> str:
     lines = [
         f"# Held-out evaluation of suite `{payload['suite']}`",
         "",
-        f"Events {payload['events']} of each data set ({payload['n_events']} showers; the suite used at most the first "
-        f"{payload['suite_events']}), one generated shower per condition. Floors: two halves of these showers.",
+        (f"The suite's own test split ({payload['n_events']} showers), judged after the suite ran"
+         if payload["events"] == "test" else
+         f"Events {payload['events']} of each data set ({payload['n_events']} showers; the suite used at most the first "
+         f"{payload['suite_events']})") + ", one generated shower per condition. Floors: two halves of these showers.",
         "",
         "| dataset | surrogate | AUC (floor) | FPD (floor) | mean sep. power (floor) | beats the Gaussian on | worse beyond 2σ |",
         "|---|---|---|---|---|---|---|",
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite", help="the suite file the models were trained with")
     ap.add_argument("runs", nargs="+", type=Path, help="suite run folders (holding models/DATASET__LABEL)")
-    ap.add_argument("--events", required=True, type=_events, help="START:STOP, the events of each data file to judge on")
+    ap.add_argument("--events", required=True, type=_events, help="START:STOP, the events of each data file to judge on, or 'test' (the suite's test split)")
     ap.add_argument("--out", required=True, help="result name: writes benchmarks/results/OUT.{json,md}")
     args = ap.parse_args(argv)
     suite = load_suite(args.suite)
@@ -84,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     for ds in suite["datasets"]:
         data = _load({k: v for k, v in ds.items() if k != "max_events"}, base)
         used = max(used, int(ds.get("max_events") or len(data)))
-        if args.events.start < used:
-            raise SystemExit(f"{ds['name']}: events from {args.events.start} overlap the suite's first {used}, which it trained and tested on")
-        held = data[args.events]
-        if len(held) < args.events.stop - args.events.start:
-            raise SystemExit(f"{ds['name']}: the file has {len(data)} events, fewer than --events asks for")
+        if args.events == "test":  # the suite's own test split (run_one's split of its first max_events)
+            held = data[:used].split(tuple(ds.get("split", [0.7, 0.3])), seed=seed)[1]
+        else:
+            if args.events.start < used:
+                raise SystemExit(f"{ds['name']}: events from {args.events.start} overlap the suite's first {used}, which it trained and tested on")
+            held = data[args.events]
+            if len(held) < args.events.stop - args.events.start:
+                raise SystemExit(f"{ds['name']}: the file has {len(data)} events, fewer than --events asks for")
         for spec in suite["surrogates"]:
             label = spec.get("label", spec["family"])
             paths = [run / "models" / f"{ds['name']}__{label}" for run in args.runs]
@@ -105,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                               "mean_separation_power": round(report["mean_separation_power"], 4)}), flush=True)
     payload = {
         "suite": suite.get("name"), "suite_file": str(args.suite), "runs": [str(r) for r in args.runs],
-        "events": f"{args.events.start}:{args.events.stop}", "n_events": args.events.stop - args.events.start,
+        "events": args.events if args.events == "test" else f"{args.events.start}:{args.events.stop}", "n_events": len(held),
         "suite_events": used, "machine": machine(), "seconds": time.perf_counter() - t0, "results": results,
     }
     _compare_to_baseline(payload)

@@ -7,7 +7,7 @@ result under ``OUT/models``, where ``heldout_eval.py`` can judge it next to the
 original::
 
     python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi \\
-        --labels wgan --hit-calibration on --out runs/calo_wsi_hitcal
+        --labels vae,wgan --hit-calibration on --out runs/calo_wsi_hitcal
 
 The Gaussian (the baseline every comparison needs) is linked into ``OUT`` unchanged.
 """
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="the suite run folder (holding models/DATASET__LABEL)")
     ap.add_argument("--labels", required=True, help="comma-separated surrogate labels to recalibrate")
     ap.add_argument("--hit-calibration", choices=("on", "off", "keep"), default="keep")
+    ap.add_argument("--hit-pool", choices=("voxel", "azimuthal"), help="one hit-shift line per voxel or per azimuthal orbit (default: the model's setting)")
     ap.add_argument("--out", required=True, type=Path, help="run folder to save the recalibrated models in")
     args = ap.parse_args(argv)
     suite = load_suite(args.suite)
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             if not path.exists():
                 raise SystemExit(f"{path}: no saved model")
             model = load(path)
+            if args.hit_pool:
+                model.config["hit_pool"] = args.hit_pool
             t0 = time.perf_counter()
             model.recalibrate(train, seed=seed, hit_calibration=hit)
             model.save(args.out / "models" / path.name)

@@ -259,7 +259,7 @@ def test_edm_denoiser_limits_and_schedule():
 
 
 def test_hit_bits_encode_the_voxels_exactly_and_fill_empties_from_the_hits(showers):
-    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, hit_bits=True)
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, hit_bits=True, hit_calibration=False)  # the plain cut at 0
     y, c = diff.prepare(showers[:600])
     dim = diff.dims["dim"]
     ys = y[:, :dim]
@@ -293,7 +293,7 @@ def test_hit_bits_encode_the_voxels_exactly_and_fill_empties_from_the_hits(showe
 
 def test_hit_bits_sampler_ends_on_the_denoisers_bits(showers, monkeypatch):
     """The ODE's last Euler step lands on the denoiser's output: bits > 0 are hits (values folded at the empty value)."""
-    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=4, hit_bits=True)
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=4, hit_bits=True, hit_calibration=False)  # the plain cut
     diff.prepare(showers[:300])
     dim, empty = diff.dims["dim"], diff._empty
     target_bits = torch.where(torch.arange(dim) % 3 == 0, 0.7, -0.4)  # a hit in every third voxel: each layer has hits
@@ -320,6 +320,46 @@ def test_hit_bits_sampler_ends_on_the_denoisers_bits(showers, monkeypatch):
     assert bool(((y > empty).reshape(50, 24, 32).sum(-1) == 1).all())
 
 
+def test_hit_bits_with_hit_calibration_draw_hits_from_the_bits_as_logits(showers, monkeypatch):
+    """P(hit) = σ(8·(bit − bit_threshold) + a + b·x); calibrate_hits fits a, b per ring so the hits match the data's."""
+    from physgen.surrogates.diffusion import HIT_BIT_SCALE
+
+    train = showers[:1500]
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=2, hit_bits=True, bit_threshold=-0.1)
+    diff.prepare(train)
+    assert diff.config["hit_calibration"] is True  # on by default with hit_bits
+    diff.hit_layers = None  # no extra hit for a hitless layer (one_hit_per_layer_): the rates alone
+    dim, empty = diff.dims["dim"], diff._empty
+    bits = torch.linspace(-0.6, 0.4, dim)
+    monkeypatch.setattr(diff, "denoise", lambda y, sigma, cond: torch.cat([empty + 1.0, bits]).expand(len(y), -1))
+    n = 20_000
+    with torch.no_grad():
+        diff._hit_shift[0].fill_(0.5)
+        diff._hit_shift[1].fill_(-0.25)
+        cond = torch.zeros(n, diff.dims["cond_dim"])
+        cond[:, 0] = 2.0  # x = 2: shift 0.5 − 0.25·2 = 0
+        y = diff.sample_model(n, cond, torch.Generator().manual_seed(0))
+    rate = torch.sigmoid(HIT_BIT_SCALE * (bits + 0.1))
+    assert float(((y > empty).float().mean(0) - rate).abs().max()) < 5 * math.sqrt(0.25 / n)  # binomial errors
+    cond[:, 0] = 0.0  # x = 0: shift 0.5
+    with torch.no_grad():
+        y = diff.sample_model(n, cond, torch.Generator().manual_seed(0))
+    rate = torch.sigmoid(HIT_BIT_SCALE * (bits + 0.1) + 0.5)
+    assert float(((y > empty).float().mean(0) - rate).abs().max()) < 5 * math.sqrt(0.25 / n)
+    # the calibration: constant bits, so the fitted line alone must give each ring Geant4's hits, at every energy
+    assert diff.calibrate_hits(train)
+    yt, ct = diff.preprocessing.forward(train.x, train.cond)
+    ys, cs, _ = diff.split_stages(yt.float(), ct.float())
+    with torch.no_grad():
+        drawn = diff.sample_model(8 * len(ys), cs.repeat(8, 1), torch.Generator().manual_seed(1))
+    orbits = diff.azimuthal_orbits(dim)
+    rings = lambda h: torch.zeros(len(h), int(orbits.max()) + 1).index_add_(1, orbits, h.float())  # noqa: E731
+    real, gen, x = rings(ys > empty + 1e-6), rings(drawn > empty + 1e-6).view(8, len(ys), -1).mean(0), cs[:, 0]
+    for part in (x < x.median(), x >= x.median()):
+        busy = real[part].mean(0) > 1
+        torch.testing.assert_close(gen[part].mean(0)[busy], real[part].mean(0)[busy], rtol=0.06, atol=0)
+
+
 def test_hit_bits_need_logit_then_standardise(showers):
     with pytest.raises(InvalidDataError, match="hit_bits needs"):
         create("diffusion", hidden=16, n_blocks=1, hit_bits=True).fit(showers[:200], preprocessing=Pipeline(), epochs=1, progress=False)
@@ -340,10 +380,10 @@ def test_hit_bits_diffusion_round_trips_a_checkpoint(tmp_path, showers):
     plain.fit(showers[:300], epochs=1, batch_size=100, progress=False)
     plain.save(tmp_path / "p")
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    del cfg["hyperparameters"]["hit_bits"], cfg["hyperparameters"]["bit_threshold"]
+    del cfg["hyperparameters"]["hit_bits"], cfg["hyperparameters"]["bit_threshold"], cfg["hyperparameters"]["hit_calibration"]
     (tmp_path / "p" / "config.json").write_text(json.dumps(cfg))
     old = physgen.surrogates.load(tmp_path / "p")
-    assert old.config["hit_bits"] is False and old.config["bit_threshold"] == 0.0
+    assert old.config["hit_bits"] is False and old.config["bit_threshold"] == 0.0 and old.config["hit_calibration"] is False
     torch.testing.assert_close(old.sample(showers.cond[:50], seed=3).x, plain.sample(showers.cond[:50], seed=3).x)
 
 

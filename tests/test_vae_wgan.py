@@ -490,9 +490,9 @@ def test_recalibrate_turns_the_hit_calibration_on_for_an_older_model(tmp_path, s
     assert model.config["hit_calibration"] is False and not hasattr(model, "_hit_shift")
     plain = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, empty_mass=False)
     plain.fit(showers[:300], epochs=1, batch_size=100, progress=False)
-    with pytest.raises(InvalidDataError, match="no empty_mass"):
+    with pytest.raises(InvalidDataError, match="neither empty_mass nor hit_bits"):
         plain.recalibrate(showers[:300], hit_calibration=True)
-    with pytest.raises(InvalidDataError, match="hit_calibration shifts the hit logits of empty_mass: it needs empty_mass"):
+    with pytest.raises(InvalidDataError, match="hit_calibration shifts a family.s hit logits: it needs empty_mass"):
         create("vae", empty_mass=False, hit_calibration=True).fit(showers[:200], epochs=1, progress=False)
     with pytest.raises(InvalidDataError, match="not fitted"):
         create("vae").recalibrate(showers[:200])

@@ -534,10 +534,19 @@ class Surrogate(nn.Module):
             raise InvalidDataError("one_hit_per_layer needs empty_mass and calorimeter showers with a geometry")
         self.config["one_hit_per_layer"] = bool(self.config["empty_mass"] and layers is not None if one_hit is None else one_hit)
         self.hit_layers = layers if self.config["one_hit_per_layer"] else None
+        self.setup_hit_calibration(dim)
+
+    @property
+    def has_hit_logits(self) -> bool:
+        """Whether the family draws each voxel's hit from a logit: ``empty_mass`` (VAE, WGAN) or ``hit_bits`` (diffusion)."""
+        return bool(self.config.get("empty_mass") or self.config.get("hit_bits"))
+
+    def setup_hit_calibration(self, dim: int) -> None:
+        """Decide ``hit_calibration`` (None: on wherever :attr:`has_hit_logits`) and ``hit_pool``; make the shift's buffer."""
         calibrate = self.config.get("hit_calibration")
-        if calibrate and not self.config["empty_mass"]:
-            raise InvalidDataError("hit_calibration shifts the hit logits of empty_mass: it needs empty_mass")
-        self.config["hit_calibration"] = bool(self.config["empty_mass"] if calibrate is None else calibrate)
+        if calibrate and not self.has_hit_logits:
+            raise InvalidDataError("hit_calibration shifts a family's hit logits: it needs empty_mass (VAE, WGAN) or hit_bits (diffusion)")
+        self.config["hit_calibration"] = bool(self.has_hit_logits if calibrate is None else calibrate)
         if self.config["hit_calibration"]:
             self.register_buffer("_hit_shift", torch.zeros(2, dim))  # per voxel: a + b·x, fitted by calibrate_hits
         pool = self.config.get("hit_pool")
@@ -564,11 +573,20 @@ class Surrogate(nn.Module):
         """With ``empty_mass`` (VAE, WGAN): one draw's hit means, hit logits and noise scale (or None), ``[n, V]`` each."""
         raise NotImplementedError
 
+    def hit_logits(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """One draw's hit logits ``[n, V]`` before the hit calibration's shift (what :meth:`calibrate_hits` fits to)."""
+        return self.empty_mass_out(n, cond, generator)[1]
+
+    def shift_hit_logits(self, hit_logit: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """``hit_logit`` plus the hit calibration's line a + b·x (x: the first condition column); unchanged without one."""
+        if not self.config.get("hit_calibration"):
+            return hit_logit
+        return hit_logit.float() + self._hit_shift[0] + energy_column(cond, len(hit_logit)).to(hit_logit.device) * self._hit_shift[1]
+
     def sample_empty_mass(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         """``n`` model-space samples of an ``empty_mass`` family: its hit logits, shifted by the hit calibration, then :func:`draw_empty_mass`."""
         mean, hit_logit, sigma = self.empty_mass_out(n, cond, generator)
-        if self.config.get("hit_calibration"):
-            hit_logit = hit_logit.float() + self._hit_shift[0] + energy_column(cond, n).to(hit_logit.device) * self._hit_shift[1]
+        hit_logit = self.shift_hit_logits(hit_logit, cond)
         return draw_empty_mass(
             mean, hit_logit, sigma, self._empty, generator, fold=self.config.get("fold_hits", False), layers=self.hit_layers,
         )
@@ -610,7 +628,7 @@ class Surrogate(nn.Module):
         try:
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = self.sample_in_blocks(
-                    lambda k, c, g: self.empty_mass_out(k, c, g)[1].float(), len(y), None if cond is None else cond.to(device), generator,
+                    lambda k, c, g: self.hit_logits(k, c, g).float(), len(y), None if cond is None else cond.to(device), generator,
                 ).cpu()
         finally:
             self.train(was_training)
@@ -775,8 +793,8 @@ class Surrogate(nn.Module):
         if not self.is_fitted:
             raise InvalidDataError(f"{self.family} surrogate is not fitted: call fit(data) or load(dir) first")
         if hit_calibration is not None:
-            if hit_calibration and not self.config.get("empty_mass"):
-                raise InvalidDataError("hit_calibration shifts the hit logits of empty_mass: this model has no empty_mass")
+            if hit_calibration and not self.has_hit_logits:
+                raise InvalidDataError("hit_calibration shifts a family's hit logits: this model has neither empty_mass nor hit_bits")
             if hit_calibration and not self.config.get("hit_calibration"):
                 self.register_buffer("_hit_shift", torch.zeros(2, self.dims["dim"], device=self._device()))
             elif not hit_calibration and self.config.get("hit_calibration"):

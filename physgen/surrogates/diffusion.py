@@ -51,6 +51,10 @@ from physgen.surrogates.base import (
 
 __all__ = ["DiffusionSurrogate", "ResidualMLP"]
 
+#: with ``hit_calibration``, a hit bit b is read as the logit HIT_BIT_SCALE·b: bits near ±1 are
+#: hits or empties for certain (σ(±8) = 0.9997 / 0.0003), those near 0 are drawn
+HIT_BIT_SCALE = 8.0
+
 
 class _Block(nn.Module):
     def __init__(self, hidden: int, emb: int, dropout: float):
@@ -110,13 +114,19 @@ class DiffusionSurrogate(Surrogate):
             hits too rarely, and the readout calibration can remove hits but not add them; a
             threshold below 0 draws more, which the calibration then trims per voxel and energy.
             Chosen per model on showers neither trained nor tested on (-0.3 on W/Si; docs/surrogates.md).
+        hit_calibration, hit_pool: with ``hit_bits``, the bits are read as logits
+            (``HIT_BIT_SCALE``·(bit − ``bit_threshold``)), the hits drawn from them, and after
+            training the logits are shifted per azimuthal ring (or voxel) by a line in log E_inc
+            fitted so the model draws the training showers' hits, as the VAE's and the WGAN's
+            (:meth:`~physgen.surrogates.Surrogate.calibrate_hits`). ``None`` (the default): on
+            with ``hit_bits``.
     """
 
     family = "diffusion"
     energy_steps = 2  # first-stage steps per (slower) family step
     capabilities = Capabilities(conditional=True, gradient_trained=True)
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
-    checkpoint_defaults: ClassVar[dict[str, Any]] = {"hit_bits": False, "bit_threshold": 0.0}  # models saved before they existed
+    checkpoint_defaults: ClassVar[dict[str, Any]] = {"hit_bits": False, "bit_threshold": 0.0, "hit_calibration": False}  # models saved before they existed
 
     def __init__(
         self,
@@ -165,6 +175,7 @@ class DiffusionSurrogate(Surrogate):
             self.register_buffer("_fill_std", torch.ones(dim))
             self.hit_layers = self.voxel_layer_runs(dim)
             width = 2 * dim
+        self.setup_hit_calibration(dim)
         self.net = ResidualMLP(width, cond_dim, hidden=c["hidden"], n_blocks=c["n_blocks"], emb=c["emb"], dropout=c["dropout"])
 
     def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -183,15 +194,30 @@ class DiffusionSurrogate(Surrogate):
         fill = mean + self._fill_std * torch.randn(y.shape, device=y.device, generator=generator)
         return torch.cat([torch.where(hit, y, fill), hit.to(y.dtype) * 2 - 1], 1)
 
-    def decode_hits(self, u: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``hit_bits``: ``[B, 2D]`` → voxels: the empty value where the bit is ≤ ``bit_threshold``, else the value folded at it."""
+    def decode_hits(self, u: torch.Tensor, generator: torch.Generator | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``hit_bits``: ``[B, 2D]`` → voxels: the empty value where the bit is ≤ ``bit_threshold``, else the value folded at it.
+
+        With ``hit_calibration`` the bit is read as a logit, ``HIT_BIT_SCALE``·(bit − ``bit_threshold``)
+        plus the calibration's shift at ``cond``, and the hit drawn from it: the same cut for
+        bits near ±1, and a draw whose expected hits :meth:`calibrate_hits` can fit.
+        """
         value, bit = u.float().chunk(2, dim=1)
         bit = bit - self.config.get("bit_threshold", 0.0)
-        hit = bit > 0
+        if self.config.get("hit_calibration"):
+            logit = self.shift_hit_logits(HIT_BIT_SCALE * bit, cond)
+            prob = torch.sigmoid(logit)
+            hit = torch.rand(prob.shape, generator=generator, device=prob.device) < prob
+        else:
+            hit, prob = bit > 0, torch.sigmoid(4 * bit)
         if self.hit_layers is not None:  # a layer with energy but no hit: one where the bit says a hit is likeliest
-            one_hit_per_layer_(hit, torch.sigmoid(4 * bit), self.hit_layers, generator)
+            one_hit_per_layer_(hit, prob, self.hit_layers, generator)
         empty = self._empty.float()
         return torch.where(hit, fold_hit(value, empty), empty)
+
+    def hit_logits(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """``hit_bits``: one sampler run's bits as logits, ``HIT_BIT_SCALE``·(bit − ``bit_threshold``), before the calibration's shift."""
+        bit = self._integrate(n, cond, generator, decode=False).float()[:, self.dims["dim"] :]
+        return HIT_BIT_SCALE * (bit - self.config.get("bit_threshold", 0.0))
 
     def denoise(self, y: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """EDM's preconditioned denoiser D(y; σ, c); ``sigma`` is ``[B]``."""
@@ -243,8 +269,8 @@ class DiffusionSurrogate(Surrogate):
         # in blocks of rows on a CPU: 10,000 W/Si showers took 3.4 ms each in one block, 1.6 in blocks of 256 (bf16)
         return self.sample_in_blocks(self._integrate, n, cond, generator)
 
-    def _integrate(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        """The deterministic ODE sampler from noise at ``sigmas[0]`` to noise level 0."""
+    def _integrate(self, n: int, cond: torch.Tensor | None, generator: torch.Generator, decode: bool = True) -> torch.Tensor:
+        """The deterministic ODE sampler from noise at ``sigmas[0]`` to noise level 0 (``decode``: hit bits to voxels)."""
         device = self._device()
         sigmas = self.sigma_schedule(self.steps).to(device=device, dtype=torch.float32)
         width = self.dims["dim"] * (2 if self.config.get("hit_bits") else 1)
@@ -258,7 +284,7 @@ class DiffusionSurrogate(Surrogate):
                 d2 = (x_next - self.denoise(x_next, s_next.expand(n), cond)) / s_next
                 x_next = x + (s_next - s) * 0.5 * (d + d2)
             x = x_next
-        return self.decode_hits(x, generator) if self.config.get("hit_bits") else x
+        return self.decode_hits(x, generator, cond) if self.config.get("hit_bits") and decode else x
 
     def evaluations_per_sample(self) -> int:
         """Network evaluations the sampler spends per sample."""
