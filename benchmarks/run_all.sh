@@ -13,6 +13,19 @@ done
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 8000:18000 --out calo_wsi_heldout
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_diffusion_hit_bits.toml runs/calo_wsi_diffusion_hit_bits --events 8000:18000 \
   --out calo_wsi_diffusion_hit_bits_heldout
+# session 16's hit calibration, re-fitted on saved models (the same weights): per ring and per voxel, and the
+# session-15 hit-bits diffusion with it (docs/surrogates.md, "Hit calibration")
+python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels vae,wgan --hit-calibration on --out runs/calo_wsi_hitcal
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hitcal --events 8000:18000 --out calo_wsi_hit_calibration_heldout
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hitcal --events test --out calo_wsi_hit_calibration_test
+python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels wgan --hit-calibration on --hit-pool voxel \
+  --out runs/calo_wsi_hit_voxel
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hit_voxel --events 8000:18000 \
+  --out calo_wsi_wgan_hit_calibration_per_voxel_heldout
+python benchmarks/recalibrate.py benchmarks/suites/calo_wsi_diffusion_hit_bits.toml runs/calo_wsi_diffusion_hit_bits --labels hit_bits \
+  --hit-calibration on --out runs/calo_wsi_hit_bits_recalibrated
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_diffusion_hit_bits.toml runs/calo_wsi_hit_bits_recalibrated \
+  --events 8000:18000 --out calo_wsi_diffusion_hit_bits_recalibrated_heldout
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_30min.toml runs/calo_pbwo4_30min --out generation_speed_pbwo4_30min
