@@ -221,7 +221,7 @@ def _fit_voxel_marginals(y: torch.Tensor, empty: torch.Tensor, x: torch.Tensor) 
     n_hit = hit.sum(0)
     occupancy = ((n_hit + 0.5) / (len(y) + 1)).clamp(1e-3, 1 - 1e-3)
     a, b = _logistic_lines(hit, x, torch.log(occupancy) - torch.log1p(-occupancy), torch.zeros_like(occupancy))
-    ridge = 1.0
+    ridge = 1.0  # on the hit values' slope too
     # hit values: least squares on x over the hits
     sw = n_hit.clamp_min(1)
     mx, my = (hit * x).sum(0) / sw, (hit * y).sum(0) / sw
@@ -596,7 +596,7 @@ class Surrogate(nn.Module):
         """Fit ``hit_calibration``'s per-voxel logit shift to ``data``'s occupancy; returns whether one was fitted.
 
         Runs at the end of :meth:`fit`, before :meth:`calibrate_readout`. The model's hit
-        logits are drawn at (up to ``readout_events`` of) the training conditions, the
+        logits (:meth:`hit_logits`; the diffusion's are its bits, scaled) are drawn at (up to ``readout_events`` of) the training conditions, the
         layer energies included, and per voxel a line a + b·x in x = log E_inc
         (standardised) is fitted so that the shifted logits give the training showers'
         hits (:func:`fit_hit_shift`). The readout's cuts can only remove hits; this puts
@@ -788,7 +788,7 @@ class Surrogate(nn.Module):
 
         :meth:`calibrate_hits`, then :meth:`calibrate_readout`. ``hit_calibration=True``
         turns the hit calibration on first, for a model saved before it existed (it needs
-        ``empty_mass``); ``False`` turns it off; None keeps the model's setting.
+        ``empty_mass`` or ``hit_bits``); ``False`` turns it off; None keeps the model's setting.
         """
         if not self.is_fitted:
             raise InvalidDataError(f"{self.family} surrogate is not fitted: call fit(data) or load(dir) first")
