@@ -18,6 +18,8 @@ python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_diffusion_hit_bits.
 python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels vae,wgan --hit-calibration on --out runs/calo_wsi_hitcal
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hitcal --events 8000:18000 --out calo_wsi_hit_calibration_heldout
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hitcal --events test --out calo_wsi_hit_calibration_test
+python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --labels vae,wgan --hit-calibration on --out runs/calo_pbwo4_hitcal
+python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4_hitcal --events test --out calo_pbwo4_hit_calibration_test
 python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels wgan --hit-calibration on --hit-pool voxel \
   --out runs/calo_wsi_hit_voxel
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hit_voxel --events 8000:18000 \

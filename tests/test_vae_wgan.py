@@ -444,9 +444,12 @@ def _drawn_hits(model, data, copies=8):
 def test_hit_calibration_gives_back_the_hits_a_model_draws_too_rarely(showers, monkeypatch, family, config):
     """A model whose hit logits are 1.5 too low per unit of log E_inc draws far too few hits; the calibration restores Geant4's counts."""
     train = showers[:1500]
-    model = create(family, **config)
+    default = create(family, **config)
+    default.prepare(train)
+    assert default.config["empty_mass"] is True and default.config["hit_calibration"] is False  # off by default for empty_mass
+    model = create(family, **config, hit_calibration=True)
     model.fit(train, epochs=2, batch_size=250, progress=False, seed=0)
-    assert model.config["hit_calibration"] is True  # on by default with empty_mass
+    assert model.config["hit_calibration"] is True
     before = model._hit_shift.clone()
     dim = model.dims["dim"]
     if family == "wgan":

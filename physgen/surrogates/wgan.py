@@ -104,7 +104,9 @@ class WGANSurrogate(Surrogate):
             the voxels of an azimuthal orbit share one line). The W/Si WGAN drew 8-10 % too few
             hits in layers 5-12 at 40-100 GeV, which the readout's cuts cannot add back; with
             it, on 10,000 held-out showers, no feature is worse than the Gaussian beyond 2σ
-            (was sparsity_10 and width_x_44). ``None`` (the default): on with ``empty_mass``.
+            (was sparsity_10 and width_x_44), and calo_wsi turns it on. On PbWO4 it made the
+            WGAN worse (AUC 0.856 → 0.894, four features worse beyond 2σ, the first layer's
+            centroids and the radial widths of layers 12-14), so it is off by default.
     """
 
     family = "wgan"
