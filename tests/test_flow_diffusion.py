@@ -137,6 +137,21 @@ def test_feature_major_sampling_is_nflows_inverse(dim, cond_dim, n_blocks):
     assert float((ref - z).abs().mean()) > 0.1  # not the identity
     torch.testing.assert_close(x, ref, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(back, z, atol=1e-8, rtol=1e-8)  # five layers of up to e² stretch on float64 rounding
+    # drawing its own noise, block by block, it skips the first gather: the noise it drew, put back in
+    # the input's feature order, is a z that gives the same samples
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        drawn = sample_feature_major(plan, None, c, block=128, n=300, generator=g, temperature=0.7)
+    g.manual_seed(3)
+    first = plan[0][0][1]
+    z_drawn = torch.cat([torch.randn(dim, k, generator=g, dtype=torch.float64)[torch.argsort(first)].t() for k in (128, 128, 44)]) * 0.7
+    with torch.no_grad():
+        torch.testing.assert_close(drawn, sample_feature_major(plan, z_drawn, c, block=128), atol=1e-12, rtol=1e-12)
+    # under bf16 autocast the networks run in bf16 (weights cast once), the state in float64: close to the exact map
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x_bf16 = sample_feature_major(plan, z, c, block=128)
+    assert x_bf16.dtype == torch.float64
+    assert 0 < float((x_bf16 - ref).abs().max()) < 0.1 * float(ref.abs().max())
     # flows it does not cover keep nflows' path: LU mixing, spline couplings
     assert sampling_plan(realnvp(dim, cond_dim, n_layers=2, mixing="lu")) is None
     assert sampling_plan(realnvp(dim, cond_dim, n_layers=2, coupling="spline")) is None

@@ -301,6 +301,12 @@ def test_inverse_in_row_blocks_equals_the_whole_batch_at_once(showers, monkeypat
     assert whole.dtype == blocks.dtype == torch.float32 and whole.shape == (2000, 768)
     assert bool((whole == 0).any()) and bool((whole > 0).any())
     assert torch.equal(blocks, whole)
+    # a two-stage model's voxels and layer energies, handed over unjoined (float32, as sampling does), joined block by block
+    parts = (y[:, :768].float(), y[:, 768:].float())
+    joined = p.inverse(torch.cat(parts, 1), showers.cond)
+    assert torch.equal(p.inverse(parts, showers.cond), joined)
+    monkeypatch.setattr(tr, "INVERSE_BLOCK", 10**9)
+    assert torch.equal(p.inverse(parts, showers.cond), joined)
 
 
 def test_standardise_floors_the_width_of_columns_training_hardly_moves():

@@ -85,13 +85,18 @@ class _Layers:
         return x
 
     def keep_largest_(self, cut: torch.Tensor, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        """In the layers ``where`` ``[N, L]`` is true, set ``cut``'s voxel at ``x``'s largest to ``x``'s value (in place)."""
+        """In the layers ``where`` ``[N, L]`` is true, set ``cut``'s voxel at ``x``'s largest to ``x``'s value (in place).
+
+        Only the chosen (shower, layer) pairs are searched: a few layers per shower.
+        """
         for v0, l0, count, size in self.runs:
+            rows, layer = where[:, l0 : l0 + count].nonzero(as_tuple=True)
+            if len(rows) == 0:
+                continue
             block_x = x[:, v0 : v0 + count * size].view(len(x), count, size)
             block_cut = cut[:, v0 : v0 + count * size].view(len(x), count, size)
-            top = block_x.argmax(-1, keepdim=True)
-            chosen = where[:, l0 : l0 + count, None]
-            block_cut.scatter_(-1, top, torch.where(chosen, block_x.gather(-1, top), block_cut.gather(-1, top)))
+            top = block_x[rows, layer].argmax(-1)
+            block_cut[rows, layer, top] = block_x[rows, layer, top]
         return cut
 
     def per_voxel(self, e: torch.Tensor) -> torch.Tensor:
@@ -210,15 +215,11 @@ class LayerFractions(Transform):
     def _energies(self, u: torch.Tensor) -> torch.Tensor:
         if self.layer_energy == "absolute":
             return u.clamp_min(0)
-        remaining = u[:, 0].clamp_min(0)
+        # E_l = s_{l+1} · R_l and R_{l+1} = R_l · (1 − s_{l+1}), with R_0 = u_0 the total: one cumulative
+        # product instead of a Python loop over the layers (45 small ops a block on W/Si)
         shares = u[:, 1:].clamp(0, 1)
-        out = []
-        for ell in range(shares.shape[1]):
-            e = shares[:, ell] * remaining
-            out.append(e)
-            remaining = remaining - e
-        out.append(remaining)
-        return torch.stack(out, dim=1)
+        remaining = torch.cat([u[:, :1].clamp_min(0), (1 - shares).cumprod(1).mul_(u[:, :1].clamp_min(0))], 1)
+        return remaining.mul_(torch.cat([shares, torch.ones_like(shares[:, :1])], 1))
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         y = _f64(y)
@@ -255,8 +256,8 @@ class Logit(Transform):
         return torch.log(u) - torch.log1p(-u)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        u = torch.sigmoid(_f64(y))
-        return ((u - self.alpha) / (1 - 2 * self.alpha)).clamp(0, 1) * self.scale
+        u = torch.sigmoid(_f64(y))  # a fresh tensor: the rest runs in place
+        return u.sub_(self.alpha).div_(1 - 2 * self.alpha).clamp_(0, 1).mul_(self.scale)
 
     def state(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "scale": self.scale}
@@ -323,7 +324,7 @@ class Standardise(Transform):
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         mean, std = self._params()
-        return _f64(y) * std + mean
+        return torch.addcmul(mean, _f64(y), std)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -512,22 +513,24 @@ class ReadoutThreshold(Transform):
         t: torch.Tensor | float = self.threshold
         if self.voxel_thresholds is not None:
             b = torch.bucketize(self._bin_key(cond, len(y)), torch.tensor(self.edges, dtype=torch.float64), right=True)
-            t = self.voxel_thresholds[b]
-        cut = torch.where(y < t, torch.zeros_like(y), y)
+            t = self.voxel_thresholds.index_select(0, b)
+        cut = y * (y >= t)  # = where(y < t, 0, y) for finite y, at a third of its cost on a CPU
         layers = self._layers
         if layers is None or layers.n_voxels != y.shape[1]:
             return cut
-        before = layers.sums(y.clamp_min(0))
+        before = layers.sums(y if bool(y.min() >= 0) else y.clamp_min(0))
+        after = layers.sums(cut)
+        read = None
         if self.layer_thresholds is not None:
             read = self._read_out(before, self.layer_thresholds[b])
-            layers.scale_(cut, read.double())  # a layer not read out is empty
-            after = layers.sums(cut)
             lost = read & (after <= 0)
             if bool(lost.any()):  # a layer read out keeps its largest voxel, whatever the voxel cuts said
                 layers.keep_largest_(cut, y, lost)
-        # give each layer's cut energy back to its surviving voxels, in proportion
-        after = layers.sums(cut)
+                after = torch.where(lost, layers.sums(cut), after)
+        # give each layer's cut energy back to its surviving voxels, in proportion; a layer not read out is emptied
         scale = torch.where(after > 0, before / after.clamp_min(1e-300), torch.ones_like(after))
+        if read is not None:
+            scale.mul_(read)
         return layers.scale_(cut, scale)
 
     def state(self) -> dict[str, Any]:
@@ -633,22 +636,31 @@ class Pipeline:
         """Physics units → model space: ``(x', cond')``, float64."""
         return self.forward_x(x, cond), self.forward_cond(cond)
 
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor | Sequence[torch.Tensor], cond: torch.Tensor | None = None) -> torch.Tensor:
         """Model space → physics units for ``x`` (float32), given the *raw* conditions.
 
         Every transform acts row by row, so the rows go through in blocks of
         about ``INVERSE_BLOCK`` values: float64 temporaries that stay in the
         CPU's cache instead of streaming 60 MB arrays through memory (4x faster
-        on 10,000 PbWO4 showers; the result is the same).
+        on 10,000 PbWO4 showers; the result is the same). ``y`` may also be a
+        sequence of ``[N, k]`` column groups (a two-stage model's voxels, then
+        its layer energies), joined block by block instead of into one more
+        ``[N, features]`` copy.
         """
-        n = y.shape[0]
-        rows = max(1, INVERSE_BLOCK // max(1, y[:1].numel()))
+        parts = [y] if isinstance(y, torch.Tensor) else list(y)
+        n = parts[0].shape[0]
+        width = sum(p[:1].numel() for p in parts)
+        rows = max(1, INVERSE_BLOCK // max(1, width))
+
+        def rows_of(start: int, stop: int) -> torch.Tensor:
+            return parts[0][start:stop] if len(parts) == 1 else torch.cat([_f64(p[start:stop]) for p in parts], 1)
+
         if n <= rows:
-            return self._inverse_block(y, cond)
+            return self._inverse_block(rows_of(0, n), cond)
         out: torch.Tensor | None = None
         for start in range(0, n, rows):
             stop = min(start + rows, n)
-            block = self._inverse_block(y[start:stop], None if cond is None else cond[start:stop])
+            block = self._inverse_block(rows_of(start, stop), None if cond is None else cond[start:stop])
             if out is None:
                 out = torch.empty((n, *block.shape[1:]), dtype=block.dtype)
             out[start:stop] = block

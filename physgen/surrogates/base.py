@@ -744,11 +744,15 @@ class Surrogate(nn.Module):
         """Parameters and buffers DDP must leave alone: the first stage's, whose gradients are reduced by hand."""
         return [n for n, _ in [*self.named_parameters(), *self.named_buffers()] if n.startswith("energy.")]
 
-    def sample_all(self, n: int, cond: torch.Tensor | None, generator: torch.Generator, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def sample_all(
+        self, n: int, cond: torch.Tensor | None, generator: torch.Generator, dtype: torch.dtype | None = None, joined: bool = True
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Model-space samples of the whole event: layer energies first (two stages), then the family.
 
         ``dtype`` (bfloat16 or float16) runs the family's networks under autocast;
-        the state they update and the first stage's splines stay float32.
+        the state they update and the first stage's splines stay float32. With
+        ``joined=False`` a two-stage model returns ``(voxels, layer energies)``
+        unjoined (:meth:`Pipeline.inverse` takes both).
         """
         ye = None
         if self.has_energy_stage:
@@ -760,7 +764,9 @@ class Surrogate(nn.Module):
             cond = torch.cat([cond, ye], 1)
         with torch.autocast(self._device().type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             y = self.sample_model(n, cond, generator).float()
-        return y if ye is None else torch.cat([y, ye], 1)
+        if ye is None:
+            return y
+        return torch.cat([y, ye], 1) if joined else (y, ye)
 
     def log_prob_all(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Model-space log-density of whole events: log p(voxels | c, E_layers) + log p(E_layers | c)."""
@@ -907,7 +913,8 @@ class Surrogate(nn.Module):
                 stop = min(start + batch_size, total)
                 raw = None if cond_t is None else cond_t[start:stop]
                 model_cond = None if raw is None else self.preprocessing.forward_cond(raw).float().to(self._device())
-                y = self.sample_all(stop - start, model_cond, generator, dtype).float().cpu()
+                y = self.sample_all(stop - start, model_cond, generator, dtype, joined=False)
+                y = [p.float().cpu() for p in y] if isinstance(y, tuple) else y.float().cpu()
                 parts.append(self.postprocess(self.preprocessing.inverse(y, raw)))
         finally:
             self.train(was_training)
