@@ -293,6 +293,14 @@ def test_wgan_layer_scatter_recovers_a_shared_logit_shift(showers):
     hit0 = torch.rand(n, dim, generator=g, dtype=torch.float64) < torch.sigmoid(a + b * x)
     wgan._init_layer_scatter(torch.where(hit0, wgan._empty + 1.0, wgan._empty), x, a.float(), b.float())
     assert float(wgan.hit_scatter.detach().max()) < 0.1
+    # sampling shifts a float32 copy in place, layer block by layer block: the same numbers as the indexed shift
+    with torch.no_grad():
+        wgan.hit_scatter.copy_(torch.linspace(0.2, 0.8, n_layers))
+        logits = torch.randn(64, dim, generator=g)
+        shifted = wgan._scatter_hits(logits, torch.Generator().manual_seed(4))
+        in_place = wgan._scatter_hits(logits.clone(), torch.Generator().manual_seed(4), in_place=True)
+    assert wgan._scatter_runs() is not None and float((shifted - logits).abs().min()) > 0
+    torch.testing.assert_close(in_place, shifted, atol=0, rtol=0)
     with pytest.raises(InvalidDataError, match="layer_scatter needs empty_mass"):
         create("wgan", hidden=32, critic_hidden=32, empty_mass=False, layer_scatter=True).fit(showers[:200], epochs=1, progress=False)
 

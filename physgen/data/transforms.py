@@ -84,6 +84,12 @@ class _Layers:
             x[:, v0 : v0 + count * size].view(len(x), count, size).mul_(factor[:, l0 : l0 + count, None])
         return x
 
+    def add_(self, x: torch.Tensor, per_layer: torch.Tensor) -> torch.Tensor:
+        """Add to each voxel of ``x`` ``[N, V]`` its layer's value of ``per_layer`` ``[N, L]``, in place."""
+        for v0, l0, count, size in self.runs:
+            x[:, v0 : v0 + count * size].view(len(x), count, size).add_(per_layer[:, l0 : l0 + count, None])
+        return x
+
     def keep_largest_(self, cut: torch.Tensor, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """In the layers ``where`` ``[N, L]`` is true, set ``cut``'s voxel at ``x``'s largest to ``x``'s value (in place).
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from physgen.data import Data
-from physgen.data.transforms import LayerFractions, Pipeline
+from physgen.data.transforms import LayerFractions, Pipeline, _Layers
 from physgen.errors import InvalidDataError
 from physgen.surrogates._nets import mlp
 from physgen.surrogates.base import (
@@ -197,12 +197,26 @@ class WGANSurrogate(Surrogate):
         self.cond_slope.copy_(torch.cat([slope, b]))
         self.log_noise.copy_(log_noise)
 
-    def _scatter_hits(self, hit_logit: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """With ``layer_scatter``: one N(0, 1) draw per shower and layer shifts all its voxels' hit logits."""
+    def _scatter_hits(self, hit_logit: torch.Tensor, generator: torch.Generator | None, in_place: bool = False) -> torch.Tensor:
+        """With ``layer_scatter``: one N(0, 1) draw per shower and layer shifts all its voxels' hit logits.
+
+        ``in_place``: a float32 ``hit_logit`` the caller owns is shifted in place, layer block by layer block.
+        """
         if not self.config.get("layer_scatter"):
             return hit_logit
         u = torch.randn(hit_logit.shape[0], len(self.hit_scatter), generator=generator, device=hit_logit.device)
-        return hit_logit + (u * self.hit_scatter)[:, self._hit_layer]
+        shift = u * self.hit_scatter
+        runs = self._scatter_runs() if in_place and hit_logit.dtype == torch.float32 else None
+        return runs.add_(hit_logit, shift) if runs is not None else hit_logit + shift[:, self._hit_layer]
+
+    def _scatter_runs(self) -> _Layers | None:
+        """``_hit_layer`` as runs of consecutive voxels, where every layer is one run in order; else None."""
+        if not hasattr(self, "_scatter_runs_cache"):
+            layer = self._hit_layer.cpu()
+            counts = torch.bincount(layer, minlength=len(self.hit_scatter))
+            ordered = bool((layer[1:] >= layer[:-1]).all()) and bool((counts > 0).all())
+            self._scatter_runs_cache = _Layers(counts.tolist()) if ordered else None
+        return self._scatter_runs_cache
 
     @torch.no_grad()
     def _init_layer_scatter(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -225,12 +239,17 @@ class WGANSurrogate(Surrogate):
             stretch = math.sqrt(1 + math.pi * s2 / 8)
             a[cols], b[cols] = a[cols] * stretch, b[cols] * stretch
 
-    def _generator_out(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """The generator's output; with ``empty_mass``, plus per-output lines in the first condition column."""
+    def _generator_out(self, z: torch.Tensor, cond: torch.Tensor | None, in_place: bool = False) -> torch.Tensor:
+        """The generator's output; with ``empty_mass``, plus per-output lines in the first condition column.
+
+        ``in_place`` (sampling, no gradients): float32, the lines added in place.
+        """
         out = self.generator(self._cat(z, cond))
         if self.config.get("empty_mass") and cond is not None and cond.shape[1]:
+            if in_place:
+                return out.float().addr_(cond[:, 0].float(), self.cond_slope)
             out = out + cond[:, :1] * self.cond_slope
-        return out
+        return out.float() if in_place else out
 
     def _build_moments(self, dim: int) -> int:
         """Set up the shower-moment features; returns how many the critic gets (0: none)."""
@@ -378,5 +397,5 @@ class WGANSurrogate(Surrogate):
 
     def empty_mass_out(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         z = torch.randn(n, self.config["noise_dim"], generator=generator, device=self._device())
-        value, hit_logit = self._generator_out(z, cond).chunk(2, dim=1)
-        return value, self._scatter_hits(hit_logit, generator), self.log_noise.exp()
+        value, hit_logit = self._generator_out(z, cond, in_place=not torch.is_grad_enabled()).chunk(2, dim=1)
+        return value, self._scatter_hits(hit_logit, generator, in_place=not torch.is_grad_enabled()), self.log_noise.exp()
