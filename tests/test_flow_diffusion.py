@@ -306,6 +306,38 @@ def test_hit_bits_encode_the_voxels_exactly_and_fill_empties_from_the_hits(showe
     assert torch.equal(diff.decode_hits(u[full], torch.Generator().manual_seed(1)), ys[full])
 
 
+def _denoiser_giving(diff, target):
+    """A network ``F`` with which EDM's denoiser D = c_skip·y + c_out·F(c_in·y) is ``target`` at every noise level."""
+    sd = diff.config["sigma_data"]
+
+    def net(x_in, c_noise, cond):
+        sigma = torch.exp(4 * c_noise.double())[:, None]
+        norm = torch.sqrt(sigma**2 + sd**2)
+        y = x_in.double() * norm  # x_in = c_in · y
+        return ((target.double() - sd**2 / norm**2 * y) / (sigma * sd / norm)).float()
+
+    return net
+
+
+def test_euler_steps_in_place_are_the_textbook_steps(showers):
+    """The folded update α·x + β·F is x + (σ' − σ)(x − D)/σ with EDM's D, step by step (float32, to its rounding)."""
+    diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=5)
+    diff.prepare(showers[:300])
+    with torch.no_grad():
+        for p in diff.net.parameters():  # away from the zero-initialised output layer
+            p.add_(0.3 * torch.randn_like(p))
+    diff.eval()
+    n, c = 40, torch.randn(40, diff.dims["cond_dim"])
+    sigmas = diff.sigma_schedule(5).float()
+    with torch.no_grad():
+        got = diff._integrate(n, c, torch.Generator().manual_seed(0))
+        x = torch.randn(n, diff.dims["dim"], generator=torch.Generator().manual_seed(0)) * sigmas[0]
+        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+            x = x + (s_next - s) * (x - diff.denoise(x, s.expand(n), c)) / s
+    torch.testing.assert_close(got, x, atol=1e-4, rtol=1e-4)
+    assert float(x.std()) > 0.1  # not a trivial map
+
+
 def test_hit_bits_sampler_ends_on_the_denoisers_bits(showers, monkeypatch):
     """The ODE's last Euler step lands on the denoiser's output: bits > 0 are hits (values folded at the empty value)."""
     diff = create("diffusion", hidden=16, n_blocks=1, emb=8, steps=4, hit_bits=True, hit_calibration=False)  # the plain cut
@@ -313,7 +345,7 @@ def test_hit_bits_sampler_ends_on_the_denoisers_bits(showers, monkeypatch):
     dim, empty = diff.dims["dim"], diff._empty
     target_bits = torch.where(torch.arange(dim) % 3 == 0, 0.7, -0.4)  # a hit in every third voxel: each layer has hits
     target_values = empty + torch.where(torch.arange(dim) % 2 == 0, 1.5, -0.25)  # half of them below the empty value
-    monkeypatch.setattr(diff, "denoise", lambda y, sigma, cond: torch.cat([target_values, target_bits]).expand(len(y), -1))
+    monkeypatch.setattr(diff.net, "forward", _denoiser_giving(diff, torch.cat([target_values, target_bits])))
     with torch.no_grad():
         y = diff.sample_model(50, torch.zeros(50, diff.dims["cond_dim"]), torch.Generator().manual_seed(0))
     hit = target_bits > 0
@@ -329,7 +361,7 @@ def test_hit_bits_sampler_ends_on_the_denoisers_bits(showers, monkeypatch):
     with pytest.raises(InvalidDataError, match="bit_threshold"):
         create("diffusion", hit_bits=True, bit_threshold=1.0)
     # a layer whose bits are all ≤ 0 gets one hit
-    monkeypatch.setattr(diff, "denoise", lambda y, sigma, cond: torch.cat([target_values, torch.full((dim,), -1.0)]).expand(len(y), -1))
+    monkeypatch.setattr(diff.net, "forward", _denoiser_giving(diff, torch.cat([target_values, torch.full((dim,), -1.0)])))
     with torch.no_grad():
         y = diff.sample_model(50, torch.zeros(50, diff.dims["cond_dim"]), torch.Generator().manual_seed(0))
     assert bool(((y > empty).reshape(50, 24, 32).sum(-1) == 1).all())
@@ -346,7 +378,7 @@ def test_hit_bits_with_hit_calibration_draw_hits_from_the_bits_as_logits(showers
     diff.hit_layers = None  # no extra hit for a hitless layer (one_hit_per_layer_): the rates alone
     dim, empty = diff.dims["dim"], diff._empty
     bits = torch.linspace(-0.6, 0.4, dim)
-    monkeypatch.setattr(diff, "denoise", lambda y, sigma, cond: torch.cat([empty + 1.0, bits]).expand(len(y), -1))
+    monkeypatch.setattr(diff.net, "forward", _denoiser_giving(diff, torch.cat([empty + 1.0, bits])))
     n = 20_000
     with torch.no_grad():
         diff._hit_shift[0].fill_(0.5)

@@ -276,6 +276,8 @@ class DiffusionSurrogate(Surrogate):
         width = self.dims["dim"] * (2 if self.config.get("hit_bits") else 1)
         x = torch.randn(n, width, generator=generator, device=device) * sigmas[0]
         heun = self.config["sampler"] == "heun"
+        if not heun:
+            return self._integrate_euler(x, sigmas.tolist(), cond, generator, decode)
         for i in range(self.steps):
             s, s_next = sigmas[i], sigmas[i + 1]
             d = (x - self.denoise(x, s.expand(n), cond)) / s
@@ -284,6 +286,30 @@ class DiffusionSurrogate(Surrogate):
                 d2 = (x_next - self.denoise(x_next, s_next.expand(n), cond)) / s_next
                 x_next = x + (s_next - s) * 0.5 * (d + d2)
             x = x_next
+        return self.decode_hits(x, generator, cond) if self.config.get("hit_bits") and decode else x
+
+    def _integrate_euler(
+        self, x: torch.Tensor, sigmas: list[float], cond: torch.Tensor | None, generator: torch.Generator, decode: bool,
+    ) -> torch.Tensor:
+        """Euler's steps, each folded into one update of ``x`` in place (the same map as the Heun loop's Euler branch).
+
+        With D = c_skip·x + c_out·F(c_in·x) and d = (x − D)/σ, the step x + (σ' − σ)·d is
+        α·x + β·F with α = 1 + (σ' − σ)(1 − c_skip)/σ and β = −(σ' − σ)·c_out/σ: two passes
+        over the state instead of eight fresh [B, 2D] tensors, which on a CPU cost more
+        than the network (W/Si hit bits: 12,960 values a shower).
+        """
+        n, sd = x.shape[0], self.config["sigma_data"]
+        device = x.device
+        net_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        scaled = torch.empty_like(x)
+        cast = torch.empty(x.shape, device=device, dtype=net_dtype) if net_dtype != x.dtype else None
+        context = cond if self.dims.get("cond_dim") else None
+        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+            c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / math.sqrt(s**2 + sd**2), 1 / math.sqrt(s**2 + sd**2)
+            torch.mul(x, c_in, out=scaled)  # then rounded once to the autocast dtype, as autocast would
+            f = self.net(scaled if cast is None else cast.copy_(scaled), torch.full((n,), math.log(s) / 4, device=device), context)
+            h = s_next - s
+            x.mul_(1 + h * (1 - c_skip) / s).add_(f, alpha=-h * c_out / s)
         return self.decode_hits(x, generator, cond) if self.config.get("hit_bits") and decode else x
 
     def evaluations_per_sample(self) -> int:
