@@ -524,7 +524,7 @@ class ReadoutThreshold(Transform):
         layers = self._layers
         if layers is None or layers.n_voxels != y.shape[1]:
             return cut
-        before = layers.sums(y if bool(y.min() >= 0) else y.clamp_min(0))
+        before = layers.sums(y.clamp_min(0) if bool((y < 0).any()) else y)
         after = layers.sums(cut)
         read = None
         if self.layer_thresholds is not None:
