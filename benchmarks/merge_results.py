@@ -11,6 +11,14 @@ against the committed Gaussian, and the new run's Gaussian is checked against it
 
 writes ``benchmarks/results/calo_wsi.{json,md}``; the JSON's ``merged`` list says
 which entries came from which run.
+
+A run of another suite file can be merged when it read the same data (its ``data``
+summary of every merged data set equals the committed one: same file, events,
+energies and occupancy) with ``--labels NEW=OLD``, which replaces the committed
+entry ``OLD`` by the re-run's ``NEW`` under the committed label: a variant tried in
+its own suite file and then adopted (session 17's narrower W/Si flow)::
+
+    python benchmarks/merge_results.py calo_wsi runs/wsi_flow128/results.json --labels flow_h128=flow
 """
 
 from __future__ import annotations
@@ -34,13 +42,23 @@ def _key(r: dict) -> tuple[str, str]:
 
 
 def merge(old: dict, new: dict, labels: list[str]) -> tuple[dict, list[str]]:
-    """``old`` with its entries labelled ``labels`` replaced by ``new``'s; returns (payload, warnings)."""
-    if old.get("suite") != new.get("suite"):
-        raise SystemExit(f"suite mismatch: committed {old.get('suite')!r}, re-run {new.get('suite')!r}")
-    fresh = {_key(r): r for r in new["results"] if r["label"] in labels}
-    missing = [lab for lab in labels if not any(k[1] == lab for k in fresh)]
+    """``old`` with its entries labelled ``labels`` replaced by ``new``'s; returns (payload, warnings).
+
+    A label ``NEW=OLD`` takes the re-run's entry ``NEW`` and files it as ``OLD``.
+    """
+    rename = dict(lab.split("=", 1) if "=" in lab else (lab, lab) for lab in labels)
+    picked = {_key(r): r for r in new["results"] if r["label"] in rename}
+    missing = [lab for lab in rename if not any(k[1] == lab for k in picked)]
     if missing:
         raise SystemExit(f"the re-run has no entry labelled {missing}")
+    if old.get("suite") != new.get("suite"):
+        for dataset, _ in picked:
+            if old.get("data", {}).get(dataset) is None or old["data"][dataset] != new.get("data", {}).get(dataset):
+                raise SystemExit(
+                    f"suite mismatch: committed {old.get('suite')!r}, re-run {new.get('suite')!r}, and data set {dataset!r} "
+                    "differs between them (only a run of another suite file on the same data can be merged)"
+                )
+    fresh = {(d, rename[lab]): {**r, "label": rename[lab]} for (d, lab), r in picked.items()}
     warnings = []
     old_g = {r["dataset"]: r for r in old["results"] if r["family"] == "gaussian" and "error" not in r}
     for r in new["results"]:
@@ -58,7 +76,7 @@ def merge(old: dict, new: dict, labels: list[str]) -> tuple[dict, list[str]]:
         r.pop("vs_gaussian", None)  # redone below, against the committed Gaussian
     payload = {**old, "results": results}
     payload["merged"] = [*old.get("merged", []), {
-        "labels": labels, "started": new["started"], "seconds": new["seconds"],
+        "labels": [rename[lab] for lab in rename], "suite": new.get("suite"), "started": new["started"], "seconds": new["seconds"],
         "machine": new["machine"], "matmul_gflops": new["matmul_gflops"],
     }]
     _compare_to_baseline(payload)
@@ -80,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         md = write_report(payload, tmp)["markdown"].read_text()
     md += "\n" + "".join(
-        f"Entries {', '.join(m['labels'])} re-run {m['started']} ({m['seconds']:.0f} s, matmul {m['matmul_gflops']:.0f} GFLOP/s) "
+        f"Entries {', '.join(m['labels'])} re-run {m['started']} ({m['seconds']:.0f} s, matmul {m['matmul_gflops']:.0f} GFLOP/s"
+        + (f", suite {m['suite']}" if m.get("suite") and m["suite"] != payload.get("suite") else "") + ") "
         "and merged with `benchmarks/merge_results.py`.\n"
         for m in payload["merged"]
     ) + "The comparisons with the Gaussian use the first run's Gaussian.\n"

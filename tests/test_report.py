@@ -130,6 +130,15 @@ def test_merging_a_partial_rerun_compares_against_the_committed_gaussian():
         mod.merge(old, new, ["vae"])
     with pytest.raises(SystemExit, match="suite mismatch"):
         mod.merge(old, {**new, "suite": "other"}, ["wgan"])
+    # another suite file's run on the same data: its entry replaces the committed one under the committed label
+    data = {"d": {"n_events": 6000, "voxel_occupancy": 0.1}}
+    variant = {**new, "suite": "other", "data": data, "results": [result("wgan", {"a": 0.04, "b": 0.04}) | {"label": "wgan_small"}]}
+    payload, _ = mod.merge({**old, "data": data}, variant, ["wgan_small=wgan"])
+    assert [r["label"] for r in payload["results"]] == ["gaussian", "flow", "wgan"]
+    assert payload["results"][2]["evaluation"]["features"]["a"]["separation_power"]["value"] == 0.04
+    assert payload["merged"][-1]["labels"] == ["wgan"] and payload["merged"][-1]["suite"] == "other"
+    with pytest.raises(SystemExit, match="differs between them"):
+        mod.merge({**old, "data": {"d": {"n_events": 5000, "voxel_occupancy": 0.1}}}, variant, ["wgan_small=wgan"])
 
 
 def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(tmp_path, monkeypatch):
