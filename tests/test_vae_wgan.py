@@ -134,6 +134,13 @@ def test_vae_empty_mass_samples_hits_at_the_decoders_rate(showers, monkeypatch):
     assert float((hit_rate - rate).abs().max()) < 5 * math.sqrt(0.25 / 20_000)  # binomial errors
     hits = y[~empty] - mean.expand_as(y)[~empty]
     assert abs(float(hits.std()) - 0.1) < 0.005 and abs(float(hits.mean())) < 0.005  # hits carry the Gaussian
+    # the hit calibration's shift, added in place to the decoder's (here expanded) logits: rate σ(logit(p) + a)
+    vae.config["hit_calibration"] = True
+    vae.register_buffer("_hit_shift", torch.stack([torch.full((768,), 0.7), torch.zeros(768)]))
+    with torch.no_grad():
+        y = vae.sample_model(20_000, None, torch.Generator().manual_seed(0))
+    shifted = torch.sigmoid(torch.logit(rate) + 0.7)
+    assert float(((y != vae._empty).float().mean(0) - shifted).abs().max()) < 5 * math.sqrt(0.25 / 20_000)
 
 
 @pytest.mark.parametrize(

@@ -583,7 +583,10 @@ class Surrogate(nn.Module):
         return torch.unique(perms.min(0).values, return_inverse=True)[1]  # the orbit's first voxel, relabelled 0…G−1
 
     def empty_mass_out(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """With ``empty_mass`` (VAE, WGAN): one draw's hit means, hit logits and noise scale (or None), ``[n, V]`` each."""
+        """With ``empty_mass`` (VAE, WGAN): one draw's hit means, hit logits and noise scale (or None), ``[n, V]`` each.
+
+        The means and logits are fresh tensors: :meth:`sample_empty_mass` shifts the logits in place.
+        """
         raise NotImplementedError
 
     def hit_logits(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
@@ -599,7 +602,10 @@ class Surrogate(nn.Module):
             return hit_logit
         x = energy_column(cond, len(hit_logit)).to(hit_logit.device)
         if in_place:
-            return hit_logit.float().add_(self._hit_shift[0]).addr_(x.reshape(-1), self._hit_shift[1])
+            hit_logit = hit_logit.float()
+            if 0 in hit_logit.stride():  # an expanded view: rows share memory
+                hit_logit = hit_logit.contiguous()
+            return hit_logit.add_(self._hit_shift[0]).addr_(x.reshape(-1), self._hit_shift[1])
         return hit_logit.float() + self._hit_shift[0] + x * self._hit_shift[1]
 
     def sample_empty_mass(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
