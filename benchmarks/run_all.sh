@@ -4,7 +4,7 @@
 # JETNET_PYTHON: a Python where jetnet imports (jetnet 0.2.5 needs NumPy < 2), for the FPD/KPD comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi calo_wsi_diffusion_hit_bits calo_wsi_flow_small calo_pbwo4_wgan_long spins; do
+for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi calo_wsi_diffusion_hit_bits calo_wsi_flow_small calo_pbwo4_wgan_long calo_pbwo4_vae_long spins; do
   python -m physgen.cli bench "benchmarks/suites/$suite.toml" --out "runs/$suite"
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"
