@@ -22,6 +22,10 @@ python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hitcal --events test --out calo_wsi_hit_calibration_test
 python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --labels vae,wgan --hit-calibration on --out runs/calo_pbwo4_hitcal
 python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4_hitcal --events test --out calo_pbwo4_hit_calibration_test
+python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4_wgan_long.toml runs/calo_pbwo4_wgan_long --labels wgan_15min_aug8 \
+  --hit-calibration on --out runs/calo_pbwo4_wgan_long_hitcal
+python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4_wgan_long.toml runs/calo_pbwo4_wgan_long runs/calo_pbwo4_wgan_long_hitcal \
+  --events test --out calo_pbwo4_wgan_long_hit_calibration_test
 python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels wgan --hit-calibration on --hit-pool voxel \
   --out runs/calo_wsi_hit_voxel
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_hit_voxel --events 8000:18000 \
