@@ -306,7 +306,7 @@ def test_wgan_layer_scatter_recovers_a_shared_logit_shift(showers):
         logits = torch.randn(64, dim, generator=g)
         shifted = wgan._scatter_hits(logits, torch.Generator().manual_seed(4))
         in_place = wgan._scatter_hits(logits.clone(), torch.Generator().manual_seed(4), in_place=True)
-    assert wgan._scatter_runs() is not None and float((shifted - logits).abs().min()) > 0
+    assert wgan.scatter_runs is not None and float((shifted - logits).abs().min()) > 0
     torch.testing.assert_close(in_place, shifted, atol=0, rtol=0)
     with pytest.raises(InvalidDataError, match="layer_scatter needs empty_mass"):
         create("wgan", hidden=32, critic_hidden=32, empty_mass=False, layer_scatter=True).fit(showers[:200], epochs=1, progress=False)

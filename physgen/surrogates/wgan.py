@@ -159,10 +159,14 @@ class WGANSurrogate(Surrogate):
         if c.get("layer_scatter") and layers is None:
             raise InvalidDataError("layer_scatter needs empty_mass and calorimeter showers with a geometry")
         c["layer_scatter"] = bool(layers is not None if c.get("layer_scatter") is None else c["layer_scatter"])
+        self.scatter_runs: _Layers | None = None  # the layers as runs of voxels, to shift in place (sampling)
         if c["layer_scatter"]:
             assert layers is not None
             self.register_buffer("_hit_layer", layers)
             self.hit_scatter = nn.Parameter(torch.zeros(int(layers.max()) + 1))  # per layer, logit units
+            counts = torch.bincount(layers, minlength=len(self.hit_scatter))
+            if bool((layers[1:] >= layers[:-1]).all()) and bool((counts > 0).all()):  # every layer one run, in order
+                self.scatter_runs = _Layers(counts.tolist())
         n_moments = self._build_moments(dim)
         self.critic = mlp(dim + n_moments + cond_dim, 1, c["critic_hidden"], c["critic_layers"], _LeakyReLU)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
@@ -206,17 +210,9 @@ class WGANSurrogate(Surrogate):
             return hit_logit
         u = torch.randn(hit_logit.shape[0], len(self.hit_scatter), generator=generator, device=hit_logit.device)
         shift = u * self.hit_scatter
-        runs = self._scatter_runs() if in_place and hit_logit.dtype == torch.float32 else None
-        return runs.add_(hit_logit, shift) if runs is not None else hit_logit + shift[:, self._hit_layer]
-
-    def _scatter_runs(self) -> _Layers | None:
-        """``_hit_layer`` as runs of consecutive voxels, where every layer is one run in order; else None."""
-        if not hasattr(self, "_scatter_runs_cache"):
-            layer = self._hit_layer.cpu()
-            counts = torch.bincount(layer, minlength=len(self.hit_scatter))
-            ordered = bool((layer[1:] >= layer[:-1]).all()) and bool((counts > 0).all())
-            self._scatter_runs_cache = _Layers(counts.tolist()) if ordered else None
-        return self._scatter_runs_cache
+        if in_place and hit_logit.dtype == torch.float32 and self.scatter_runs is not None:
+            return self.scatter_runs.add_(hit_logit, shift)
+        return hit_logit + shift[:, self._hit_layer]
 
     @torch.no_grad()
     def _init_layer_scatter(self, y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
