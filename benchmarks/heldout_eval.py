@@ -73,7 +73,9 @@ def markdown(payload: dict) -> str:
     for r in payload["results"]:
         v = r.get("vs_gaussian")
         if v and v["worse_than_gaussian"]:
-            lines.append(f"- {r['label']} not better than the Gaussian on: {', '.join(v['worse_than_gaussian'])}")
+            floor = v.get("both_at_floor") or []
+            lines.append(f"- {r['label']} not better than the Gaussian on: {', '.join(v['worse_than_gaussian'])}"
+                         + (f" (both within 2σ of the truth-vs-truth floor on: {', '.join(floor)})" if floor else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,9 @@ entry ``OLD`` by the re-run's ``NEW`` under the committed label: a variant tried
 its own suite file and then adopted (session 17's narrower W/Si flow)::
 
     python benchmarks/merge_results.py calo_wsi runs/wsi_flow128/results.json --labels flow_h128=flow
+
+``--refresh`` (without a re-run) redoes the comparisons of a committed result with the
+current code and rewrites its markdown: how results written by older code read today.
 """
 
 from __future__ import annotations
@@ -86,14 +89,23 @@ def merge(old: dict, new: dict, labels: list[str]) -> tuple[dict, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("suite", help="name of the committed result, e.g. calo_wsi (benchmarks/results/NAME.json)")
-    ap.add_argument("rerun", type=Path, help="results.json of the partial re-run")
-    ap.add_argument("--labels", required=True, help="comma-separated labels to take from the re-run")
+    ap.add_argument("rerun", type=Path, nargs="?", help="results.json of the partial re-run")
+    ap.add_argument("--labels", help="comma-separated labels to take from the re-run")
+    ap.add_argument("--refresh", action="store_true", help="no re-run: redo the comparisons and the markdown of the committed result")
     args = ap.parse_args(argv)
     old = json.loads((RESULTS / f"{args.suite}.json").read_text())
-    new = json.loads(args.rerun.read_text())
-    payload, warnings = merge(old, new, [s for s in args.labels.split(",") if s])
-    for w in warnings:
-        print("warning:", w, file=sys.stderr)
+    if args.refresh:
+        if args.rerun is not None or args.labels:
+            ap.error("--refresh takes no re-run and no --labels")
+        payload = old
+        _compare_to_baseline(payload)
+    else:
+        if args.rerun is None or not args.labels:
+            ap.error("a re-run's results.json and --labels are needed (or --refresh)")
+        new = json.loads(args.rerun.read_text())
+        payload, warnings = merge(old, new, [s for s in args.labels.split(",") if s])
+        for w in warnings:
+            print("warning:", w, file=sys.stderr)
     write_result(args.suite, payload)
     with tempfile.TemporaryDirectory() as tmp:
         md = write_report(payload, tmp)["markdown"].read_text()
@@ -101,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Entries {', '.join(m['labels'])} re-run {m['started']} ({m['seconds']:.0f} s, matmul {m['matmul_gflops']:.0f} GFLOP/s"
         + (f", suite {m['suite']}" if m.get("suite") and m["suite"] != payload.get("suite") else "") + ") "
         "and merged with `benchmarks/merge_results.py`.\n"
-        for m in payload["merged"]
-    ) + "The comparisons with the Gaussian use the first run's Gaussian.\n"
+        for m in payload.get("merged", [])
+    ) + ("The comparisons with the Gaussian use the first run's Gaussian.\n" if payload.get("merged") else "")
     print(f"wrote {RESULTS / (args.suite + '.json')} and {write_markdown(args.suite, md)}")
     return 0
 

@@ -310,13 +310,17 @@ def _markdown(payload: dict[str, Any]) -> str:
 
 
 def _significance(v: dict) -> str:
-    """How many of the losses exceed 2σ of the bootstrap errors (older result files lack the field)."""
+    """How many of the losses exceed 2σ of the bootstrap errors, and on which both sit at the floor (older files lack the fields)."""
     if "significantly_worse_than_gaussian" not in v or not v["worse_than_gaussian"]:
         return ""
     sig = v["significantly_worse_than_gaussian"]
-    if not sig:
-        return "; none by more than 2σ"
-    return f"; by more than 2σ on {len(sig)}: {', '.join(sig[:8])}{' ...' if len(sig) > 8 else ''}"
+    text = "; none by more than 2σ" if not sig else f"; by more than 2σ on {len(sig)}: {', '.join(sig[:8])}{' ...' if len(sig) > 8 else ''}"
+    floor = v.get("both_at_floor") or []
+    if floor:
+        rest = [f for f in v["worse_than_gaussian"] if f not in floor]
+        text += f"; both within 2σ of the truth-vs-truth floor on {len(floor)}" + (
+            f" (not at the floor: {', '.join(rest[:8])}{' ...' if len(rest) > 8 else ''})" if rest else " (all of them)")
+    return text
 
 
 _PAGE = """<!doctype html>

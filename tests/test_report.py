@@ -97,6 +97,37 @@ def test_baseline_comparison_separates_losses_beyond_the_bootstrap_errors():
     assert mine["vs_gaussian"]["no_feature_significantly_worse"] and _significance(mine["vs_gaussian"]) == "; none by more than 2σ"
 
 
+def test_baseline_comparison_names_losses_where_both_sit_at_the_truth_floor():
+    from physgen.bench import _compare_to_baseline
+    from physgen.report import _significance
+
+    def result(family, sp):
+        feats = {f: {"separation_power": {"value": v, "error": 0.001, "floor": fl, "floor_error": 0.001}} for f, (v, fl) in sp.items()}
+        return {"dataset": "d", "family": family, "label": family, "evaluation": {"features": feats, "summary": {}}}
+
+    # 2σ combined with the floor: 2·√2·0.001 = 0.00283
+    base = result("gaussian", {"a": (0.0060, 0.0060), "b": (0.0080, 0.0060), "c": (0.020, 0.005), "e": (0.05, 0.005)})
+    # a: both at the floor (0.0065 - 0.0060 < 0.00283); b: the Gaussian at the floor, the surrogate 0.004 above it;
+    # c: neither at the floor; e: better
+    mine = result("vae", {"a": (0.0065, 0.0060), "b": (0.0100, 0.0060), "c": (0.021, 0.005), "e": (0.01, 0.005)})
+    payload = {"results": [base, mine]}
+    _compare_to_baseline(payload)
+    v = mine["vs_gaussian"]
+    assert v["worse_than_gaussian"] == ["a", "b", "c"] and v["both_at_floor"] == ["a"]
+    assert not v["beats_or_ties_at_floor_on_every_feature"]
+    assert _significance(v) == "; none by more than 2σ; both within 2σ of the truth-vs-truth floor on 1 (not at the floor: b, c)"
+    for f in ("b", "c"):
+        mine["evaluation"]["features"][f]["separation_power"]["value"] = 0.001  # now better
+    _compare_to_baseline(payload)
+    assert mine["vs_gaussian"]["beats_or_ties_at_floor_on_every_feature"] and not mine["vs_gaussian"]["beats_on_every_feature"]
+    assert _significance(mine["vs_gaussian"]).endswith("floor on 1 (all of them)")
+    # older result files have no floors: nothing counts as at the floor
+    for f in mine["evaluation"]["features"].values():
+        del f["separation_power"]["floor"]
+    _compare_to_baseline(payload)
+    assert mine["vs_gaussian"]["both_at_floor"] == [] and not mine["vs_gaussian"]["beats_or_ties_at_floor_on_every_feature"]
+
+
 def test_merging_a_partial_rerun_compares_against_the_committed_gaussian():
     import importlib.util
 
