@@ -748,8 +748,19 @@ class Surrogate(nn.Module):
     @torch.no_grad()
     def validation_total(self, y: torch.Tensor, cond: torch.Tensor | None) -> float:
         """The family's validation loss plus, with two stages, the first stage's NLL per feature."""
+        return self.validation_parts(y, cond)["val_loss"]
+
+    @torch.no_grad()
+    def validation_parts(self, y: torch.Tensor, cond: torch.Tensor | None) -> dict[str, float]:
+        """What the training loop records each epoch: ``val_loss`` (:meth:`validation_total`, which
+        early stopping watches) and, with two stages, ``val_energy_nll``, the first stage's share of it.
+
+        The training loop keeps the first stage's weights from the epoch of its lowest
+        ``val_energy_nll``, whichever epoch the family's best is
+        (:func:`physgen.surrogates.training.train`).
+        """
         if not self.has_energy_stage:
-            return self.validation_loss(y, cond)
+            return {"val_loss": self.validation_loss(y, cond)}
         ys, cs, ye = self.split_stages(y, cond)
         was_training = self.training
         self.eval()
@@ -757,7 +768,7 @@ class Surrogate(nn.Module):
         ye = self.spread_energy_point_masses(ye, torch.Generator(device=ye.device).manual_seed(0))
         nll = -float(torch.cat([self.energy_log_prob(ye[s : s + 4096], cond[s : s + 4096]) for s in range(0, len(ye), 4096)]).mean()) / ye.shape[1]
         self.train(was_training)
-        return self.validation_loss(ys, cs) + nll
+        return {"val_loss": self.validation_loss(ys, cs) + nll, "val_energy_nll": nll}
 
     def ddp_ignored_names(self) -> list[str]:
         """Parameters and buffers DDP must leave alone: the first stage's, whose gradients are reduced by hand."""
