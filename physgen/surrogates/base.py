@@ -753,11 +753,8 @@ class Surrogate(nn.Module):
     @torch.no_grad()
     def validation_parts(self, y: torch.Tensor, cond: torch.Tensor | None) -> dict[str, float]:
         """What the training loop records each epoch: ``val_loss`` (:meth:`validation_total`, which
-        early stopping watches) and, with two stages, ``val_energy_nll``, the first stage's share of it.
-
-        The training loop keeps the first stage's weights from the epoch of its lowest
-        ``val_energy_nll``, whichever epoch the family's best is
-        (:func:`physgen.surrogates.training.train`).
+        early stopping watches) and, with two stages, ``val_energy_nll``, the first stage's share of it
+        (its NLL per layer variable): whether the first stage still improves, or over-fits, shows there.
         """
         if not self.has_energy_stage:
             return {"val_loss": self.validation_loss(y, cond)}

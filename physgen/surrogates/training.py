@@ -61,9 +61,8 @@ class TrainConfig:
             per shower; 1: off); see :func:`physgen.data.augment.azimuthal_copies`. The
             validation split is not augmented. Needs a polar geometry binned in α.
         patience: stop after this many epochs without a better validation loss and
-            restore the best weights (``None``: train all epochs). A two-stage model's
-            first stage ends, in any case, at the weights of its own lowest validation
-            NLL (``val_energy_nll`` in the history), when there is a validation split.
+            restore the best weights (``None``: train all epochs). Two-stage models
+            record their first stage's share of the validation loss as ``val_energy_nll``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
         precision: ``"fp32"``, ``"bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (CUDA, with loss scaling).
         seed: seeds initialisation, shuffling and every random draw.
@@ -248,10 +247,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
     params = [p for p in model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
 
-    state: dict[str, Any] = {
-        "epoch": 0, "step": 0, "best": math.inf, "bad_epochs": 0, "best_weights": None, "loss_scale0": None,
-        "best_energy": math.inf, "best_energy_weights": None,
-    }
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": math.inf, "bad_epochs": 0, "best_weights": None, "loss_scale0": None}
     history: list[dict[str, Any]] = []
     run_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
     if cfg.resume and run_dir is not None and (last := ckpt.latest_checkpoint(run_dir)) is not None:
@@ -263,8 +259,8 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
             for e_t, s_t in zip(ema, saved["ema"], strict=True):
                 e_t.copy_(s_t.to(device))
         history = list(saved.get("history", []))
-        state.update({k: saved[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0", "best_energy") if k in saved})
-        state["best_weights"], state["best_energy_weights"] = saved.get("best_weights"), saved.get("best_energy_weights")
+        state.update({k: saved[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0") if k in saved})
+        state["best_weights"] = saved.get("best_weights")
     ddp_model: nn.Module = model
     if world > 1:
         if ignored := model.ddp_ignored_names():
@@ -345,11 +341,6 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
                 state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             elif cfg.patience is not None:
                 state["bad_epochs"] += 1
-            # the first stage keeps its own best: with many family steps it over-fits the layer energies
-            # (calo_wsi's flow: training NLL 0.51 a variable, held out 0.64) while the family still improves
-            if record.get("val_energy_nll", math.inf) < state["best_energy"]:
-                state["best_energy"] = record["val_energy_nll"]
-                state["best_energy_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith("energy.")}
             restore(backup)
         history.append(record)
         state["epoch"] = epoch + 1
@@ -366,7 +357,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
                 "ema": None if ema is None else [e_t.detach().cpu() for e_t in ema],
                 "history": history,
                 "train_config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool | type(None))},
-                **{k: state[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0", "best_weights", "best_energy", "best_energy_weights")},
+                **{k: state[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0", "best_weights")},
             })
             ckpt.point_latest(run_dir, name)
         if world > 1:
@@ -380,8 +371,6 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         model.load_state_dict(state["best_weights"])
     elif ema is not None:
         swap_in_ema()
-    if state["best_energy_weights"] is not None:
-        model.load_state_dict(state["best_energy_weights"], strict=False)
     model.history = history
     model.eval()
     return history
