@@ -24,6 +24,8 @@ from physgen.surrogates.flow import (
     SplineCoupling,
     point_mass_floor,
     realnvp,
+    rq_spline_inverse,
+    rq_spline_inverse_scalar,
     sample_feature_major,
     sample_inverse,
     sampling_plan,
@@ -91,6 +93,38 @@ def test_autoregressive_spline_inverse_is_nflows_inverse_done_cheaper(monkeypatc
     torch.testing.assert_close(logdet, ref_logdet, atol=1e-9, rtol=1e-10)
     torch.testing.assert_close(z_back, z, atol=1e-7, rtol=1e-7)
     torch.testing.assert_close(forward_logdet, -logdet, atol=1e-7, rtol=1e-7)
+
+
+def test_one_showers_spline_on_python_floats_is_the_tensor_spline():
+    """The batch-1 path (:func:`rq_spline_inverse_scalar`) is the same map as :func:`rq_spline_inverse`, tails and NaN included."""
+    torch.manual_seed(1)
+    k, n = 8, 3000
+    params = 2 * torch.randn(3 * k - 1, n, dtype=torch.float64)
+    params[:, :20] *= 8  # steep bins and derivatives past softplus's linear threshold (20)
+    y = 8 * torch.rand(n, dtype=torch.float64) - 4  # a quarter beyond the tail bound 3
+    y[-1] = float("nan")
+    ref, _ = rq_spline_inverse(y, params, 3.0, 1e-3, 1e-3, 1e-3, False)
+    got = torch.tensor([rq_spline_inverse_scalar(float(y[j]), params[:, j].tolist(), 3.0, 1e-3, 1e-3, 1e-3) for j in range(n)], dtype=torch.float64)
+    assert int((y.abs() > 3).sum()) > 500 and math.isnan(float(got[-1]))
+    torch.testing.assert_close(got[:-1], ref[:-1], atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cond_dim", [2, 0])
+def test_one_shower_of_the_autoregressive_first_stage_is_nflows_inverse(cond_dim):
+    """Sampling a single shower takes the Python-float spline; the map is still nflows' inverse."""
+    torch.manual_seed(2)
+    flow = realnvp(6, cond_dim, n_layers=2, hidden=13, n_blocks=1, coupling="autoregressive", tail_bound=3.0)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    flow.double().eval()
+    z = 2 * torch.randn(40, 6, dtype=torch.float64)
+    c = torch.randn(40, cond_dim, dtype=torch.float64) if cond_dim else None
+    with torch.no_grad():
+        batch, _ = flow.inverse(z, context=c)  # the tensor spline (checked against nflows above)
+        single = torch.cat([sample_inverse(flow, z[j : j + 1], None if c is None else c[j : j + 1]) for j in range(40)])
+    assert float((batch - z).abs().mean()) > 0.05
+    torch.testing.assert_close(single, batch, atol=1e-10, rtol=1e-10)
 
 
 def test_spline_coupling_inverse_is_nflows_inverse_with_bins_first(monkeypatch):
