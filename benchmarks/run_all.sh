@@ -4,7 +4,7 @@
 # JETNET_PYTHON: a Python where jetnet imports (jetnet 0.2.5 needs NumPy < 2), for the FPD/KPD comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi calo_wsi_diffusion_hit_bits calo_wsi_flow_small calo_wsi_wgan_energy calo_pbwo4_wgan_long calo_pbwo4_vae_long spins; do
+for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi calo_wsi_diffusion_hit_bits calo_wsi_flow_small calo_wsi_wgan_energy calo_wsi_wgan_long calo_pbwo4_wgan_long calo_pbwo4_vae_long spins; do
   python -m physgen.cli bench "benchmarks/suites/$suite.toml" --out "runs/$suite"
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"
@@ -17,6 +17,8 @@ python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_flow_small.toml run
   --out calo_wsi_flow_small_heldout
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_wgan_energy.toml runs/calo_wsi_wgan_energy --events 8000:18000 \
   --out calo_wsi_wgan_energy_heldout
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_wgan_long.toml runs/calo_wsi_wgan_long --events 8000:18000 \
+  --out calo_wsi_wgan_long_heldout
 # session 16's hit calibration, re-fitted on saved models (the same weights): per ring and per voxel, and the
 # session-15 hit-bits diffusion with it (docs/surrogates.md, "Hit calibration")
 python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels vae,wgan --hit-calibration on --out runs/calo_wsi_hitcal
