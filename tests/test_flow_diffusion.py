@@ -151,6 +151,40 @@ def test_spline_coupling_inverse_is_nflows_inverse_with_bins_first(monkeypatch):
     torch.testing.assert_close(forward_logdet, -logdet, atol=1e-7, rtol=1e-7)
 
 
+def test_cast_sampling_weights_are_kept_until_a_parameter_changes():
+    """The bf16 conditioner weights are cast once and reused; any in-place update of the flow's weights is seen."""
+    torch.manual_seed(0)
+    flow = realnvp(6, 2, n_layers=3, hidden=16, n_blocks=1)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    flow.eval()
+    plan = sampling_plan(flow)
+    z, c = torch.randn(50, 6), torch.randn(50, 2)
+
+    def draw() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return sample_feature_major(plan, z, c, block=32)
+
+    first = draw()
+    kept = [coupling.__dict__["_sampling_weights"][1] for coupling, _ in plan[0]]
+    assert torch.equal(draw(), first)
+    assert [coupling.__dict__["_sampling_weights"][1] for coupling, _ in plan[0]] == kept  # reused, not re-cast
+    original = {k: v.clone() for k, v in flow.state_dict().items()}
+    fresh = realnvp(6, 2, n_layers=3, hidden=16, n_blocks=1).eval()
+    fresh.load_state_dict(flow.state_dict())
+    with torch.no_grad():
+        plan[0][1][0].transform_net.final_layer.weight.mul_(1.5)  # an in-place update, as an optimiser step
+        fresh_plan = sampling_plan(fresh)
+        fresh_plan[0][1][0].transform_net.final_layer.weight.mul_(1.5)
+    changed = draw()
+    assert not torch.equal(changed, first)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(changed, sample_feature_major(fresh_plan, z, c, block=32))  # as a flow that never cached
+    flow.load_state_dict(original)  # copy_ into the parameters, as loading a checkpoint: re-cast
+    assert torch.equal(draw(), first)
+
+
 @pytest.mark.parametrize(("dim", "cond_dim", "n_blocks"), [(7, 2, 2), (8, 0, 1)])
 def test_feature_major_sampling_is_nflows_inverse(dim, cond_dim, n_blocks):
     """The sampling path (permutations folded into the coupling splits) is nflows' inverse, block by block."""
