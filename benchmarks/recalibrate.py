@@ -1,4 +1,4 @@
-"""Re-fit a suite's saved models' calibrations on their training showers, optionally turning the hit calibration on.
+"""Re-fit a suite's saved models' calibrations on their training showers, optionally turning the hit or value calibration on.
 
 Models saved before ``hit_calibration`` existed (or with it off) sample as they always
 did; this script reloads them (``RUN/models/DATASET__LABEL``), re-draws the suite's
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="the suite run folder (holding models/DATASET__LABEL)")
     ap.add_argument("--labels", required=True, help="comma-separated surrogate labels to recalibrate")
     ap.add_argument("--hit-calibration", choices=("on", "off", "keep"), default="keep")
+    ap.add_argument("--value-calibration", choices=("on", "off", "keep"), default="keep", help="the readout's hit-value map (see ReadoutThreshold)")
     ap.add_argument("--hit-pool", choices=("voxel", "azimuthal"), help="one hit-shift line per voxel or per azimuthal orbit (default: the model's setting)")
     ap.add_argument("--out", required=True, type=Path, help="run folder to save the recalibrated models in")
     args = ap.parse_args(argv)
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(suite["_path"]).parent
     seed = int(suite.get("seed", 0))
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
-    hit = {"on": True, "off": False, "keep": None}[args.hit_calibration]
+    switch = {"on": True, "off": False, "keep": None}
+    hit, values = switch[args.hit_calibration], switch[args.value_calibration]
     for ds in suite["datasets"]:
         train, _ = _load(ds, base).split(tuple(ds.get("split", [0.7, 0.3])), seed=seed)  # run_one's split
         gaussian = args.run / "models" / f"{ds['name']}__gaussian"
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.hit_pool:
                 model.config["hit_pool"] = args.hit_pool
             t0 = time.perf_counter()
-            model.recalibrate(train, seed=seed, hit_calibration=hit)
+            model.recalibrate(train, seed=seed, hit_calibration=hit, value_calibration=values)
             model.save(args.out / "models" / path.name)
             print(f"{path} -> {args.out / 'models' / path.name}: recalibrated in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0

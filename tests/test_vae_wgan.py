@@ -506,6 +506,17 @@ def test_recalibrate_turns_the_hit_calibration_on_for_an_older_model(tmp_path, s
     torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, model.sample(showers.cond[:50], seed=3).x)
     model.recalibrate(showers[:600], hit_calibration=False)
     assert model.config["hit_calibration"] is False and not hasattr(model, "_hit_shift")
+    # the readout's hit-value map, likewise: on for a model fitted without it, and saved with it
+    cut = model.preprocessing.x_transforms[0]
+    assert model.config.get("value_calibration", False) is False and cut.value_knots is None
+    model.recalibrate(showers[:600], value_calibration=True)
+    assert cut.value_knots is not None and cut.value_knots.shape[:2] == (4, 24 * 8)
+    model.save(tmp_path / "v")
+    torch.testing.assert_close(load(tmp_path / "v").sample(showers.cond[:50], seed=3).x, model.sample(showers.cond[:50], seed=3).x)
+    model.recalibrate(showers[:600], value_calibration=False)
+    assert cut.value_knots is None
+    with pytest.raises(InvalidDataError, match="value_calibration must be true or false"):
+        model.recalibrate(showers[:600], value_calibration=1)
     plain = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, empty_mass=False)
     plain.fit(showers[:300], epochs=1, batch_size=100, progress=False)
     with pytest.raises(InvalidDataError, match="neither empty_mass nor hit_bits"):

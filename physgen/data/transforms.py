@@ -402,11 +402,25 @@ class ReadoutThreshold(Transform):
     on W/Si, 49 % of the VAE's showers had an empty layer 30, Geant4's 22 %, while
     dropping the cuts' emptying would have filled layer 44 in 41 % (Geant4: 6 %).
 
+    With ``rings`` (each voxel's ring: :meth:`CalorimeterGeometry.ring_index`),
+    :meth:`calibrate` can also fit a map of the hit values (``values=True``): after the
+    cuts, each hit's share of its layer's energy goes through a quantile map, one per
+    ring and incident-energy bin, from the model's read-out hits to Geant4's (``K``
+    knots at equally spaced quantiles of the log share, linear between them, a shift
+    beyond the end knots), and each layer is rescaled to its energy again. It fixes
+    the hit *values* as the cuts fix the hit *counts*, and changes neither count, nor
+    any layer energy. A continuous model smears a sparse voxel's point mass at zero
+    into small values: the cuts then give it Geant4's occupancy, but its surviving
+    hits are the smallest of Geant4's, and its energy sits at too small a radius (the
+    W/Si flow's outer rings of layers 0-3 held 3-30 % of Geant4's energy at 1-10 GeV).
+
     Args:
         threshold: the global threshold (MeV).
         quantile: fit the global threshold as this quantile of the non-zero training voxels.
         layer_sizes: voxels per layer, to keep each layer's energy through the cut.
         edges, voxel_thresholds, layer_thresholds: a calibration (:meth:`calibrate`), as saved.
+        rings, value_knots: the ring of each voxel and the hit-value map
+            (``[bins, rings, 2, K]``: the model's and Geant4's knots in log share), as saved.
     """
 
     name = "readout_threshold"
@@ -419,6 +433,8 @@ class ReadoutThreshold(Transform):
         edges: Sequence[float] | None = None,
         voxel_thresholds: Sequence[Sequence[float]] | None = None,
         layer_thresholds: Sequence[Sequence[float]] | None = None,
+        rings: Sequence[int] | None = None,
+        value_knots: Sequence[Any] | None = None,
     ):
         if quantile is not None and not 0 <= quantile < 1:
             raise InvalidDataError(f"readout threshold quantile must be in [0, 1); got {quantile}")
@@ -439,6 +455,23 @@ class ReadoutThreshold(Transform):
             or tuple(self.layer_thresholds.shape) != (self.voxel_thresholds.shape[0], len(self._layers))
         ):
             raise InvalidDataError("readout threshold: layer_thresholds needs layer_sizes and one row of one threshold per layer for each energy bin")
+        self.rings = None if rings is None else torch.tensor(rings, dtype=torch.long)
+        if self.rings is not None and (self.rings.ndim != 1 or len(self.rings) == 0 or int(self.rings.min()) < 0):
+            raise InvalidDataError("readout threshold: rings needs one ring id ≥ 0 per voxel")
+        self.value_knots = None if value_knots is None else torch.tensor(value_knots, dtype=torch.float64)
+        if self.value_knots is not None:
+            k = self.value_knots
+            if (
+                self.rings is None or self.voxel_thresholds is None or self._layers is None or k.ndim != 4
+                or k.shape[0] != self.voxel_thresholds.shape[0] or k.shape[1] != int(self.rings.max()) + 1 or k.shape[2] != 2 or k.shape[3] < 2
+            ):
+                raise InvalidDataError(
+                    "readout threshold: value_knots needs rings, layer_sizes and voxel_thresholds, and the shape "
+                    f"[energy bins, rings, 2, K ≥ 2]; got {tuple(k.shape)}"
+                )
+            if not bool(torch.isfinite(k).all()) or bool((k.diff(dim=-1) < 0).any()):
+                raise InvalidDataError("readout threshold: value_knots must be finite and non-decreasing along each map")
+        self._value_table: tuple[torch.Tensor, ...] | None = None
         #: with ``False`` the inverse passes samples through uncut (used while calibrating)
         self.active = True
 
@@ -446,7 +479,7 @@ class ReadoutThreshold(Transform):
         if self.quantile is not None:
             nonzero = x[x > 0].double().numpy()
             self.threshold = float(np.quantile(nonzero, self.quantile)) if nonzero.size else 0.0
-        self.edges = self.voxel_thresholds = self.layer_thresholds = None
+        self.edges = self.voxel_thresholds = self.layer_thresholds = self.value_knots = self._value_table = None
         if self.layer_sizes is not None and sum(self.layer_sizes) != x.shape[1]:
             raise InvalidDataError(f"readout threshold: layer sizes add up to {sum(self.layer_sizes)} voxels, data has {x.shape[1]}")
         return self
@@ -467,6 +500,10 @@ class ReadoutThreshold(Transform):
         generated_cond: torch.Tensor | None,
         bins: int = 4,
         min_per_bin: int = 50,
+        values: bool = False,
+        rings: Sequence[int] | torch.Tensor | None = None,
+        knots: int = 33,
+        min_hits: int = 20,
     ) -> ReadoutThreshold:
         """Fit per-voxel thresholds so that ``generated`` (pre-cut samples) has ``x``'s occupancy.
 
@@ -476,6 +513,10 @@ class ReadoutThreshold(Transform):
                 (a subset of) the training conditions.
             bins: incident-energy bins (equal-population in log of ``cond[:, 0]``);
                 fewer are used when a bin would hold under ``min_per_bin`` showers.
+            values: also fit the hit-value map (needs ``layer_sizes`` and ``rings``):
+                ``knots`` quantiles per ring and energy bin; a ring with fewer than
+                ``min_hits`` hits in the bin, in ``x`` or in the read-out samples, is left as it is.
+            rings: each voxel's ring (:meth:`CalorimeterGeometry.ring_index`), if not given at construction.
         """
         x, g = _f64(x), _f64(generated)
         if x.ndim != 2 or g.ndim != 2 or x.shape[1] != g.shape[1]:
@@ -502,7 +543,89 @@ class ReadoutThreshold(Transform):
             rows.append(_occupancy_quantile(gb, (xb > 0).double().mean(0)).clamp_min(self.threshold))
         self.edges, self.voxel_thresholds = inner.tolist(), torch.stack(rows)
         self.layer_thresholds = torch.stack(layer_rows) if layers is not None else None
+        self.value_knots = self._value_table = None
+        if values:
+            if rings is not None:
+                self.rings = torch.as_tensor(rings, dtype=torch.long).reshape(-1)
+            if layers is None or self.rings is None or len(self.rings) != x.shape[1] or int(self.rings.min()) < 0:
+                raise InvalidDataError(
+                    f"the hit-value calibration needs layer_sizes and one ring id ≥ 0 per voxel (rings) for the {x.shape[1]} voxels; got "
+                    + ("no layer sizes" if layers is None else "no rings" if self.rings is None else f"{len(self.rings)} ring ids")
+                )
+            if knots < 2 or min_hits < 2:
+                raise InvalidDataError(f"the hit-value calibration needs knots ≥ 2 and min_hits ≥ 2; got {knots} and {min_hits}")
+            active, self.active = self.active, True
+            try:
+                read = self.inverse(generated, generated_cond)  # the samples as read out: cut, layer energies kept
+            finally:
+                self.active = active
+            self.value_knots = self._fit_value_knots(x, bx, read, bg, bins, layers, knots, min_hits)
         return self
+
+    def _log_shares(self, x: torch.Tensor, layers: _Layers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every hit of ``x`` ``[N, V]``: its row, its voxel, and the log of its share of its layer's energy."""
+        rows, cols = (x > 0).nonzero(as_tuple=True)
+        energy = layers.sums(x)[rows, self._voxel_layer(layers)[cols]]
+        return rows, cols, torch.log(x[rows, cols] / energy)
+
+    def _voxel_layer(self, layers: _Layers) -> torch.Tensor:
+        return torch.repeat_interleave(torch.arange(len(layers)), torch.tensor(layers.sizes))
+
+    def _fit_value_knots(
+        self, x: torch.Tensor, bx: torch.Tensor, g: torch.Tensor, bg: torch.Tensor, bins: int, layers: _Layers, knots: int, min_hits: int
+    ) -> torch.Tensor:
+        """``[bins, rings, 2, knots]``: per energy bin and ring, the read-out samples' and ``x``'s log-share quantiles."""
+        assert self.rings is not None
+        n_rings = int(self.rings.max()) + 1
+        levels = torch.linspace(0, 1, knots, dtype=torch.float64)
+        identity = torch.linspace(-30.0, 0.0, knots, dtype=torch.float64)  # equal knots: the map is the identity
+        out = identity.expand(bins, n_rings, 2, knots).clone()
+        hits = [self._log_shares(x, layers), self._log_shares(g, layers)]
+        for b in range(bins):
+            qs = []
+            for (rows, cols, share), which in zip(hits, (bx, bg), strict=True):
+                keep = which[rows] == b
+                qs.append(_ring_quantiles(self.rings[cols[keep]], share[keep], n_rings, levels))
+            (q_x, n_x), (q_g, n_g) = qs
+            ok = (n_x >= min_hits) & (n_g >= min_hits) & (q_g[:, -1] - q_g[:, 0] > 1e-9)
+            out[b, ok, 0], out[b, ok, 1] = q_g[ok], q_x[ok]
+        return out
+
+    #: grid points per map in the inverse's lookup table (the maps are linear between knots)
+    VALUE_GRID = 256
+
+    def _value_lookup(self) -> tuple[torch.Tensor, ...]:
+        """The maps on a uniform grid each: lookups cost a few gathers per hit, whatever ``K``."""
+        if self._value_table is None:
+            assert self.value_knots is not None
+            k = self.value_knots.reshape(-1, 2, self.value_knots.shape[-1])
+            q_g, q_x = k[:, 0], k[:, 1]
+            lo, hi = q_g[:, 0], q_g[:, -1]
+            step = ((hi - lo) / self.VALUE_GRID).clamp_min(1e-12)
+            grid = (lo[:, None] + step[:, None] * torch.arange(self.VALUE_GRID + 1, dtype=torch.float64)).numpy()
+            table = np.stack([np.interp(grid[i], q_g[i].numpy(), q_x[i].numpy()) for i in range(len(k))])
+            self._value_table = (lo, hi, step, torch.from_numpy(table).reshape(-1), q_x[:, 0], q_x[:, -1])
+        return self._value_table
+
+    def _map_values_(self, out: torch.Tensor, b: torch.Tensor, layers: _Layers) -> torch.Tensor:
+        """Send each hit's layer share through its ring's map, then give each layer its energy back (in place)."""
+        assert self.value_knots is not None and self.rings is not None
+        energy = layers.sums(out)
+        rows, cols, share = self._log_shares(out, layers)
+        if len(rows) == 0:
+            return out
+        lo, hi, step, table, x_lo, x_hi = self._value_lookup()
+        r = b[rows] * self.value_knots.shape[1] + self.rings[cols]
+        t = ((share - lo[r]) / step[r]).clamp(0, self.VALUE_GRID)
+        j = t.floor().long().clamp_max(self.VALUE_GRID - 1)
+        w = t - j
+        at = r * (self.VALUE_GRID + 1) + j
+        mapped = table[at] * (1 - w) + table[at + 1] * w
+        mapped = torch.where(share < lo[r], share - lo[r] + x_lo[r], mapped)  # beyond the end knots: a shift
+        mapped = torch.where(share > hi[r], share - hi[r] + x_hi[r], mapped)
+        out[rows, cols] = mapped.exp()
+        after = layers.sums(out)
+        return layers.scale_(out, torch.where(after > 0, energy / after.clamp_min(1e-300), torch.ones_like(after)))
 
     @staticmethod
     def _read_out(layer_energy: torch.Tensor, layer_threshold: torch.Tensor) -> torch.Tensor:
@@ -537,7 +660,8 @@ class ReadoutThreshold(Transform):
         scale = torch.where(after > 0, before / after.clamp_min(1e-300), torch.ones_like(after))
         if read is not None:
             scale.mul_(read)
-        return layers.scale_(cut, scale)
+        cut = layers.scale_(cut, scale)
+        return cut if self.value_knots is None else self._map_values_(cut, b, layers)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -547,6 +671,8 @@ class ReadoutThreshold(Transform):
             "edges": self.edges,
             "voxel_thresholds": None if self.voxel_thresholds is None else self.voxel_thresholds.tolist(),
             "layer_thresholds": None if self.layer_thresholds is None else self.layer_thresholds.tolist(),
+            "rings": None if self.rings is None else self.rings.tolist(),
+            "value_knots": None if self.value_knots is None else self.value_knots.tolist(),
         }
 
 
@@ -567,6 +693,31 @@ def _occupancy_quantile(generated: torch.Tensor, occupancy: torch.Tensor) -> tor
     frac = pos - lo
     q = srt.gather(0, lo[None])[0] * (1 - frac) + srt.gather(0, hi[None])[0] * frac
     return torch.where(occupancy == 0, torch.full_like(q, _NEVER), q)
+
+
+def _ring_quantiles(ring: torch.Tensor, value: torch.Tensor, n_rings: int, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per ring, the ``levels`` quantiles of its values (numpy's linear interpolation) ``[n_rings, K]``, and its counts.
+
+    One sort for all rings; a ring without values gets zeros (its count says so).
+    """
+    counts = torch.bincount(ring, minlength=n_rings)
+    if len(value) == 0:
+        return torch.zeros(n_rings, len(levels), dtype=torch.float64), counts
+    order = torch.argsort(value)
+    ring, value = ring[order], value[order]
+    order = torch.argsort(ring, stable=True)  # by ring, each ring's values still ascending
+    value = value[order]
+    starts = counts.cumsum(0) - counts
+    last = (counts - 1).clamp_min(0)[:, None]
+    pos = levels[None, :] * last
+    lo = pos.floor().long()
+    frac = pos - lo
+    first = starts[:, None]
+    at_lo = (first + lo).clamp_max(len(value) - 1)
+    at_hi = (first + (lo + 1).minimum(last)).clamp_max(len(value) - 1)
+    q = value[at_lo] * (1 - frac) + value[at_hi] * frac
+    q[counts == 0] = 0.0
+    return q, counts
 
 
 class LogCondition(Transform):

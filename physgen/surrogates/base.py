@@ -822,15 +822,20 @@ class Surrogate(nn.Module):
         self.recalibrate(data, seed=int(train_config.get("seed", 0)))
         return history
 
-    def recalibrate(self, data: Data, seed: int = 0, hit_calibration: bool | None = None) -> None:
+    def recalibrate(self, data: Data, seed: int = 0, hit_calibration: bool | None = None, value_calibration: bool | None = None) -> None:
         """Fit the calibrations :meth:`fit` ends with again, on ``data`` (the training showers, physics units).
 
         :meth:`calibrate_hits`, then :meth:`calibrate_readout`. ``hit_calibration=True``
         turns the hit calibration on first, for a model saved before it existed (it needs
         ``empty_mass`` or ``hit_bits``); ``False`` turns it off; None keeps the model's setting.
+        ``value_calibration`` does the same for the readout's hit-value map.
         """
         if not self.is_fitted:
             raise InvalidDataError(f"{self.family} surrogate is not fitted: call fit(data) or load(dir) first")
+        if value_calibration is not None:
+            if not isinstance(value_calibration, bool):
+                raise InvalidDataError(f"value_calibration must be true or false; got {value_calibration!r}")
+            self.config["value_calibration"] = value_calibration
         if hit_calibration is not None:
             if hit_calibration and not self.has_hit_logits:
                 raise InvalidDataError("hit_calibration shifts a family's hit logits: this model has neither empty_mass nor hit_bits")
@@ -849,6 +854,11 @@ class Surrogate(nn.Module):
             raise InvalidDataError(f"readout_bins must be an integer ≥ 0 (0: global threshold only); got {bins!r}")
         if isinstance(events, bool) or not isinstance(events, int) or events < 1:
             raise InvalidDataError(f"readout_events must be a positive integer; got {events!r}")
+        values = self.config.get("value_calibration", False)
+        if not isinstance(values, bool):
+            raise InvalidDataError(f"value_calibration must be true or false; got {values!r}")
+        if values and bins == 0:
+            raise InvalidDataError("value_calibration maps hit values per incident-energy bin of the readout calibration: it needs readout_bins ≥ 1")
         return bins, events
 
     def calibrate_readout(self, data: Data, seed: int = 0) -> bool:
@@ -858,7 +868,9 @@ class Surrogate(nn.Module):
         draws pre-cut samples at (up to ``readout_events``, default 20,000, of)
         the training conditions and fits one threshold per voxel and
         incident-energy bin (``readout_bins``, default 4; 0 keeps the global cut
-        only). Returns whether a calibration was fitted.
+        only). With ``value_calibration`` (default off) it also fits the map of the
+        read-out hits' layer shares to ``data``'s, per ring of the geometry and
+        energy bin. Returns whether a calibration was fitted.
         """
         bins, events = self._readout_settings()
         transforms = self.preprocessing.x_transforms if self.preprocessing is not None else []
@@ -873,7 +885,11 @@ class Surrogate(nn.Module):
             generated = self.sample(cond, n=None if self.is_conditional else len(idx), seed=seed).x
         finally:
             cut.active = True
-        cut.calibrate(data.x[idx], cond, generated, cond, bins=bins)
+        values = bool(self.config.get("value_calibration", False))
+        geometry = self.schema.geometry if self.schema is not None else None
+        if values and geometry is None:
+            raise InvalidDataError(f"value_calibration maps hit values per ring of the calorimeter: the {self.family} surrogate's data have no geometry")
+        cut.calibrate(data.x[idx], cond, generated, cond, bins=bins, values=values, rings=geometry.ring_index() if values else None)
         return True
 
     def _device(self) -> torch.device:
