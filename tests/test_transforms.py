@@ -415,9 +415,10 @@ def test_value_calibration_of_a_model_that_draws_geant4s_showers_is_the_identity
     x, e, _, rings = _value_data()
     cuts = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, x, e, bins=2)
     t = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8], rings=rings.tolist()).calibrate(x, e, x, e, bins=2, values=True)
-    # the same showers on both sides: every map's knots coincide, and the values come back to rounding
+    # the same showers on both sides: every map's knots coincide, and the values come back to the map's float32
+    # rounding (samples leave a surrogate as float32)
     torch.testing.assert_close(t.value_knots[:, :, 0], t.value_knots[:, :, 1], rtol=0, atol=0)
-    torch.testing.assert_close(t.inverse(x, e), cuts.inverse(x, e), rtol=1e-9, atol=0)
+    torch.testing.assert_close(t.inverse(x, e), cuts.inverse(x, e), rtol=1e-5, atol=0)
 
 
 def test_value_calibration_rejects_what_it_cannot_map():

@@ -171,6 +171,10 @@ class NormaliseByIncidentEnergy(Transform):
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return _f64(y) * (self.scale * _incident(cond, self.name))
 
+    def inverse_(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`inverse` in place on a float64 ``y`` the caller owns."""
+        return y.mul_(self.scale * _incident(cond, self.name))
+
     def state(self) -> dict[str, Any]:
         return {"scale": self.scale}
 
@@ -331,6 +335,11 @@ class Standardise(Transform):
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         mean, std = self._params()
         return torch.addcmul(mean, _f64(y), std)
+
+    def inverse_(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`inverse` in place on a float64 ``y`` the caller owns."""
+        mean, std = self._params()
+        return y.mul_(std).add_(mean)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -597,12 +606,13 @@ class ReadoutThreshold(Transform):
     def _value_lookup(self) -> tuple[torch.Tensor, ...]:
         """The maps as lookup tables, so that a hit costs a few gathers from small arrays whatever ``K``.
 
-        Per (energy bin, voxel) its map; per map its grid's start and 1/step (``VALUE_GRID`` steps
-        from its first knot to its last); per grid point the map's value and its slope to the next;
-        per voxel its layer. Built on first use and whenever ``value_knots`` is replaced.
+        Per (energy bin, voxel): its map's grid start, 1/step (``VALUE_GRID`` steps from the first
+        knot to the last) and first grid point; per grid point: the map's value and its slope to
+        the next. float32 (the samples are float32): half the cache a float64 table would take.
+        Built on first use and whenever ``value_knots`` is replaced.
         """
         if self._value_table is None or self._value_table[0] is not self.value_knots:
-            assert self.value_knots is not None and self.rings is not None and self._layers is not None
+            assert self.value_knots is not None and self.rings is not None
             k, grid_n = self.value_knots, self.VALUE_GRID
             bins, n_rings, _, n_knots = k.shape
             q_g, q_x = k.reshape(-1, 2, n_knots).unbind(1)
@@ -611,38 +621,43 @@ class ReadoutThreshold(Transform):
             grid = lo[:, None] + step[:, None] * torch.arange(grid_n + 1, dtype=torch.float64)
             value = torch.from_numpy(np.stack([np.interp(g, xp, fp) for g, xp, fp in zip(grid.numpy(), q_g.numpy(), q_x.numpy(), strict=True)]))
             slope = torch.cat([value.diff(dim=1), torch.zeros(len(value), 1, dtype=torch.float64)], 1)  # at the last point t − j = 0
-            map_of = (torch.arange(bins)[:, None] * n_rings + self.rings[None, :]).reshape(-1)
-            voxel_layer = self._voxel_layer(self._layers)
-            self._value_table = (k, map_of, lo, 1 / step, value.reshape(-1), slope.reshape(-1), voxel_layer)
+            map_of = (torch.arange(bins)[:, None] * n_rings + self.rings[None, :]).reshape(-1)  # (bin, voxel) → map
+            self._value_table = (
+                k, lo[map_of].float(), (1 / step)[map_of].float(), (map_of * (grid_n + 1)).int(),
+                value.reshape(-1).float(), slope.reshape(-1).float(),
+            )
         return self._value_table
 
     def _map_values_(self, out: torch.Tensor, b: torch.Tensor, layers: _Layers, energy: torch.Tensor) -> torch.Tensor:
         """Send each hit's log layer share through its ring's map, then give each layer ``energy`` ``[N, L]`` back (in place).
 
-        Beyond a map's end knots the share is shifted by the end knots' difference. Hits are
-        found with numpy's ``flatnonzero`` (4x torch's ``nonzero`` on one CPU core) and
-        everything after that is gathers from small tables: on 10,000 W/Si showers the map
-        costs about 15 µs a shower.
+        Beyond a map's end knots the share is shifted by the end knots' difference. ``out``
+        becomes the layer shares in place, hits are found with numpy's ``flatnonzero`` (4x
+        torch's ``nonzero`` on one CPU core), and each hit's (energy bin, voxel) comes from its
+        flat index and its row's bin: the rest is gathers from small tables, in float32.
         """
-        _, map_of, lo, inv_step, value, slope, voxel_layer = self._value_lookup()
+        _, lo, inv_step, first, value, slope = self._value_lookup()
         n, v = out.shape
+        layers.scale_(out, torch.where(energy > 0, 1 / energy.clamp_min(1e-300), torch.zeros_like(energy)))  # shares
         flat = out.view(-1)
         hit = flat > 0
-        at = torch.from_numpy(np.flatnonzero(hit.numpy())) if flat.device.type == "cpu" else hit.nonzero().squeeze(1)
+        if flat.device.type == "cpu":
+            at = torch.from_numpy(np.flatnonzero(hit.numpy()))
+        else:
+            at = hit.nonzero().squeeze(1)
         if len(at) == 0:
             return out
-        rows = torch.div(at, v, rounding_mode="floor")
-        cols = at - rows * v
-        layer_energy = energy.reshape(-1).index_select(0, rows * energy.shape[1] + voxel_layer.index_select(0, cols))
-        share = torch.log(flat.index_select(0, at) / layer_energy)
-        m = map_of.index_select(0, b.index_select(0, rows) * v + cols)
-        inv = inv_step.index_select(0, m)
-        u = (share - lo.index_select(0, m)) * inv  # grid units
+        counts = torch.searchsorted(at, torch.arange(n + 1, device=at.device) * v).diff()  # hits per row: at is sorted
+        key = at + torch.repeat_interleave((b - torch.arange(n, device=b.device)) * v, counts)  # bin · V + voxel
+        share = flat.index_select(0, at).float().log_()
+        inv = inv_step.index_select(0, key)
+        u = (share - lo.index_select(0, key)).mul_(inv)  # grid units from the map's first knot
         t = u.clamp(0, self.VALUE_GRID)
         j = t.floor()
-        point = m * (self.VALUE_GRID + 1) + j.long()
-        mapped = value.index_select(0, point) + (t - j) * slope.index_select(0, point) + (u - t) / inv
-        flat.index_copy_(0, at, mapped.exp_())
+        point = first.index_select(0, key).add_(j.int())
+        beyond = u.sub_(t).div_(inv)  # past the end knots: a shift
+        mapped = torch.addcmul(value.index_select(0, point), t.sub_(j), slope.index_select(0, point)).add_(beyond)
+        flat.index_copy_(0, at, mapped.exp_().double())
         after = layers.sums(out)
         return layers.scale_(out, torch.where(after > 0, energy / after.clamp_min(1e-300), torch.ones_like(after)))
 
@@ -846,9 +861,14 @@ class Pipeline:
         return out
 
     def _inverse_block(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        storage = y.untyped_storage().data_ptr()
         y = _f64(y)
         for t in reversed(self.x_transforms):
-            y = t.inverse(y, cond)
+            # a transform with an in-place inverse gets it once y no longer shares the caller's memory
+            # (after the float64 copy of a model's float32 samples): one [rows, V] tensor less per step
+            owned = y.untyped_storage().data_ptr() != storage
+            inverse_ = getattr(t, "inverse_", None) if owned else None
+            y = inverse_(y, cond) if inverse_ is not None else t.inverse(y, cond)
         return y.to(torch.float32)
 
     def output_dim(self, input_dim: int) -> int:
