@@ -479,3 +479,19 @@ def test_value_calibration_gives_a_surrogates_hits_the_held_out_showers_layer_sh
         create("gaussian", value_calibration="yes")
     with pytest.raises(InvalidDataError, match="readout_bins ≥ 1"):
         create("gaussian", value_calibration=True, readout_bins=0)
+
+
+def test_pipeline_inverse_runs_in_place_only_on_its_own_copy(showers):
+    """Standardise and the E_inc scaling invert in place once a block is the pipeline's own float64 copy;
+    a caller's float64 tensor is never written, and both paths give the same showers."""
+    sizes = [la.n_voxels for la in showers.geometry.layers]
+    p = calorimeter_pipeline(sizes, alpha=1e-3, threshold_quantile=0.005).fit(showers.x, showers.cond)
+    y, _ = p.forward(showers.x, showers.cond)
+    y = y + 0.1 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y32 = y.float()
+    y64 = y32.double()  # the same values, but the caller's float64 tensor: no copy, so no in-place step on it
+    keep = y64.clone()
+    a, b = p.inverse(y32, showers.cond), p.inverse(y64, showers.cond)
+    assert torch.equal(y64, keep) and torch.equal(y32, keep.float())
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert float(a.sum()) > 0

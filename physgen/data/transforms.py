@@ -421,7 +421,7 @@ class ReadoutThreshold(Transform):
     any layer energy. A continuous model smears a sparse voxel's point mass at zero
     into small values: the cuts then give it Geant4's occupancy, but its surviving
     hits are the smallest of Geant4's, and its energy sits at too small a radius (the
-    W/Si flow's outer rings of layers 0-3 held 3-30 % of Geant4's energy at 1-10 GeV).
+    W/Si flow's outer rings of layers 0-3 held 3-34 % of Geant4's energy at 1-10 GeV).
 
     Args:
         threshold: the global threshold (MeV).
