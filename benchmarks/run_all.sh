@@ -38,6 +38,19 @@ python benchmarks/recalibrate.py benchmarks/suites/calo_wsi_diffusion_hit_bits.t
   --hit-calibration on --out runs/calo_wsi_hit_bits_recalibrated
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_diffusion_hit_bits.toml runs/calo_wsi_hit_bits_recalibrated \
   --events 8000:18000 --out calo_wsi_diffusion_hit_bits_recalibrated_heldout
+# session 19's hit-value map (docs/surrogates.md, "Hit values"): the suites train with it; the same models
+# re-calibrated without it, and both judged (the choice on showers 6,000-8,000, then held out and test split)
+python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels flow,diffusion,vae,wgan --value-calibration off \
+  --out runs/calo_wsi_novalues
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_novalues --events 6000:8000 --out calo_wsi_value_calibration_select_off
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 6000:8000 --out calo_wsi_value_calibration_select_on
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 8000:18000 --out calo_wsi_value_calibration_heldout
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events test --out calo_wsi_value_calibration_test_on
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_novalues --events test --out calo_wsi_value_calibration_test_off
+python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --labels flow,diffusion,vae,wgan --value-calibration off \
+  --out runs/calo_pbwo4_novalues
+python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4_novalues --events test --out calo_pbwo4_value_calibration_off
+python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --events test --out calo_pbwo4_value_calibration_on
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_30min.toml runs/calo_pbwo4_30min --out generation_speed_pbwo4_30min
