@@ -51,20 +51,6 @@ def test_voxel_centres_follow_layer_angle_radius_order():
     assert math.isclose(np.hypot(x, y)[:4].max(), 3.0)
 
 
-def test_ring_index_groups_each_layers_voxels_at_one_distance_from_the_axis():
-    # polar: a ring is a radial bin of one layer, whatever its angular bin; an empty layer has none
-    geo = CalorimeterGeometry(layers=(Layer(r_edges=(0.0, 2.0, 4.0), n_alpha=2), Layer(), Layer(r_edges=(0.0, 2.0, 4.0), n_alpha=1)))
-    np.testing.assert_array_equal(geo.ring_index(), [0, 1, 0, 1, 2, 3])
-    # cartesian 3 x 3: the centre, the four edge cells, the four corners
-    cart = CalorimeterGeometry(layers=(Layer(shape=(3, 3), cell_size_mm=(1.0, 1.0)),), kind="cartesian")
-    np.testing.assert_array_equal(cart.ring_index(), [0, 1, 0, 1, 2, 1, 0, 1, 0])
-    # dataset 2: 45 layers x 16 angles x 9 radii, angle-major within a layer
-    ds2 = official_binning(6480)
-    rings = ds2.ring_index().reshape(45, 16, 9)
-    assert rings.max() == 45 * 9 - 1
-    np.testing.assert_array_equal(rings, np.broadcast_to(np.arange(45)[:, None, None] * 9 + np.arange(9)[None, None, :], (45, 16, 9)))
-
-
 def test_z_edges_must_match_layers():
     with pytest.raises(GeometryError, match="n_layers \\+ 1"):
         CalorimeterGeometry(layers=(Layer(r_edges=(0.0, 1.0)),), z_edges_mm=(0.0, 1.0, 2.0))

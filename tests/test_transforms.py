@@ -463,7 +463,8 @@ def test_value_calibration_gives_a_surrogates_hits_the_held_out_showers_layer_sh
     a, b = off.sample(test.cond, seed=1).x.double(), on.sample(test.cond, seed=1).x.double()
     assert torch.equal(a > 0, b > 0)
     torch.testing.assert_close(b.reshape(-1, 24, 32).sum(-1), a.reshape(-1, 24, 32).sum(-1), rtol=1e-5, atol=1e-3)
-    rings = torch.from_numpy(showers.geometry.ring_index())
+    rings = on.azimuthal_orbits(768)  # the rings the map pooled: 24 layers x 8 radial bins
+    assert int(rings.max()) + 1 == 192 and torch.equal(rings.reshape(24, 4, 8)[:, 0], rings.reshape(24, 4, 8)[:, 3])
 
     def log_shares(v, ring):
         layer = v.reshape(len(v), 24, 32)
@@ -495,3 +496,17 @@ def test_pipeline_inverse_runs_in_place_only_on_its_own_copy(showers):
     assert torch.equal(y64, keep) and torch.equal(y32, keep.float())
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert float(a.sum()) > 0
+
+
+def test_value_calibration_maps_each_voxel_alone_without_the_azimuthal_symmetry(showers, monkeypatch):
+    from physgen.surrogates import create
+
+    model = create("gaussian", value_calibration=True)
+    monkeypatch.setattr(type(model), "azimuthal_orbits", lambda self, dim: None)  # as for a geometry without the symmetry
+    model.fit(showers[:1000], seed=0)
+    cut = model.preprocessing.x_transforms[0]
+    assert cut.value_knots.shape[:2] == (4, 768) and torch.equal(cut.rings, torch.arange(768))
+    # 250 showers a bin: a voxel hit in most of them gets its own map, one hit in fewer than 20 keeps its values
+    hits = (showers[:1000].x > 0).sum(0)
+    mapped = (cut.value_knots[:, :, 0] != cut.value_knots[:, :, 1]).any(-1).any(0)
+    assert bool(mapped[hits >= 400].all()) and not bool(mapped[hits < 20].any())

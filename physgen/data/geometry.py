@@ -185,20 +185,6 @@ class CalorimeterGeometry:
             perm.append(start + (a[:, None] * n_r + np.arange(n_r)[None, :]).ravel())
         return np.concatenate(perm) if perm else np.zeros(0, dtype=np.int64)
 
-    def ring_index(self) -> np.ndarray:
-        """For each voxel, the id of its ring: int64 ``[n_voxels]``, numbered from 0 in voxel order.
-
-        A ring is the voxels of one layer at one distance from the shower axis: a polar
-        layer's radial bin (all its angular bins), a cartesian layer's cells whose centres
-        are equally far from the layer's centre. For a particle entering along the axis,
-        the voxels of a ring see the same distribution of deposits.
-        """
-        _, _, r = self.voxel_centres()
-        key = self.layer_index() * (1 << 32) + np.round(r * 1e3).astype(np.int64)  # r to a micrometre
-        _, first, ids = np.unique(key, return_index=True, return_inverse=True)
-        order = np.argsort(np.argsort(first))  # renumber rings by their first voxel
-        return order[ids].astype(np.int64)
-
     # -- serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -411,7 +411,8 @@ class ReadoutThreshold(Transform):
     on W/Si, 49 % of the VAE's showers had an empty layer 30, Geant4's 22 %, while
     dropping the cuts' emptying would have filled layer 44 in 41 % (Geant4: 6 %).
 
-    With ``rings`` (each voxel's ring: :meth:`CalorimeterGeometry.ring_index`),
+    With ``rings`` (each voxel's group of equivalent voxels: a surrogate passes its
+    :meth:`~physgen.surrogates.base.Surrogate.azimuthal_orbits`, the rings of a polar geometry),
     :meth:`calibrate` can also fit a map of the hit values (``values=True``): after the
     cuts, each hit's share of its layer's energy goes through a quantile map, one per
     ring and incident-energy bin, from the model's read-out hits to Geant4's (``K``
@@ -525,7 +526,7 @@ class ReadoutThreshold(Transform):
             values: also fit the hit-value map (needs ``layer_sizes`` and ``rings``):
                 ``knots`` quantiles per ring and energy bin; a ring with fewer than
                 ``min_hits`` hits in the bin, in ``x`` or in the read-out samples, is left as it is.
-            rings: each voxel's ring (:meth:`CalorimeterGeometry.ring_index`), if not given at construction.
+            rings: each voxel's ring (its azimuthal orbit), if not given at construction.
         """
         x, g = _f64(x), _f64(generated)
         if x.ndim != 2 or g.ndim != 2 or x.shape[1] != g.shape[1]:
@@ -571,14 +572,11 @@ class ReadoutThreshold(Transform):
             self.value_knots = self._fit_value_knots(x, bx, read, bg, bins, layers, knots, min_hits)
         return self
 
-    def _log_shares(self, x: torch.Tensor, layers: _Layers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _log_shares(x: torch.Tensor, layers: _Layers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every hit of ``x`` ``[N, V]``: its row, its voxel, and the log of its share of its layer's energy."""
         rows, cols = (x > 0).nonzero(as_tuple=True)
-        energy = layers.sums(x)[rows, self._voxel_layer(layers)[cols]]
-        return rows, cols, torch.log(x[rows, cols] / energy)
-
-    def _voxel_layer(self, layers: _Layers) -> torch.Tensor:
-        return torch.repeat_interleave(torch.arange(len(layers)), torch.tensor(layers.sizes))
+        return rows, cols, torch.log(x[rows, cols] / layers.per_voxel(layers.sums(x))[rows, cols])
 
     def _fit_value_knots(
         self, x: torch.Tensor, bx: torch.Tensor, g: torch.Tensor, bg: torch.Tensor, bins: int, layers: _Layers, knots: int, min_hits: int

@@ -869,8 +869,8 @@ class Surrogate(nn.Module):
         the training conditions and fits one threshold per voxel and
         incident-energy bin (``readout_bins``, default 4; 0 keeps the global cut
         only). With ``value_calibration`` (default off) it also fits the map of the
-        read-out hits' layer shares to ``data``'s, per ring of the geometry and
-        energy bin. Returns whether a calibration was fitted.
+        read-out hits' layer shares to ``data``'s, per energy bin and azimuthal orbit
+        (:meth:`azimuthal_orbits`: W/Si's and PbWO4's rings; single voxels without the symmetry). Returns whether a calibration was fitted.
         """
         bins, events = self._readout_settings()
         transforms = self.preprocessing.x_transforms if self.preprocessing is not None else []
@@ -889,7 +889,11 @@ class Surrogate(nn.Module):
         geometry = self.schema.geometry if self.schema is not None else None
         if values and geometry is None:
             raise InvalidDataError(f"value_calibration maps hit values per ring of the calorimeter: the {self.family} surrogate's data have no geometry")
-        cut.calibrate(data.x[idx], cond, generated, cond, bins=bins, values=values, rings=geometry.ring_index() if values else None)
+        rings = None
+        if values:  # the rings hit_pool and augment use: a voxel's orbit under the rotations and mirrors, else the voxel alone
+            rings = self.azimuthal_orbits(data.x.shape[1])
+            rings = torch.arange(data.x.shape[1]) if rings is None else rings
+        cut.calibrate(data.x[idx], cond, generated, cond, bins=bins, values=values, rings=rings)
         return True
 
     def _device(self) -> torch.device:
