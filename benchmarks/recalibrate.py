@@ -1,4 +1,4 @@
-"""Re-fit a suite's saved models' calibrations on their training showers, optionally turning the hit or value calibration on.
+"""Re-fit a suite's saved models' calibrations on their training showers, optionally turning the hit or value calibration or the cuts' floor on or off.
 
 Models saved before ``hit_calibration`` existed (or with it off) sample as they always
 did; this script reloads them (``RUN/models/DATASET__LABEL``), re-draws the suite's
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", required=True, help="comma-separated surrogate labels to recalibrate")
     ap.add_argument("--hit-calibration", choices=("on", "off", "keep"), default="keep")
     ap.add_argument("--value-calibration", choices=("on", "off", "keep"), default="keep", help="the readout's hit-value map (see ReadoutThreshold)")
+    ap.add_argument("--readout-floor", choices=("on", "off", "keep"), default="keep", help="floor the per-voxel cuts at the global threshold (see ReadoutThreshold.calibrate)")
     ap.add_argument("--hit-pool", choices=("voxel", "azimuthal"), help="one hit-shift line per voxel or per azimuthal orbit (default: the model's setting)")
     ap.add_argument("--out", required=True, type=Path, help="run folder to save the recalibrated models in")
     args = ap.parse_args(argv)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = int(suite.get("seed", 0))
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     switch = {"on": True, "off": False, "keep": None}
-    hit, values = switch[args.hit_calibration], switch[args.value_calibration]
+    hit, values, floor = switch[args.hit_calibration], switch[args.value_calibration], switch[args.readout_floor]
     for ds in suite["datasets"]:
         train, _ = _load(ds, base).split(tuple(ds.get("split", [0.7, 0.3])), seed=seed)  # run_one's split
         gaussian = args.run / "models" / f"{ds['name']}__gaussian"
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.hit_pool:
                 model.config["hit_pool"] = args.hit_pool
             t0 = time.perf_counter()
-            model.recalibrate(train, seed=seed, hit_calibration=hit, value_calibration=values)
+            model.recalibrate(train, seed=seed, hit_calibration=hit, value_calibration=values, readout_floor=floor)
             model.save(args.out / "models" / path.name)
             print(f"{path} -> {args.out / 'models' / path.name}: recalibrated in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0

@@ -448,6 +448,52 @@ def test_value_calibration_rejects_what_it_cannot_map():
         ReadoutThreshold.from_dict({**state, "rings": None})
 
 
+def test_value_calibration_gives_a_ring_short_of_hits_in_a_bin_its_map_over_all_bins():
+    """A ring with too few hits in an energy bin takes the map fitted on all bins, not the identity.
+
+    In 4,000 showers and 2 bins the outer rings hold about 2,400 hits a bin and the inner ones 7,200: with
+    min_hits 3,000 only the inner rings have a map per bin, and the outer rings' are fitted on both bins together.
+    """
+    from scipy.stats import ks_2samp
+
+    x, e, gen, rings = _value_data()
+    kw = dict(bins=2, values=True, rings=rings, knots=33, min_hits=3000)
+    pooled = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, **kw)
+    alone = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, pool_bins=False, **kw)
+    k, k0 = pooled.value_knots, alone.value_knots
+    for ring in (1, 3):  # outer: the same map in both bins, not the identity; without pooling, the identity
+        assert torch.equal(k[0, ring], k[1, ring]) and not torch.equal(k[0, ring, 0], k[0, ring, 1])
+        assert torch.equal(k0[0, ring, 0], k0[0, ring, 1]) and torch.equal(k0[1, ring, 0], k0[1, ring, 1])
+    for ring in (0, 2):  # inner: their own map per bin either way
+        assert torch.equal(k[:, ring], k0[:, ring]) and not torch.equal(k[0, ring], k[1, ring])
+    mapped, kept = pooled.inverse(gen, e), alone.inverse(gen, e)
+    assert torch.equal(mapped > 0, kept > 0)
+    for ring in (1, 3):
+        before = ks_2samp(_log_shares_of_ring(x, rings, ring), _log_shares_of_ring(kept, rings, ring)).statistic
+        after = ks_2samp(_log_shares_of_ring(x, rings, ring), _log_shares_of_ring(mapped, rings, ring)).statistic
+        assert before > 0.5 and after < 0.06, (ring, before, after)
+
+
+def test_readout_cuts_without_the_floor_give_a_voxel_of_too_small_values_geant4s_occupancy():
+    """floor=False lets a per-voxel cut go below the global threshold: a voxel whose sampled values all sit
+    under it is read out as often as in Geant4 instead of never."""
+    x, e = _occupancy_data()
+    g = torch.Generator().manual_seed(1)
+    gen = torch.where(x > 0, x, 0.5 * torch.rand(x.shape, generator=g, dtype=torch.float64))
+    gen[:, 0] = 0.005 * torch.rand(len(x), generator=g, dtype=torch.float64)  # voxel 0: every value under the 0.01 cut
+    floored = ReadoutThreshold(threshold=0.01).calibrate(x, e, gen, e, bins=4)
+    free = ReadoutThreshold(threshold=0.01).calibrate(x, e, gen, e, bins=4, floor=False)
+    assert bool((floored.voxel_thresholds >= 0.01).all()) and bool((free.voxel_thresholds[:, 0] < 0.01).all())
+    assert torch.equal(floored.voxel_thresholds[:, 1:-1], free.voxel_thresholds[:, 1:-1])  # the others were above it anyway
+    bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(free.edges, dtype=torch.float64), right=True)
+    a, b = floored.inverse(gen, e), free.inverse(gen, e)
+    assert bool((a[:, 0] == 0).all())
+    for k in range(4):
+        real, cut = float((x[bins == k, 0] > 0).double().mean()), float((b[bins == k, 0] > 0).double().mean())
+        assert real > 0.05 and abs(real - cut) <= 2.0 / int((bins == k).sum()), (k, real, cut)
+    assert bool((b[:, -1] == 0).all())  # a voxel Geant4 never hit stays empty without the floor too
+
+
 def test_value_calibration_gives_a_surrogates_hits_the_held_out_showers_layer_shares(showers, tmp_path):
     """The Gaussian on the embedded Geant4 showers: the map, fitted on the training half, brings the read-out hits'
     shares of their layers to the held-out half's in nearly every ring, and changes no hit and no layer energy."""

@@ -517,6 +517,16 @@ def test_recalibrate_turns_the_hit_calibration_on_for_an_older_model(tmp_path, s
     assert cut.value_knots is None
     with pytest.raises(InvalidDataError, match="value_calibration must be true or false"):
         model.recalibrate(showers[:600], value_calibration=1)
+    # the cuts' floor at the global threshold: on by default, off on request, and saved
+    floored = cut.voxel_thresholds.clone()
+    assert bool((floored >= cut.threshold).all())
+    model.recalibrate(showers[:600], readout_floor=False)
+    assert model.config["readout_floor"] is False and bool((cut.voxel_thresholds < cut.threshold).any())
+    model.save(tmp_path / "f")
+    back = load(tmp_path / "f")
+    assert back.config["readout_floor"] is False and torch.equal(back.preprocessing.x_transforms[0].voxel_thresholds, cut.voxel_thresholds)
+    with pytest.raises(InvalidDataError, match="readout_floor must be true or false"):
+        model.recalibrate(showers[:600], readout_floor="no")
     plain = create("wgan", hidden=32, critic_hidden=32, layers=1, critic_layers=1, empty_mass=False)
     plain.fit(showers[:300], epochs=1, batch_size=100, progress=False)
     with pytest.raises(InvalidDataError, match="neither empty_mass nor hit_bits"):

@@ -514,6 +514,8 @@ class ReadoutThreshold(Transform):
         rings: Sequence[int] | torch.Tensor | None = None,
         knots: int = 33,
         min_hits: int = 20,
+        pool_bins: bool = True,
+        floor: bool = True,
     ) -> ReadoutThreshold:
         """Fit per-voxel thresholds so that ``generated`` (pre-cut samples) has ``x``'s occupancy.
 
@@ -525,8 +527,13 @@ class ReadoutThreshold(Transform):
                 fewer are used when a bin would hold under ``min_per_bin`` showers.
             values: also fit the hit-value map (needs ``layer_sizes`` and ``rings``):
                 ``knots`` quantiles per ring and energy bin; a ring with fewer than
-                ``min_hits`` hits in the bin, in ``x`` or in the read-out samples, is left as it is.
+                ``min_hits`` hits in the bin, in ``x`` or in the read-out samples, takes its map over
+                all bins (``pool_bins``, the default) if that has enough, else is left as it is.
             rings: each voxel's ring (its azimuthal orbit), if not given at construction.
+            floor: keep every per-voxel cut at or above the global threshold (the default). With
+                ``False`` a cut may go down to zero, so that a voxel whose sampled values are smaller
+                than Geant4's still gets Geant4's occupancy: meant for use with ``values``, whose map
+                then gives those hits Geant4's values.
         """
         x, g = _f64(x), _f64(generated)
         if x.ndim != 2 or g.ndim != 2 or x.shape[1] != g.shape[1]:
@@ -550,7 +557,7 @@ class ReadoutThreshold(Transform):
                 e_gen = layers.sums(gb.clamp_min(0))
                 layer_rows.append(_occupancy_quantile(e_gen, (layers.sums(xb) > 0).double().mean(0)))
                 layers.scale_(gb, self._read_out(e_gen, layer_rows[-1]).double())
-            rows.append(_occupancy_quantile(gb, (xb > 0).double().mean(0)).clamp_min(self.threshold))
+            rows.append(_occupancy_quantile(gb, (xb > 0).double().mean(0)).clamp_min(self.threshold if floor else 0.0))
         self.edges, self.voxel_thresholds = inner.tolist(), torch.stack(rows)
         self.layer_thresholds = torch.stack(layer_rows) if layers is not None else None
         self.value_knots = None
@@ -569,7 +576,7 @@ class ReadoutThreshold(Transform):
                 read = self.inverse(generated, generated_cond)  # the samples as read out: cut, layer energies kept
             finally:
                 self.active = active
-            self.value_knots = self._fit_value_knots(x, bx, read, bg, bins, layers, knots, min_hits)
+            self.value_knots = self._fit_value_knots(x, bx, read, bg, bins, layers, knots, min_hits, pool=pool_bins)
         return self
 
     @staticmethod
@@ -579,7 +586,8 @@ class ReadoutThreshold(Transform):
         return rows, cols, torch.log(x[rows, cols] / layers.per_voxel(layers.sums(x))[rows, cols])
 
     def _fit_value_knots(
-        self, x: torch.Tensor, bx: torch.Tensor, g: torch.Tensor, bg: torch.Tensor, bins: int, layers: _Layers, knots: int, min_hits: int
+        self, x: torch.Tensor, bx: torch.Tensor, g: torch.Tensor, bg: torch.Tensor, bins: int, layers: _Layers, knots: int, min_hits: int,
+        pool: bool = True,
     ) -> torch.Tensor:
         """``[bins, rings, 2, knots]``: per energy bin and ring, the read-out samples' and ``x``'s log-share quantiles."""
         assert self.rings is not None
@@ -588,14 +596,25 @@ class ReadoutThreshold(Transform):
         identity = torch.linspace(-30.0, 0.0, knots, dtype=torch.float64)  # equal knots: the map is the identity
         out = identity.expand(bins, n_rings, 2, knots).clone()
         hits = [self._log_shares(x, layers), self._log_shares(g, layers)]
-        for b in range(bins):
+
+        def fit(b: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """The read-out samples' and ``x``'s knots per ring in energy bin ``b`` (None: all bins), and which rings have enough hits."""
             qs = []
             for (rows, cols, share), which in zip(hits, (bx, bg), strict=True):
-                keep = which[rows] == b
+                keep = torch.ones_like(rows, dtype=torch.bool) if b is None else which[rows] == b
                 qs.append(_ring_quantiles(self.rings[cols[keep]], share[keep], n_rings, levels))
             (q_x, n_x), (q_g, n_g) = qs
-            ok = (n_x >= min_hits) & (n_g >= min_hits) & (q_g[:, -1] - q_g[:, 0] > 1e-9)
+            return q_g, q_x, (n_x >= min_hits) & (n_g >= min_hits) & (q_g[:, -1] - q_g[:, 0] > 1e-9)
+
+        # a ring with too few hits in a bin falls back on its map over all bins: the sparse outer rings of the
+        # first and last layers at low energy, where a model's smeared point mass leaves the smallest values
+        pooled_g, pooled_x, pooled_ok = fit(None) if pool and bins > 1 else (out[0, :, 0], out[0, :, 1], torch.zeros(n_rings, dtype=torch.bool))
+        for b in range(bins):
+            q_g, q_x, ok = fit(b)
             out[b, ok, 0], out[b, ok, 1] = q_g[ok], q_x[ok]
+            fallback = ~ok & pooled_ok
+            if bool(fallback.any()):
+                out[b, fallback, 0], out[b, fallback, 1] = pooled_g[fallback], pooled_x[fallback]
         return out
 
     #: grid points per map in the inverse's lookup table (the maps are linear between knots)

@@ -822,13 +822,17 @@ class Surrogate(nn.Module):
         self.recalibrate(data, seed=int(train_config.get("seed", 0)))
         return history
 
-    def recalibrate(self, data: Data, seed: int = 0, hit_calibration: bool | None = None, value_calibration: bool | None = None) -> None:
+    def recalibrate(
+        self, data: Data, seed: int = 0, hit_calibration: bool | None = None, value_calibration: bool | None = None,
+        readout_floor: bool | None = None,
+    ) -> None:
         """Fit the calibrations :meth:`fit` ends with again, on ``data`` (the training showers, physics units).
 
         :meth:`calibrate_hits`, then :meth:`calibrate_readout`. ``hit_calibration=True``
         turns the hit calibration on first, for a model saved before it existed (it needs
         ``empty_mass`` or ``hit_bits``); ``False`` turns it off; None keeps the model's setting.
-        ``value_calibration`` does the same for the readout's hit-value map.
+        ``value_calibration`` does the same for the readout's hit-value map, and
+        ``readout_floor`` for the floor of the per-voxel cuts at the global threshold.
         """
         if not self.is_fitted:
             raise InvalidDataError(f"{self.family} surrogate is not fitted: call fit(data) or load(dir) first")
@@ -836,6 +840,10 @@ class Surrogate(nn.Module):
             if not isinstance(value_calibration, bool):
                 raise InvalidDataError(f"value_calibration must be true or false; got {value_calibration!r}")
             self.config["value_calibration"] = value_calibration
+        if readout_floor is not None:
+            if not isinstance(readout_floor, bool):
+                raise InvalidDataError(f"readout_floor must be true or false; got {readout_floor!r}")
+            self.config["readout_floor"] = readout_floor
         if hit_calibration is not None:
             if hit_calibration and not self.has_hit_logits:
                 raise InvalidDataError("hit_calibration shifts a family's hit logits: this model has neither empty_mass nor hit_bits")
@@ -859,6 +867,9 @@ class Surrogate(nn.Module):
             raise InvalidDataError(f"value_calibration must be true or false; got {values!r}")
         if values and bins == 0:
             raise InvalidDataError("value_calibration maps hit values per incident-energy bin of the readout calibration: it needs readout_bins ≥ 1")
+        floor = self.config.get("readout_floor", True)
+        if not isinstance(floor, bool):
+            raise InvalidDataError(f"readout_floor must be true or false; got {floor!r}")
         return bins, events
 
     def calibrate_readout(self, data: Data, seed: int = 0) -> bool:
@@ -893,7 +904,7 @@ class Surrogate(nn.Module):
         if values:  # the rings hit_pool and augment use: a voxel's orbit under the rotations and mirrors, else the voxel alone
             rings = self.azimuthal_orbits(data.x.shape[1])
             rings = torch.arange(data.x.shape[1]) if rings is None else rings
-        cut.calibrate(data.x[idx], cond, generated, cond, bins=bins, values=values, rings=rings)
+        cut.calibrate(data.x[idx], cond, generated, cond, bins=bins, values=values, rings=rings, floor=self.config.get("readout_floor", True))
         return True
 
     def _device(self) -> torch.device:
