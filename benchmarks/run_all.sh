@@ -51,6 +51,18 @@ python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbw
   --out runs/calo_pbwo4_novalues
 python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4_novalues --events test --out calo_pbwo4_value_calibration_off
 python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --events test --out calo_pbwo4_value_calibration_on
+# session 20 (docs/surrogates.md, "With the value map" and "A ring short of hits"): the flow's temperature re-scanned
+# with the map (calo_wsi samples at the pick, 1.3), and the cuts without their floor at the global threshold (tried, not
+# on in any suite). calo_wsi_value_pool_{select,heldout} and calo_wsi_flow_temperature_heldout recorded the pooled maps
+# and T = 1.3 on session 19's models; in a re-run the value_calibration_* results above already include both.
+python benchmarks/temperature_scan.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --label flow \
+  --temperatures 0.85,1.0,1.15,1.3,1.5,1.7,2.0 --events 6000:8000 --out calo_wsi_flow_temperature_select
+python benchmarks/recalibrate.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels flow,diffusion,vae,wgan --readout-floor off \
+  --out runs/calo_wsi_unfloored
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_unfloored --events 6000:8000 --out calo_wsi_readout_unfloored_select
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_unfloored --events 8000:18000 --out calo_wsi_readout_unfloored_heldout
+python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --labels flow --readout-floor off --out runs/calo_pbwo4_unfloored
+python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4_unfloored --events test --out calo_pbwo4_readout_unfloored_test
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_30min.toml runs/calo_pbwo4_30min --out generation_speed_pbwo4_30min

@@ -207,3 +207,54 @@ def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(t
     ev = payload["results"][0]["evaluation"]
     assert ev["n_reference"] == ev["n_test"] == 400  # two halves of the 800 held-out showers
     assert "vs_gaussian" in payload["results"][1] and "| pb | vae |" in (tmp_path / "h.md").read_text()
+
+
+def test_temperature_scan_recalibrates_a_flow_at_each_temperature_and_refuses_the_test_split(tmp_path, monkeypatch):
+    import importlib.util
+
+    from physgen.surrogates import create
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "temperature_scan.py"
+    spec = importlib.util.spec_from_file_location("temperature_scan", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    monkeypatch.setattr(mod, "write_result", lambda name, payload: write(f"{name}.json", json.dumps(payload, default=str)))
+    monkeypatch.setattr(mod, "write_markdown", lambda name, text: write(f"{name}.md", text))
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(
+        'name = "tiny"\nseed = 0\n[metrics]\nclassifier_epochs = 2\n[[datasets]]\nname = "pb"\nsource = "embedded"\nmax_events = 1200\n'
+        '[[surrogates]]\nfamily = "gaussian"\n[[surrogates]]\nfamily = "flow"\n[[surrogates]]\nfamily = "vae"\n'
+    )
+    train = physgen.load_default()[:1200].split((0.7, 0.3), seed=0)[0]
+    models = {}
+    for family, config in (("gaussian", {}), ("flow", {"n_layers": 2, "hidden": 16, "n_blocks": 1}), ("vae", {"latent": 4, "hidden": 32, "layers": 1})):
+        models[family] = create(family, **config)
+        models[family].fit(train, epochs=1, progress=False)
+        models[family].save(tmp_path / "run" / "models" / f"pb__{family}")
+    run = str(tmp_path / "run")
+    with pytest.raises(SystemExit, match="choose the temperature on the showers that judge it"):
+        mod.main([str(suite), run, "--temperatures", "1.0", "--events", "test", "--out", "t"])
+    with pytest.raises(SystemExit, match=r"in \(0, 10\]"):
+        mod.main([str(suite), run, "--temperatures", "0,1", "--events", "1200:2000", "--out", "t"])
+    with pytest.raises(SystemExit, match="no sampling temperature"):
+        mod.main([str(suite), run, "--label", "vae", "--temperatures", "1.0", "--events", "1200:2000", "--out", "t"])
+    assert mod.main([str(suite), run, "--temperatures", "0.5,1.5", "--events", "1200:2000", "--out", "t"]) == 0
+    payload = json.loads((tmp_path / "t.json").read_text())
+    assert [r["label"] for r in payload["results"]] == ["gaussian", "flow_T0.5", "flow_T1.5"]
+    assert [r["temperature"] for r in payload["results"]] == [None, 0.5, 1.5] and payload["n_events"] == 800
+    # each temperature re-fits the cuts on its own samples: re-done here by hand, the 0.5 scan's model is that one
+    flow = models["flow"]
+    flow.config["temperature"] = 0.5
+    flow.recalibrate(train, seed=0)
+    held = physgen.load_default()[1200:2000]
+    from physgen.metrics import evaluate
+
+    again = evaluate(held, flow.sample(held.cond, seed=0), seed=0, classifier_epochs=2)
+    assert again["summary"]["fpd"]["value"] == pytest.approx(payload["results"][1]["evaluation"]["summary"]["fpd"]["value"], rel=1e-9)
+    assert payload["results"][1]["evaluation"]["summary"]["fpd"]["value"] != payload["results"][2]["evaluation"]["summary"]["fpd"]["value"]
+    assert "vs_gaussian" in payload["results"][2] and "# Temperature scan" in (tmp_path / "t.md").read_text()
