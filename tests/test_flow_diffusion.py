@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from nflows.nn.nets import ResidualNet
-from nflows.transforms import AffineCouplingTransform
+from nflows.transforms import AffineCouplingTransform, Permutation
 from nflows.transforms.autoregressive import AutoregressiveTransform
 from scipy import stats
 
@@ -22,6 +22,7 @@ from physgen.surrogates.flow import (
     ExpAffineCoupling,
     LULinearSolve,
     SplineCoupling,
+    cached_sampling_plan,
     point_mass_floor,
     realnvp,
     rq_spline_inverse,
@@ -90,6 +91,16 @@ def test_autoregressive_spline_inverse_is_nflows_inverse_done_cheaper(monkeypatc
         z_back, forward_logdet = flow(x, context=c)
     assert float((x - z).abs().mean()) > 0.05  # the map is not the identity
     torch.testing.assert_close(x, ref, atol=1e-10, rtol=1e-10)
+    # one row at a time (sampling one shower) takes the numpy path: the same map
+    with torch.no_grad():
+        for j in range(5):
+            one = sample_inverse(flow, z[j : j + 1], None if c is None else c[j : j + 1])
+            torch.testing.assert_close(one, x[j : j + 1], atol=1e-10, rtol=1e-10)
+        # its weights are cached until a parameter changes
+        next(flow.parameters()).add_(0.1)
+        moved = flow.inverse(z[:2], context=None if c is None else c[:2])[0]
+        assert not torch.allclose(moved, x[:2])
+        torch.testing.assert_close(sample_inverse(flow, z[1:2], None if c is None else c[1:2]), moved[1:2], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(logdet, ref_logdet, atol=1e-9, rtol=1e-10)
     torch.testing.assert_close(z_back, z, atol=1e-7, rtol=1e-7)
     torch.testing.assert_close(forward_logdet, -logdet, atol=1e-7, rtol=1e-7)
@@ -183,6 +194,15 @@ def test_cast_sampling_weights_are_kept_until_a_parameter_changes():
         assert torch.equal(changed, sample_feature_major(fresh_plan, z, c, block=32))  # as a flow that never cached
     flow.load_state_dict(original)  # copy_ into the parameters, as loading a checkpoint: re-cast
     assert torch.equal(draw(), first)
+    # the plan itself (its gathers) is kept on the flow until a permutation or mask buffer changes
+    kept_plan = cached_sampling_plan(flow)
+    assert cached_sampling_plan(flow) is kept_plan and all(torch.equal(a[1], b[1]) for a, b in zip(kept_plan[0], plan[0], strict=True))
+    perm = next(t for t in flow._transforms if isinstance(t, Permutation))
+    with torch.no_grad():
+        perm._permutation.copy_(perm._permutation.flip(0))  # in place, as load_state_dict would
+    new_plan = cached_sampling_plan(flow)
+    assert new_plan is not kept_plan and any(not torch.equal(a[1], b[1]) for a, b in zip(new_plan[0], kept_plan[0], strict=True))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(new_plan[0], sampling_plan(flow)[0], strict=True))
 
 
 @pytest.mark.parametrize(("dim", "cond_dim", "n_blocks"), [(7, 2, 2), (8, 0, 1)])

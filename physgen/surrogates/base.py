@@ -963,8 +963,11 @@ class Surrogate(nn.Module):
         dtype = autocast_dtype(precision, self._device(), name="sample_precision")
         generator = torch.Generator(device=self._device())
         generator.manual_seed(int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        was_training = self.training
-        self.eval()
+        # eval mode for the draw, and back after: only the modules in training mode are switched (a W/Si model's
+        # ~100 modules each way cost ~0.6 ms, a fifth of drawing one PbWO4 shower)
+        training = [m for m in self.modules() if m.training]
+        for m in training:
+            m.training = False
         parts = []
         try:
             for start in range(0, total, batch_size):
@@ -975,7 +978,8 @@ class Surrogate(nn.Module):
                 y = [p.float().cpu() for p in y] if isinstance(y, tuple) else y.float().cpu()
                 parts.append(self.postprocess(self.preprocessing.inverse(y, raw)))
         finally:
-            self.train(was_training)
+            for m in training:
+                m.training = True
         x = parts[0] if len(parts) == 1 else torch.cat(parts)  # one batch: no 260 MB copy (10,000 W/Si showers)
         return Data(x, self.schema, cond=cond_t, validate=False)
 
