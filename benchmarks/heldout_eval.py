@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from physgen.bench import _compare_to_baseline, _load, load_suite
 from physgen.metrics import evaluate
@@ -109,22 +110,31 @@ def main(argv: list[str] | None = None) -> int:
             if not found:
                 print(f"{ds['name']} / {label}: no saved model in {', '.join(map(str, args.runs))}; skipped", file=sys.stderr)
                 continue
-            model = load(found[-1])
-            generated = model.sample(held.cond, seed=seed) if model.is_conditional else model.sample(n=len(held), seed=seed)
-            report = evaluate(held, generated, seed=seed, **metrics)
-            results.append({"dataset": ds["name"], "family": spec["family"], "label": label, "model": str(found[-1]), "evaluation": report})
-            s = report["summary"]["classifier_auc"]
-            print(json.dumps({"model": f"{ds['name']}__{label}", "auc": round(s["value"], 3), "floor": round(s["floor"], 3),
-                              "mean_separation_power": round(report["mean_separation_power"], 4)}), flush=True)
+            results.append(judge(load(found[-1]), held, seed, metrics, dataset=ds["name"], family=spec["family"], label=label, model=str(found[-1])))
     payload = {
         "suite": suite.get("name"), "suite_file": str(args.suite), "runs": [str(r) for r in args.runs],
         "events": args.events if args.events == "test" else f"{args.events.start}:{args.events.stop}", "n_events": len(held),
         "suite_events": used, "machine": machine(), "seconds": time.perf_counter() - t0, "results": results,
     }
-    _compare_to_baseline(payload)
-    json_path = write_result(args.out, payload)
-    print(f"wrote {json_path} and {write_markdown(args.out, markdown(payload))}")
+    finish(args.out, payload)
     return 0
+
+
+def judge(surrogate: Any, held: Any, seed: int, metrics: dict, **entry: Any) -> dict:
+    """One result row: ``surrogate`` sampled at ``held``'s conditions (or as many), judged by the suite's evaluation."""
+    generated = surrogate.sample(held.cond, seed=seed) if surrogate.is_conditional else surrogate.sample(n=len(held), seed=seed)
+    report = evaluate(held, generated, seed=seed, **metrics)
+    s = report["summary"]["classifier_auc"]
+    print(json.dumps({"model": f"{entry['dataset']}__{entry['label']}", "auc": round(s["value"], 3), "floor": round(s["floor"], 3),
+                      "mean_separation_power": round(report["mean_separation_power"], 4)}), flush=True)
+    return {**entry, "evaluation": report}
+
+
+def finish(out: str, payload: dict, title: str = "Held-out evaluation") -> None:
+    """Compare every row with the Gaussian and write ``benchmarks/results/OUT.{json,md}``."""
+    _compare_to_baseline(payload)
+    json_path = write_result(out, payload)
+    print(f"wrote {json_path} and {write_markdown(out, markdown(payload).replace('# Held-out evaluation', '# ' + title))}")
 
 
 if __name__ == "__main__":

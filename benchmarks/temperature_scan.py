@@ -16,18 +16,16 @@ Choose on a range of events that neither the suite nor the final judgement uses.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from physgen.bench import _compare_to_baseline, _load, load_suite
-from physgen.metrics import evaluate
+from physgen.bench import _load, load_suite
 from physgen.surrogates import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_markdown, write_result  # noqa: E402
-from heldout_eval import _events, markdown  # noqa: E402
+import heldout_eval  # noqa: E402
+from common import machine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="the suite run folder (holding models/DATASET__LABEL and DATASET__gaussian)")
     ap.add_argument("--label", default="flow", help="the flow's label in the suite")
     ap.add_argument("--temperatures", required=True, help="comma-separated temperatures, each in (0, 10]")
-    ap.add_argument("--events", required=True, type=_events, help="START:STOP, events of each data file the suite never used")
+    ap.add_argument("--events", required=True, type=heldout_eval._events, help="START:STOP, events of each data file the suite never used")
     ap.add_argument("--out", required=True, help="result name: writes benchmarks/results/OUT.{json,md}")
     args = ap.parse_args(argv)
     try:
@@ -71,20 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{path}: a {model.family} surrogate has no sampling temperature")
                 model.config["temperature"] = temperature
                 model.recalibrate(train, seed=seed)
-            generated = model.sample(held.cond, seed=seed)
-            report = evaluate(held, generated, seed=seed, **metrics)
-            results.append({"dataset": ds["name"], "family": model.family, "label": name, "model": str(path), "temperature": temperature, "evaluation": report})
-            s = report["summary"]["classifier_auc"]
-            print(json.dumps({"model": f"{ds['name']}__{name}", "auc": round(s["value"], 3), "floor": round(s["floor"], 3),
-                              "mean_separation_power": round(report["mean_separation_power"], 4)}), flush=True)
+            results.append(heldout_eval.judge(model, held, seed, metrics, dataset=ds["name"], family=model.family, label=name, model=str(path), temperature=temperature))
     payload = {
         "suite": suite.get("name"), "suite_file": str(args.suite), "runs": [str(args.run)],
         "events": f"{args.events.start}:{args.events.stop}", "n_events": len(held), "suite_events": used,
         "temperatures": temperatures, "machine": machine(), "seconds": time.perf_counter() - t0, "results": results,
     }
-    _compare_to_baseline(payload)
-    json_path = write_result(args.out, payload)
-    print(f"wrote {json_path} and {write_markdown(args.out, markdown(payload).replace('# Held-out evaluation', '# Temperature scan'))}")
+    heldout_eval.finish(args.out, payload, title="Temperature scan")
     return 0
 
 

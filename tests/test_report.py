@@ -129,12 +129,7 @@ def test_baseline_comparison_names_losses_where_both_sit_at_the_truth_floor():
 
 
 def test_merging_a_partial_rerun_compares_against_the_committed_gaussian():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_results.py"
-    spec = importlib.util.spec_from_file_location("merge_results", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_script("merge_results", None)
 
     def result(family, sp, auc=0.9):
         feats = {f: {"separation_power": {"value": v, "error": 0.001}} for f, v in sp.items()}
@@ -172,36 +167,52 @@ def test_merging_a_partial_rerun_compares_against_the_committed_gaussian():
         mod.merge({**old, "data": {"d": {"n_events": 5000, "voxel_occupancy": 0.1}}}, variant, ["wgan_small=wgan"])
 
 
-def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(tmp_path, monkeypatch):
+def _bench_script(name, tmp_path, monkeypatch=None):
+    """A ``benchmarks/`` script loaded as a module; with ``monkeypatch`` its results go to ``tmp_path``."""
     import importlib.util
 
-    from physgen.surrogates import create
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "heldout_eval.py"
-    spec = importlib.util.spec_from_file_location("heldout_eval", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    def write(name, text):
-        (tmp_path / name).write_text(text)
-        return tmp_path / name
+    if monkeypatch is not None:
 
-    monkeypatch.setattr(mod, "write_result", lambda name, payload: write(f"{name}.json", json.dumps(payload, default=str)))
-    monkeypatch.setattr(mod, "write_markdown", lambda name, text: write(f"{name}.md", text))
+        def write(file, text):
+            (tmp_path / file).write_text(text)
+            return tmp_path / file
+
+        writer = getattr(mod, "heldout_eval", mod)  # temperature_scan writes through heldout_eval
+        monkeypatch.setattr(writer, "write_result", lambda out, payload: write(f"{out}.json", json.dumps(payload, default=str)))
+        monkeypatch.setattr(writer, "write_markdown", lambda out, text: write(f"{out}.md", text))
+    return mod
+
+
+def _tiny_run(tmp_path, families):
+    """A two-epoch suite on the embedded showers' first 1,200 and its saved models: (suite file, run folder, models, training split)."""
+    from physgen.surrogates import create
+
     suite = tmp_path / "tiny.toml"
     suite.write_text(
         'name = "tiny"\nseed = 0\n[metrics]\nclassifier_epochs = 2\n[[datasets]]\nname = "pb"\nsource = "embedded"\nmax_events = 1200\n'
-        '[[surrogates]]\nfamily = "gaussian"\n[[surrogates]]\nfamily = "vae"\n'
+        + "".join(f'[[surrogates]]\nfamily = "{family}"\n' for family in families)
     )
     train = physgen.load_default()[:1200].split((0.7, 0.3), seed=0)[0]
-    for family, config in (("gaussian", {}), ("vae", {"latent": 4, "hidden": 32, "layers": 1})):
-        model = create(family, **config)
-        model.fit(train, epochs=1, progress=False)
-        model.save(tmp_path / "run" / "models" / f"pb__{family}")
+    models = {}
+    for family, config in families.items():
+        models[family] = create(family, **config)
+        models[family].fit(train, epochs=1, progress=False)
+        models[family].save(tmp_path / "run" / "models" / f"pb__{family}")
+    return suite, tmp_path / "run", models, train
+
+
+def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(tmp_path, monkeypatch):
+    mod = _bench_script("heldout_eval", tmp_path, monkeypatch)
+    suite, run, _, _ = _tiny_run(tmp_path, {"gaussian": {}, "vae": {"latent": 4, "hidden": 32, "layers": 1}})
     with pytest.raises(SystemExit, match="overlap the suite's first 1200"):
-        mod.main([str(suite), str(tmp_path / "run"), "--events", "1000:2000", "--out", "h"])
+        mod.main([str(suite), str(run), "--events", "1000:2000", "--out", "h"])
     with pytest.raises(SystemExit, match="START:STOP"):
-        mod.main([str(suite), str(tmp_path / "run"), "--events", "1200", "--out", "h"])
-    assert mod.main([str(suite), str(tmp_path / "run"), "--events", "1200:2000", "--out", "h"]) == 0
+        mod.main([str(suite), str(run), "--events", "1200", "--out", "h"])
+    assert mod.main([str(suite), str(run), "--events", "1200:2000", "--out", "h"]) == 0
     payload = json.loads((tmp_path / "h.json").read_text())
     assert [r["label"] for r in payload["results"]] == ["gaussian", "vae"] and payload["n_events"] == 800
     ev = payload["results"][0]["evaluation"]
@@ -210,33 +221,13 @@ def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(t
 
 
 def test_temperature_scan_recalibrates_a_flow_at_each_temperature_and_refuses_the_test_split(tmp_path, monkeypatch):
-    import importlib.util
+    from physgen.metrics import evaluate
 
-    from physgen.surrogates import create
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "temperature_scan.py"
-    spec = importlib.util.spec_from_file_location("temperature_scan", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-
-    def write(name, text):
-        (tmp_path / name).write_text(text)
-        return tmp_path / name
-
-    monkeypatch.setattr(mod, "write_result", lambda name, payload: write(f"{name}.json", json.dumps(payload, default=str)))
-    monkeypatch.setattr(mod, "write_markdown", lambda name, text: write(f"{name}.md", text))
-    suite = tmp_path / "tiny.toml"
-    suite.write_text(
-        'name = "tiny"\nseed = 0\n[metrics]\nclassifier_epochs = 2\n[[datasets]]\nname = "pb"\nsource = "embedded"\nmax_events = 1200\n'
-        '[[surrogates]]\nfamily = "gaussian"\n[[surrogates]]\nfamily = "flow"\n[[surrogates]]\nfamily = "vae"\n'
+    mod = _bench_script("temperature_scan", tmp_path, monkeypatch)
+    suite, run, models, train = _tiny_run(
+        tmp_path, {"gaussian": {}, "flow": {"n_layers": 2, "hidden": 16, "n_blocks": 1}, "vae": {"latent": 4, "hidden": 32, "layers": 1}},
     )
-    train = physgen.load_default()[:1200].split((0.7, 0.3), seed=0)[0]
-    models = {}
-    for family, config in (("gaussian", {}), ("flow", {"n_layers": 2, "hidden": 16, "n_blocks": 1}), ("vae", {"latent": 4, "hidden": 32, "layers": 1})):
-        models[family] = create(family, **config)
-        models[family].fit(train, epochs=1, progress=False)
-        models[family].save(tmp_path / "run" / "models" / f"pb__{family}")
-    run = str(tmp_path / "run")
+    run = str(run)
     with pytest.raises(SystemExit, match="choose the temperature on the showers that judge it"):
         mod.main([str(suite), run, "--temperatures", "1.0", "--events", "test", "--out", "t"])
     with pytest.raises(SystemExit, match=r"in \(0, 10\]"):
@@ -252,9 +243,7 @@ def test_temperature_scan_recalibrates_a_flow_at_each_temperature_and_refuses_th
     flow.config["temperature"] = 0.5
     flow.recalibrate(train, seed=0)
     held = physgen.load_default()[1200:2000]
-    from physgen.metrics import evaluate
-
     again = evaluate(held, flow.sample(held.cond, seed=0), seed=0, classifier_epochs=2)
-    assert again["summary"]["fpd"]["value"] == pytest.approx(payload["results"][1]["evaluation"]["summary"]["fpd"]["value"], rel=1e-9)
-    assert payload["results"][1]["evaluation"]["summary"]["fpd"]["value"] != payload["results"][2]["evaluation"]["summary"]["fpd"]["value"]
+    fpd = [r["evaluation"]["summary"]["fpd"]["value"] for r in payload["results"]]
+    assert again["summary"]["fpd"]["value"] == pytest.approx(fpd[1], rel=1e-9) and fpd[1] != fpd[2]
     assert "vs_gaussian" in payload["results"][2] and "# Temperature scan" in (tmp_path / "t.md").read_text()

@@ -144,7 +144,6 @@ class AutoregressiveSpline(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
                 logabsdet = logabsdet + lad
         return out.t(), logabsdet
 
-
     def _numpy_plan(self) -> dict[str, Any]:
         """The MADE's weights for :meth:`_inverse_one`: masked, hidden units sorted by degree, float64 numpy.
 
