@@ -522,6 +522,33 @@ def test_hit_bits_diffusion_round_trips_a_checkpoint(tmp_path, showers):
     torch.testing.assert_close(old.sample(showers.cond[:50], seed=3).x, plain.sample(showers.cond[:50], seed=3).x)
 
 
+def test_diffusion_keeps_its_bf16_weights_between_calls_and_samples_the_same(showers, monkeypatch):
+    """bf16 sampling reuses one cast copy of the network: the same showers as autocast's own per-call cast,
+    and a parameter update makes a new copy."""
+    from physgen.surrogates.diffusion import DiffusionSurrogate
+
+    diff = create("diffusion", hidden=32, n_blocks=2, emb=8, steps=4, hit_bits=True, sample_precision="bf16")
+    diff.fit(showers[:300], epochs=1, batch_size=100, progress=False)
+    with torch.no_grad():
+        for p in diff.net.parameters():  # away from the zero-initialised output layer: a network that does something
+            p.add_(0.05 * torch.randn_like(p))
+    cond = showers.cond[:20]
+    first = diff.sample(cond, seed=3).x
+    copy_net = diff.__dict__["_sampling_net"][1]
+    assert next(copy_net.inp.parameters()).dtype == torch.bfloat16 and copy_net.blocks[0].norm.weight.dtype == torch.float32
+    assert torch.equal(diff.sample(cond, seed=3).x, first) and diff.__dict__["_sampling_net"][1] is copy_net  # reused
+    assert "_sampling_net" not in str(list(diff.state_dict()))
+    monkeypatch.setattr(DiffusionSurrogate, "_cast_net", lambda self, dtype: self.net)  # autocast casting every call
+    assert torch.equal(diff.sample(cond, seed=3).x, first)
+    monkeypatch.undo()
+    with torch.no_grad():
+        diff.net.inp.weight.mul_(1.5)  # in place, as an optimiser step
+    moved = diff.sample(cond, seed=3).x
+    assert diff.__dict__["_sampling_net"][1] is not copy_net and not torch.equal(moved, first)
+    monkeypatch.setattr(DiffusionSurrogate, "_cast_net", lambda self, dtype: self.net)
+    assert torch.equal(diff.sample(cond, seed=3).x, moved)
+
+
 def test_diffusion_learns_a_bimodal_distribution():
     # a mixture a Gaussian cannot represent: ±2 with σ 0.3
     rng = np.random.default_rng(2)

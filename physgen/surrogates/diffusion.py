@@ -30,6 +30,7 @@ at high energy, so calo_wsi does not use it yet.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, ClassVar
 
@@ -301,16 +302,38 @@ class DiffusionSurrogate(Surrogate):
         n, sd = x.shape[0], self.config["sigma_data"]
         device = x.device
         net_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
+        net = self._cast_net(net_dtype) if net_dtype != x.dtype else self.net
         scaled = torch.empty_like(x)
         cast = torch.empty(x.shape, device=device, dtype=net_dtype) if net_dtype != x.dtype else None
         context = cond if self.dims.get("cond_dim") else None
         for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
             c_skip, c_out, c_in = sd**2 / (s**2 + sd**2), s * sd / math.sqrt(s**2 + sd**2), 1 / math.sqrt(s**2 + sd**2)
             torch.mul(x, c_in, out=scaled)  # then rounded once to the autocast dtype, as autocast would
-            f = self.net(scaled if cast is None else cast.copy_(scaled), torch.full((n,), math.log(s) / 4, device=device), context)
+            f = net(scaled if cast is None else cast.copy_(scaled), torch.full((n,), math.log(s) / 4, device=device), context)
             h = s_next - s
             x.mul_(1 + h * (1 - c_skip) / s).add_(f, alpha=-h * c_out / s)
         return self.decode_hits(x, generator, cond) if self.config.get("hit_bits") and decode else x
+
+    def _cast_net(self, dtype: torch.dtype) -> nn.Module:
+        """The network with its linear layers' weights in ``dtype``, kept until a parameter changes.
+
+        Autocast casts the float32 weights to ``dtype`` once per ``sample`` call, the same
+        rounding as this copy's, so the samples do not change (tested); on the W/Si
+        diffusion (15.5 M weights) that cast was 11 ms of the 62 ms one shower took. The
+        norms keep their float32 parameters, which autocast runs in float32. The key holds
+        each parameter's storage and version counter, which an optimiser step,
+        ``load_state_dict`` or ``.to()`` moves on.
+        """
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in self.net.parameters()))
+        hit = self.__dict__.get("_sampling_net")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        net = copy.deepcopy(self.net).requires_grad_(False).eval()
+        for module in net.modules():
+            if isinstance(module, nn.Linear):
+                module.to(dtype)
+        self.__dict__["_sampling_net"] = (key, net)  # not a submodule: no state_dict entry
+        return net
 
     def evaluations_per_sample(self) -> int:
         """Network evaluations the sampler spends per sample."""
