@@ -608,13 +608,13 @@ class ReadoutThreshold(Transform):
 
         # a ring with too few hits in a bin falls back on its map over all bins: the sparse outer rings of the
         # first and last layers at low energy, where a model's smeared point mass leaves the smallest values
-        pooled_g, pooled_x, pooled_ok = fit(None) if pool and bins > 1 else (out[0, :, 0], out[0, :, 1], torch.zeros(n_rings, dtype=torch.bool))
+        pooled = fit(None) if pool and bins > 1 else None
         for b in range(bins):
             q_g, q_x, ok = fit(b)
             out[b, ok, 0], out[b, ok, 1] = q_g[ok], q_x[ok]
-            fallback = ~ok & pooled_ok
-            if bool(fallback.any()):
-                out[b, fallback, 0], out[b, fallback, 1] = pooled_g[fallback], pooled_x[fallback]
+            if pooled is not None:
+                fallback = ~ok & pooled[2]
+                out[b, fallback, 0], out[b, fallback, 1] = pooled[0][fallback], pooled[1][fallback]
         return out
 
     #: grid points per map in the inverse's lookup table (the maps are linear between knots)

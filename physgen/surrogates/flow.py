@@ -104,24 +104,17 @@ class AutoregressiveSpline(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
         if n == 1 and not logdet and made.activation is F.silu:  # sampling one shower (realnvp's MADEs use SiLU)
             return self._inverse_one(inputs, context), None
         m, act = self._output_dim_multiplier(), made.activation
-        order = torch.argsort(degrees, stable=True)  # hidden units by degree: each degree is a run of rows
-        ends = torch.cumsum(torch.bincount(degrees, minlength=d), 0).tolist()  # ends[i]: units of degree <= i
-
-        def masked(layer: Any, cols: bool = True) -> torch.Tensor:
-            w = (layer.weight * layer.mask)[order]
-            return w[:, order] if cols else w
-
-        w0, pre = masked(made.initial_layer, cols=False), made.initial_layer.bias[order, None]
+        p = self._sorted_made()
+        ends, order = p["ends"], p["order"]
+        pre = p["b0"][:, None]
         if context is not None:
             pre = pre + act(made.context_layer(context)).t()[order]
         trunk = []
-        for b in blocks:
-            b1 = b.linear_layers[0].bias[order, None]
-            if context is not None:
-                b1 = b1 + b.context_layer(context).t()[order]
-            trunk.append((masked(b.linear_layers[0]), b1, masked(b.linear_layers[1]), b.linear_layers[1].bias[order, None]))
-        wf, bf = (made.final_layer.weight * made.final_layer.mask)[:, order], made.final_layer.bias[:, None]
-        hidden = len(order)
+        for b, (w1, b1, _, _, w2, b2) in zip(blocks, p["blocks"], strict=True):
+            b1 = b1[:, None] if context is None else b1[:, None] + b.context_layer(context).t()[order]
+            trunk.append((w1, b1, w2, b2[:, None]))
+        w0, wf, bf = p["w0"], p["wf"], p["bf"][:, None]
+        hidden = len(pre)
         h = [inputs.new_zeros(hidden, n) for _ in range(len(trunk) + 1)]  # the trunk's layers, feature-major
         acts = [(inputs.new_zeros(hidden, n), inputs.new_zeros(hidden, n)) for _ in trunk]
         y, out = inputs.t(), inputs.new_zeros(d, n)
@@ -144,42 +137,48 @@ class AutoregressiveSpline(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
                 logabsdet = logabsdet + lad
         return out.t(), logabsdet
 
-    def _numpy_plan(self) -> dict[str, Any]:
-        """The MADE's weights for :meth:`_inverse_one`: masked, hidden units sorted by degree, float64 numpy.
+    def _sorted_made(self) -> dict[str, Any]:
+        """The MADE's masked weights with its hidden units sorted by degree, so that each degree is a run of rows.
 
-        Built once and kept until a parameter changes (its version counter or storage).
+        ``order``: the units' permutation; ``ends[i]``: the number of units of degree ≤ ``i``;
+        ``wc``/``bc`` and each block's: its context layer, sorted (None without one). Computed
+        from the parameters (gradients flow).
         """
         made = self.autoregressive_net
-        key = tuple((p.data_ptr(), p._version) for p in made.parameters())
-        cached = self.__dict__.get("_one_plan")
-        if cached is not None and cached[0] == key:
-            return cached[1]
         degrees = made.initial_layer.degrees
         order = torch.argsort(degrees, stable=True)
         d = int(made.final_layer.mask.shape[0] // self._output_dim_multiplier())
 
-        def np64(t: torch.Tensor) -> np.ndarray:
-            return t.detach().double().cpu().numpy()
-
-        def masked(layer: Any, cols: bool = True) -> np.ndarray:
+        def masked(layer: Any, cols: bool = True) -> torch.Tensor:
             w = (layer.weight * layer.mask)[order]
-            return np64(w[:, order] if cols else w)
+            return w[:, order] if cols else w
+
+        def context(layer: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            return (None, None) if layer is None else (layer.weight[order], layer.bias[order])
+
+        wc, bc = context(getattr(made, "context_layer", None))
+        return {
+            "order": order, "ends": torch.cumsum(torch.bincount(degrees, minlength=d), 0).tolist(),
+            "w0": masked(made.initial_layer, cols=False), "b0": made.initial_layer.bias[order], "wc": wc, "bc": bc,
+            "blocks": [
+                (masked(l0), l0.bias[order], *context(getattr(b, "context_layer", None)), masked(l1), l1.bias[order])
+                for b in made.blocks for l0, l1 in [b.linear_layers]
+            ],
+            "wf": (made.final_layer.weight * made.final_layer.mask)[:, order], "bf": made.final_layer.bias,
+        }
+
+    def _numpy_plan(self) -> dict[str, Any]:
+        """:meth:`_sorted_made` as float64 numpy arrays for :meth:`_inverse_one`, kept until a parameter changes (storage or version)."""
+        key = tuple((p.data_ptr(), p._version) for p in self.autoregressive_net.parameters())
+        cached = self.__dict__.get("_one_plan")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+
+        def np64(t: Any) -> Any:
+            return t.detach().double().cpu().numpy() if isinstance(t, torch.Tensor) else t
 
         with torch.no_grad():
-            ctx = getattr(made, "context_layer", None)
-            plan = {
-                "ends": torch.cumsum(torch.bincount(degrees, minlength=d), 0).tolist(),
-                "w0": masked(made.initial_layer, cols=False), "b0": np64(made.initial_layer.bias[order]),
-                "wc": None if ctx is None else np64(ctx.weight[order]), "bc": None if ctx is None else np64(ctx.bias[order]),
-                "blocks": [
-                    (masked(b.linear_layers[0]), np64(b.linear_layers[0].bias[order]),
-                     None if getattr(b, "context_layer", None) is None else np64(b.context_layer.weight[order]),
-                     None if getattr(b, "context_layer", None) is None else np64(b.context_layer.bias[order]),
-                     masked(b.linear_layers[1]), np64(b.linear_layers[1].bias[order]))
-                    for b in made.blocks
-                ],
-                "wf": np64((made.final_layer.weight * made.final_layer.mask)[:, order]), "bf": np64(made.final_layer.bias),
-            }
+            plan = {k: [tuple(np64(t) for t in blk) for blk in v] if k == "blocks" else np64(v) for k, v in self._sorted_made().items()}
         self.__dict__["_one_plan"] = (key, plan)  # not a module attribute: no state_dict entry, not moved by .to()
         return plan
 
