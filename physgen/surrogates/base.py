@@ -50,6 +50,13 @@ CPU_SAMPLE_BLOCK = 256
 EMPTY_TOL = 1e-6
 
 
+def _flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a typed error naming the setting."""
+    if not isinstance(value, bool):
+        raise InvalidDataError(f"{name} must be true or false; got {value!r}")
+    return value
+
+
 def draw_empty_mass(
     mean: torch.Tensor, hit_logit: torch.Tensor, sigma: torch.Tensor | None, empty: torch.Tensor, generator: torch.Generator,
     fold: bool = False, layers: _Layers | None = None,
@@ -836,14 +843,9 @@ class Surrogate(nn.Module):
         """
         if not self.is_fitted:
             raise InvalidDataError(f"{self.family} surrogate is not fitted: call fit(data) or load(dir) first")
-        if value_calibration is not None:
-            if not isinstance(value_calibration, bool):
-                raise InvalidDataError(f"value_calibration must be true or false; got {value_calibration!r}")
-            self.config["value_calibration"] = value_calibration
-        if readout_floor is not None:
-            if not isinstance(readout_floor, bool):
-                raise InvalidDataError(f"readout_floor must be true or false; got {readout_floor!r}")
-            self.config["readout_floor"] = readout_floor
+        for name, value in (("value_calibration", value_calibration), ("readout_floor", readout_floor)):
+            if value is not None:
+                self.config[name] = _flag(name, value)
         if hit_calibration is not None:
             if hit_calibration and not self.has_hit_logits:
                 raise InvalidDataError("hit_calibration shifts a family's hit logits: this model has neither empty_mass nor hit_bits")
@@ -862,14 +864,9 @@ class Surrogate(nn.Module):
             raise InvalidDataError(f"readout_bins must be an integer ≥ 0 (0: global threshold only); got {bins!r}")
         if isinstance(events, bool) or not isinstance(events, int) or events < 1:
             raise InvalidDataError(f"readout_events must be a positive integer; got {events!r}")
-        values = self.config.get("value_calibration", False)
-        if not isinstance(values, bool):
-            raise InvalidDataError(f"value_calibration must be true or false; got {values!r}")
-        if values and bins == 0:
+        _flag("readout_floor", self.config.get("readout_floor", True))
+        if _flag("value_calibration", self.config.get("value_calibration", False)) and bins == 0:
             raise InvalidDataError("value_calibration maps hit values per incident-energy bin of the readout calibration: it needs readout_bins ≥ 1")
-        floor = self.config.get("readout_floor", True)
-        if not isinstance(floor, bool):
-            raise InvalidDataError(f"readout_floor must be true or false; got {floor!r}")
         return bins, events
 
     def calibrate_readout(self, data: Data, seed: int = 0) -> bool:
