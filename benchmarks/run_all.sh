@@ -4,7 +4,7 @@
 # JETNET_PYTHON: a Python where jetnet imports (jetnet 0.2.5 needs NumPy < 2), for the FPD/KPD comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_wsi calo_wsi_diffusion_hit_bits calo_wsi_flow_small calo_wsi_wgan_energy calo_wsi_wgan_long calo_pbwo4_wgan_long calo_pbwo4_vae_long spins; do
+for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_pbwo4_flow_small calo_wsi calo_wsi_diffusion_hit_bits calo_wsi_flow_small calo_wsi_wgan_energy calo_wsi_wgan_long calo_pbwo4_wgan_long calo_pbwo4_vae_long spins; do
   python -m physgen.cli bench "benchmarks/suites/$suite.toml" --out "runs/$suite"
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"
@@ -65,6 +65,7 @@ python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbw
 python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4_unfloored --events test --out calo_pbwo4_readout_unfloored_test
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
+python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_flow_small.toml runs/calo_pbwo4_flow_small --out generation_speed_pbwo4_flow_small
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_30min.toml runs/calo_pbwo4_30min --out generation_speed_pbwo4_30min
 python benchmarks/generation_speed.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --out generation_speed_wsi
 python benchmarks/quantum.py
