@@ -50,6 +50,22 @@ CPU_SAMPLE_BLOCK = 256
 EMPTY_TOL = 1e-6
 
 
+def cached_until_changed(owner: Any, slot: str, tensors: Any, build: Callable[[], Any], *extra: Any) -> Any:
+    """``build()``, kept in ``owner.__dict__[slot]`` until one of ``tensors`` changes, or ``extra`` does.
+
+    The key holds each tensor's storage and version counter, which every in-place update
+    (an optimiser step, ``load_state_dict``, ``.to()``) moves on. Kept in ``__dict__``, the
+    value is not a submodule or buffer: no ``state_dict`` entry, not moved by ``.to()``.
+    """
+    key = (*extra, tuple((t.data_ptr(), t._version) for t in tensors))
+    hit = owner.__dict__.get(slot)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = build()
+    owner.__dict__[slot] = (key, value)
+    return value
+
+
 def _flag(name: str, value: Any) -> bool:
     """``value`` if it is a bool, else a typed error naming the setting."""
     if not isinstance(value, bool):

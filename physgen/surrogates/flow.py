@@ -39,7 +39,7 @@ from nflows.utils import torchutils
 from torch.nn import functional as F
 
 from physgen.errors import InvalidDataError
-from physgen.surrogates.base import Capabilities, Surrogate
+from physgen.surrogates.base import Capabilities, Surrogate, cached_until_changed
 
 __all__ = [
     "AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_bounds", "point_mass_floor",
@@ -169,18 +169,14 @@ class AutoregressiveSpline(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
 
     def _numpy_plan(self) -> dict[str, Any]:
         """:meth:`_sorted_made` as float64 numpy arrays for :meth:`_inverse_one`, kept until a parameter changes (storage or version)."""
-        key = tuple((p.data_ptr(), p._version) for p in self.autoregressive_net.parameters())
-        cached = self.__dict__.get("_one_plan")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-
         def np64(t: Any) -> Any:
             return t.detach().double().cpu().numpy() if isinstance(t, torch.Tensor) else t
 
-        with torch.no_grad():
-            plan = {k: [tuple(np64(t) for t in blk) for blk in v] if k == "blocks" else np64(v) for k, v in self._sorted_made().items()}
-        self.__dict__["_one_plan"] = (key, plan)  # not a module attribute: no state_dict entry, not moved by .to()
-        return plan
+        def build() -> dict[str, Any]:
+            with torch.no_grad():
+                return {k: [tuple(np64(t) for t in blk) for blk in v] if k == "blocks" else np64(v) for k, v in self._sorted_made().items()}
+
+        return cached_until_changed(self, "_one_plan", self.autoregressive_net.parameters(), build)
 
     def _inverse_one(self, inputs: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """:meth:`inverse` of one row without log|det|, on float64 numpy vectors.
@@ -442,13 +438,7 @@ def cached_sampling_plan(transform: CompositeTransform) -> SamplingPlan | None:
     """:func:`sampling_plan`, kept on ``transform`` until one of its buffers (the permutations and
     coupling masks) changes storage or version: its 15 argsorts of 6,480 indices took 3.6 ms, a
     third of the time to sample one W/Si shower."""
-    key = tuple((b.data_ptr(), b._version) for b in transform.buffers())
-    hit = transform.__dict__.get("_sampling_plan")
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    plan = sampling_plan(transform)
-    transform.__dict__["_sampling_plan"] = (key, plan)
-    return plan
+    return cached_until_changed(transform, "_sampling_plan", transform.buffers(), lambda: sampling_plan(transform))
 
 
 class _NetWeights:
@@ -472,18 +462,12 @@ class _NetWeights:
         """``coupling``'s weights in ``dtype``, kept on the coupling until a parameter changes.
 
         Casting a W/Si flow's 7.7 M conditioner weights to bf16 took several ms, most of
-        a single shower's sampling time. The key holds each parameter's storage and
-        version counter, which every in-place update (an optimiser step,
-        ``load_state_dict``, ``.to()``) moves on.
+        a single shower's sampling time (:func:`~physgen.surrogates.base.cached_until_changed`).
         """
         net = coupling.transform_net
-        key = (dtype, tuple((p.data_ptr(), p._version) for p in net.parameters()))
-        hit = coupling.__dict__.get("_sampling_weights")
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        weights = cls(net, coupling.num_identity_features, dtype)
-        coupling.__dict__["_sampling_weights"] = (key, weights)
-        return weights
+        return cached_until_changed(
+            coupling, "_sampling_weights", net.parameters(), lambda: cls(net, coupling.num_identity_features, dtype), dtype,
+        )
 
     def __call__(self, x: torch.Tensor, context_t: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         """nflows ``ResidualNet.forward`` (eval mode) on ``x`` ``[in, B]`` and ``context_t`` ``[C, B]``; returns ``[out, B]``."""
