@@ -9,8 +9,9 @@ for suite in dimuon calo_pbwo4 calo_pbwo4_30min calo_pbwo4_flow_spline calo_pbwo
   cp "runs/$suite/results.json" "benchmarks/results/$suite.json"
   cp "runs/$suite/report.md" "benchmarks/results/$suite.md"
 done
-# the W/Si models judged on the 10,000 showers the suite never uses
-python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 8000:18000 --out calo_wsi_heldout
+# the W/Si models judged on the 10,000 showers the suite never uses (calo_wsi_heldout.json is the same for the
+# merged run of sessions 12-18, before the value map)
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 8000:18000 --out calo_wsi_heldout_session22
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_diffusion_hit_bits.toml runs/calo_wsi_diffusion_hit_bits --events 8000:18000 \
   --out calo_wsi_diffusion_hit_bits_heldout
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi_flow_small.toml runs/calo_wsi_flow_small --events 8000:18000 \
