@@ -64,6 +64,12 @@ python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_unfloored --events 8000:18000 --out calo_wsi_readout_unfloored_heldout
 python benchmarks/recalibrate.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --labels flow --readout-floor off --out runs/calo_pbwo4_unfloored
 python benchmarks/heldout_eval.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4_unfloored --events test --out calo_pbwo4_readout_unfloored_test
+# session 22 (docs/surrogates.md, "layer 44's hit counts"): how the W/Si models share layer 44's hits among showers,
+# and a per-layer hit-count map tried as a probe on showers 6,000-8,000 (not in physgen)
+python benchmarks/layer_counts.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels flow,diffusion,vae,wgan \
+  --events 8000:18000 --out layer_counts_wsi_heldout
+python benchmarks/layer_counts.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels vae,wgan --events 6000:8000 \
+  --count-map --out layer_counts_wsi_select
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_flow_small.toml runs/calo_pbwo4_flow_small --out generation_speed_pbwo4_flow_small

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import physgen
 from physgen.bench import run_suite
@@ -247,3 +248,34 @@ def test_temperature_scan_recalibrates_a_flow_at_each_temperature_and_refuses_th
     fpd = [r["evaluation"]["summary"]["fpd"]["value"] for r in payload["results"]]
     assert again["summary"]["fpd"]["value"] == pytest.approx(fpd[1], rel=1e-9) and fpd[1] != fpd[2]
     assert "vs_gaussian" in payload["results"][2] and "# Temperature scan" in (tmp_path / "t.md").read_text()
+
+
+def test_layer_count_probe_maps_read_out_layers_to_the_target_counts_and_keeps_layer_energies():
+    mod = _bench_script("layer_counts", None)
+    g = torch.Generator().manual_seed(0)
+    n, layers, size = 4000, 2, 20
+    # the model: one hit in each read-out layer (as the W/Si WGAN's layer 44), layer 1 empty in a quarter of the showers
+    post = torch.zeros(n, layers, size, dtype=torch.float64)
+    post[:, :, 0] = torch.rand(n, layers, generator=g, dtype=torch.float64) + 0.5
+    post[: n // 4, 1] = 0
+    pre = post + torch.rand(n, layers, size, generator=g, dtype=torch.float64) * 0.01  # values the cut removed
+    # "Geant4": read-out layers with 1 + Poisson(1.5) hits
+    k_true = 1 + torch.poisson(torch.full((n, layers), 1.5), generator=g).long().clamp_max(size - 1)
+    truth = (torch.arange(size)[None, None] < k_true[..., None]).double()
+    bins = torch.zeros(n, dtype=torch.long)
+    sizes = [size] * layers
+    target = mod.count_cdfs(mod.layer_counts(truth.reshape(n, -1), sizes), bins, 1, size)
+    model = mod.count_cdfs(mod.layer_counts(post.reshape(n, -1), sizes), bins, 1, size)
+    mapped = mod.map_counts(post.reshape(n, -1), pre.reshape(n, -1), bins, model, target, size, torch.Generator().manual_seed(1)).reshape(n, layers, size)
+    counts = (mapped > 0).sum(2)
+    read = post.sum(2) > 0
+    for layer in range(layers):
+        got = torch.bincount(counts[read[:, layer], layer], minlength=size).double() / read[:, layer].sum()
+        want = torch.bincount(k_true[:, layer], minlength=size).double() / n
+        assert (got - want).abs().max() < 0.03  # binomial errors ≈ 0.008
+    assert torch.allclose(mapped.sum(2), post.sum(2))  # layer energies kept
+    assert bool((mapped[~read] == 0).all())  # a layer not read out stays empty
+    assert bool((mapped[..., 0] > 0)[read].all())  # the model's own hit is kept
+    # a model that already has the target's counts is left as it was
+    same = mod.map_counts(truth.reshape(n, -1), truth.reshape(n, -1), bins, target, target, size, torch.Generator().manual_seed(2))
+    assert torch.equal(same, truth.reshape(n, -1))
