@@ -7,7 +7,7 @@ suite's saved models (``RUN/models/DATASET__LABEL``) and, on the showers ``--eve
 
 1. counts one layer's hits per energy range: Geant4's, the model's as read out, and the model's
    pre-cut values above the global threshold (the table in docs/surrogates.md);
-2. with ``--count-map``, tries a hit-count map that physgen does not have (yet): per energy bin
+2. with ``--count-map``, tries a hit-count map that physgen does not have: per energy bin
    of the read-out and layer, a randomised quantile map from the model's hit counts in read-out
    layers to Geant4's, fitted on the suite's training split. A layer gets more hits from its
    largest cut voxels (each the value of the layer's smallest hit) or loses its smallest, and
@@ -15,7 +15,7 @@ suite's saved models (``RUN/models/DATASET__LABEL``) and, on the showers ``--eve
    samples before and after are judged as ``heldout_eval.py`` judges (against the Gaussian).
 
     python benchmarks/layer_counts.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels vae,wgan \\
-        --events 6000:8000 --count-map --out layer_counts_wsi
+        --events 6000:8000 --count-map --out layer_counts_wsi_select
 
 Writes ``benchmarks/results/OUT.json`` (and prints each row).
 """
