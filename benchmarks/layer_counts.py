@@ -49,9 +49,9 @@ def layer_counts(x: torch.Tensor, layer_sizes: list[int]) -> torch.Tensor:
 
 
 def energy_bins(cut: ReadoutThreshold, cond: torch.Tensor) -> torch.Tensor:
-    """Each shower's incident-energy bin of the read-out's calibration."""
+    """Each shower's incident-energy bin of the read-out's calibration (as its inverse bins them)."""
     assert cut.edges is not None
-    return torch.bucketize(torch.log(cond[:, 0].double()), torch.tensor(cut.edges, dtype=torch.float64), right=True)
+    return torch.bucketize(cut._bin_key(cond, len(cond)), torch.tensor(cut.edges, dtype=torch.float64), right=True)
 
 
 def count_cdfs(counts: torch.Tensor, bins: torch.Tensor, n_bins: int, max_count: int) -> torch.Tensor:
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         for row, (lo, hi) in zip(tables[label], RANGES_GEV, strict=True):
             sel = (e_gev >= lo) & (e_gev < hi)
             row["pre_cut_hits_above_global_threshold"] = float(layer_counts(above[sel], sizes)[:, args.layer].double().mean())
+            if cut.voxel_thresholds is not None:  # the layer's per-voxel cuts that sit at their floor, the global threshold
+                at_floor = cut.voxel_thresholds[energy_bins(cut, held.cond[sel])] <= cut.threshold
+                row["voxel_cuts_at_floor"] = float(torch.split(at_floor.double(), sizes, dim=1)[args.layer].mean())
         samples = [(label, post)]
         if args.count_map and label != "gaussian":
             if len(set(sizes)) != 1:
