@@ -19,7 +19,10 @@ For each data set and surrogate the run trains (timing it), generates one event
 per held-out condition, times generation on one CPU thread at batch 1, 100 and
 10,000 against the reference simulator's CPU time per event stored with the data
 (Geant4's ``aux/geant4_cpu_s``, one core), and evaluates against the held-out
-split with the truth-vs-truth floor. Results are one JSON per run with the machine and versions.
+split with the truth-vs-truth floor. Where a CUDA device is present, training
+(``device = "auto"``) and so the timed generation run on it, with one CPU thread
+for the host's share; the result records the device and its own matmul rate.
+Results are one JSON per run with the machine and versions.
 """
 
 from __future__ import annotations
@@ -95,13 +98,17 @@ def resolve_source(source: str, base: Path | None = None) -> Path:
     return path
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """This machine's dense matmul rate (GFLOP/s) in ``dtype``, measured now: the yardstick for throughputs."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> float:
+    """This machine's dense matmul rate (GFLOP/s) in ``dtype`` on ``device``, measured now: the yardstick for throughputs."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    a, b = torch.randn(n, n, dtype=dtype, device=dev), torch.randn(n, n, dtype=dtype, device=dev)
     a @ b
+    sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    sync()
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
@@ -157,13 +164,24 @@ def _load(ds: dict[str, Any], base: Path | None) -> Data:
 
 
 def _generation_timing(model: Any, test: Data, batches: tuple[int, ...] = (1, 100, 10_000)) -> dict[str, Any]:
-    """Seconds per generated event at several batch sizes, on ONE CPU thread (Geant4's time is per core)."""
+    """Seconds per generated event at several batch sizes, on ONE CPU thread (Geant4's time is per core).
+
+    The networks run where the model's weights are: on the CPU thread, or on a GPU where
+    the model was trained on one (``device`` says which; the host's share still runs on
+    the one thread). ``sample`` returns host tensors, so each call has waited for the device.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {"threads": 1, **_timed(model, test, batches)}
+        return {"threads": 1, "device": str(_model_device(model)), **_timed(model, test, batches)}
     finally:
         torch.set_num_threads(threads)
+
+
+def _model_device(model: Any) -> torch.device:
+    """Where a surrogate's weights live (the CPU for one without tensors)."""
+    tensors = [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) else []
+    return tensors[0].device if tensors else torch.device("cpu")
 
 
 def _timed(model: Any, test: Data, batches: tuple[int, ...]) -> dict[str, Any]:
@@ -216,6 +234,9 @@ def run_one(
     history = model.fit(train, **train_cfg)
     train_s = time.perf_counter() - t0
     params = _n_params(model)
+    device = _model_device(model)
+    if device.type == "cuda":  # the yardstick of the device it trained on: its fp32 rate, measured now
+        gflops = matmul_gflops(n=8192, repeats=10, device=device)
     sps = float(np.median([h["samples_per_s"] for h in history if "samples_per_s" in h])) if any("samples_per_s" in h for h in history) else None
     t0 = time.perf_counter()
     generated = model.sample(test.cond, seed=seed) if model.is_conditional else model.sample(n=len(test), seed=seed)
@@ -233,7 +254,9 @@ def run_one(
             "n_train": len(train),
             "parameters": params,
             "samples_per_s": sps,
-            # ≈ 6 FLOPs per parameter per sample (forward + backward) against this machine's matmul rate
+            "device": str(device),
+            "matmul_gflops": gflops,
+            # ≈ 6 FLOPs per parameter per sample (forward + backward) against the training device's matmul rate
             "fraction_of_matmul_flops": (sps * 6 * params / (gflops * 1e9)) if sps else None,
             "history": history,
         },

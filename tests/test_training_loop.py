@@ -94,6 +94,8 @@ def test_bad_training_settings_are_rejected():
     if not torch.cuda.is_available():
         with pytest.raises(InvalidDataError, match="no CUDA device"):
             create("gaussian", solver="gradient").fit(data, device="cuda")
+        with pytest.raises(InvalidDataError, match="no CUDA device"):
+            create("gaussian").fit(data, device="cuda")  # the closed form honours the device too
 
 
 def test_bf16_autocast_trains_on_cpu():

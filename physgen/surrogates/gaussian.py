@@ -114,18 +114,21 @@ class GaussianSurrogate(Surrogate):
         """Exact MLE (``closed_form``) or the shared loop (``gradient``).
 
         Takes the same training options as every family; the closed form uses
-        ``val_fraction``, ``augment`` and ``seed`` and has no epochs, checkpoints or device to honour.
+        ``val_fraction``, ``augment``, ``seed`` and ``device`` (it solves on the CPU in
+        float64, then moves there, so it samples where the other families do) and has no
+        epochs or checkpoints to honour.
 
         The closed form records the per-dimension negative log-likelihood on a
         validation split before (identity Gaussian) and after the fit.
         """
         if self.config["solver"] == "gradient":
             return super().fit(data, preprocessing, **train_config)
-        from physgen.surrogates.training import TrainConfig
+        from physgen.surrogates.training import TrainConfig, resolve_device
 
         # the same options as every family (so typos fail); the closed form uses the split and seed
         cfg = TrainConfig(**{**self.train_defaults, **train_config})
         val_fraction, seed = cfg.val_fraction, cfg.seed
+        device = resolve_device(cfg.device)  # before the work: a missing GPU fails at once
         train_data, val_data = data.split((1 - val_fraction, val_fraction), seed=seed) if val_fraction > 0 else (data, data)
         train_data = azimuthal_copies(train_data, cfg.augment, seed=seed)
         y, c = self.prepare(train_data, preprocessing)
@@ -153,5 +156,6 @@ class GaussianSurrogate(Surrogate):
             {"epoch": 1, "loss": self.validation_loss(y, c), "val_loss": after, "shrinkage": best[1]},
         ]
         self.eval()
+        self.to(device)
         self.calibrate_readout(data, seed=seed)
         return self.history
