@@ -70,6 +70,9 @@ python benchmarks/layer_counts.py benchmarks/suites/calo_wsi.toml runs/calo_wsi 
   --events 8000:18000 --out layer_counts_wsi_heldout
 python benchmarks/layer_counts.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --labels vae,wgan --events 6000:8000 \
   --count-map --out layer_counts_wsi_select
+# operations per training step (CPU), and the GPU time per operation of the GPU run (calo_wsi_gpu.json, made with
+# benchmarks/gpu_wsi.sh where a GPU is lent)
+python benchmarks/step_ops.py benchmarks/suites/calo_wsi_gpu.toml --gpu-result calo_wsi_gpu --out step_ops_wsi
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4_flow_small.toml runs/calo_pbwo4_flow_small --out generation_speed_pbwo4_flow_small

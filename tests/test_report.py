@@ -279,3 +279,18 @@ def test_layer_count_probe_maps_read_out_layers_to_the_target_counts_and_keeps_l
     # a model that already has the target's counts is left as it was
     same = mod.map_counts(truth.reshape(n, -1), truth.reshape(n, -1), bins, target, target, size, torch.Generator().manual_seed(2))
     assert torch.equal(same, truth.reshape(n, -1))
+
+
+def test_step_ops_splits_a_step_into_the_family_and_its_first_stage_steps(showers):
+    """The first stage's share grows by its step count; the family's own networks do not."""
+    mod = _bench_script("step_ops", None)
+    data = showers[:400]
+    config = {"latent": 4, "hidden": 32, "layers": 1}
+    one = mod.step_profile("vae", {**config, "energy_steps": 1}, data, 64, steps=2)
+    three = mod.step_profile("vae", {**config, "energy_steps": 3}, data, 64, steps=2)
+    assert one["energy_steps"] == 1 and three["energy_steps"] == 3
+    assert one["ops_family"] == three["ops_family"] > 0
+    # the same first-stage step, three times: its operations, not the family's, triple
+    assert three["ops_per_first_stage_step"] == pytest.approx(one["ops_first_stage"], rel=0.02)
+    assert three["ops_step"] - one["ops_step"] == pytest.approx(2 * one["ops_first_stage"], rel=0.02)
+    assert one["cpu_ms_per_step"] > 0
