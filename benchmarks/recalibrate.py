@@ -1,4 +1,4 @@
-"""Re-fit a suite's saved models' calibrations on their training showers, optionally turning the hit or value calibration or the cuts' floor on or off.
+"""Re-fit a suite's saved models' calibrations on their training showers, optionally turning the hit or value calibration or the cuts' floor on or off, or re-binning them in energy.
 
 Models saved before ``hit_calibration`` existed (or with it off) sample as they always
 did; this script reloads them (``RUN/models/DATASET__LABEL``), re-draws the suite's
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--value-calibration", choices=("on", "off", "keep"), default="keep", help="the readout's hit-value map (see ReadoutThreshold)")
     ap.add_argument("--readout-floor", choices=("on", "off", "keep"), default="keep", help="floor the per-voxel cuts at the global threshold (see ReadoutThreshold.calibrate)")
     ap.add_argument("--hit-pool", choices=("voxel", "azimuthal"), help="one hit-shift line per voxel or per azimuthal orbit (default: the model's setting)")
+    ap.add_argument("--readout-bins", type=int, help="incident-energy bins of the read-out calibration (default: the model's setting, 4 unless set)")
     ap.add_argument("--out", required=True, type=Path, help="run folder to save the recalibrated models in")
     args = ap.parse_args(argv)
     suite = load_suite(args.suite)
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             model = load(path)
             if args.hit_pool:
                 model.config["hit_pool"] = args.hit_pool
+            if args.readout_bins is not None:
+                model.config["readout_bins"] = args.readout_bins
             t0 = time.perf_counter()
             model.recalibrate(train, seed=seed, hit_calibration=hit, value_calibration=values, readout_floor=floor)
             model.save(args.out / "models" / path.name)

@@ -294,3 +294,21 @@ def test_step_ops_splits_a_step_into_the_family_and_its_first_stage_steps(shower
     assert three["ops_per_first_stage_step"] == pytest.approx(one["ops_first_stage"], rel=0.02)
     assert three["ops_step"] - one["ops_step"] == pytest.approx(2 * one["ops_first_stage"], rel=0.02)
     assert one["cpu_ms_per_step"] > 0
+
+
+def test_recalibrate_script_re_bins_the_readout_calibration_in_energy(tmp_path, showers):
+    from physgen.surrogates import create, load
+
+    mod = _bench_script("recalibrate", None)
+    suite = tmp_path / "s.toml"
+    suite.write_text('name = "s"\nseed = 0\n[[datasets]]\nname = "p"\nsource = "embedded"\nsplit = [0.7, 0.3]\nmax_events = 600\n'
+                     '[[surrogates]]\nfamily = "vae"\n')
+    train, _ = showers[:600].split((0.7, 0.3), seed=0)
+    model = create("vae", latent=4, hidden=32, layers=1)
+    model.fit(train, epochs=1, batch_size=100, progress=False)
+    model.save(tmp_path / "run" / "models" / "p__vae")
+    assert len(model.preprocessing.x_transforms[0].edges) == 3  # four energy bins by default
+    assert mod.main([str(suite), str(tmp_path / "run"), "--labels", "vae", "--readout-bins", "2", "--out", str(tmp_path / "out")]) == 0
+    back = load(tmp_path / "out" / "models" / "p__vae")
+    cut = back.preprocessing.x_transforms[0]
+    assert back.config["readout_bins"] == 2 and len(cut.edges) == 1 and cut.voxel_thresholds.shape[0] == 2
