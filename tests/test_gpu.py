@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from physgen.bench import _model_device, run_one
 from physgen.io import read
 from physgen.surrogates import create, load
 
@@ -56,10 +57,6 @@ def wsi_small(wsi_path):
     return data.split((0.5, 0.5), seed=0)
 
 
-def _device_of(model) -> torch.device:
-    return next(t for t in [*model.parameters(), *model.buffers()]).device
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_trains_samples_and_round_trips_on_the_device(family, wsi_small, tmp_path):
     train, test = wsi_small
@@ -67,7 +64,7 @@ def test_family_trains_samples_and_round_trips_on_the_device(family, wsi_small, 
     model = create(family, **config)
     hist = model.fit(train, epochs=2, batch_size=64, device=DEVICE, progress=False, seed=0, **train_cfg)
     assert all(np.isfinite(h["loss"]) for h in hist if "loss" in h)
-    assert _device_of(model).type == torch.device(DEVICE).type
+    assert _model_device(model).type == torch.device(DEVICE).type
     cond = test.cond[:200]
     a = model.sample(cond, seed=3)
     b = model.sample(cond, seed=3)
@@ -102,8 +99,6 @@ def test_exact_log_likelihood_is_the_same_on_the_device_and_the_host(family, wsi
 
 
 def test_the_suite_times_generation_on_the_device_it_trained_on(wsi_path):
-    from physgen.bench import run_one
-
     data = read(wsi_path, stop=600)
     spec = {"family": "vae", "config": FAMILIES["vae"][0], "train": {"epochs": 1, "batch_size": 64, "device": DEVICE}}
     result, test, generated = run_one({"name": "wsi_small", "split": [0.5, 0.5]}, data, spec, 0, 1.0, {"classifier": False})

@@ -96,10 +96,8 @@ class AutoregressiveSpline(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
             return super()._elementwise_forward(inputs, autoregressive_params)
         n, d = inputs.shape
         m = self._output_dim_multiplier()
-        params = autoregressive_params.view(n, d, m).permute(2, 0, 1)  # [3K − 1, B, D]
-        if hasattr(self.autoregressive_net, "hidden_features"):  # nflows scales the widths and heights of such nets
-            k = self.num_bins
-            params = torch.cat([params[: 2 * k] / np.sqrt(self.autoregressive_net.hidden_features), params[2 * k :]])
+        # [3K − 1, B, D]; nflows' MADE has no hidden_features, so nflows does not rescale the widths and heights
+        params = autoregressive_params.view(n, d, m).permute(2, 0, 1)
         outputs, lad = rq_spline_forward(inputs, params.contiguous(), self.tail_bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
         return outputs, lad.sum(1)
 
