@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from physgen.bench import _geant4_ratio, _generation_timing, _load, load_suite
+from physgen.bench import geant4_ratio, generation_timing, load_dataset, load_suite
 from physgen.surrogates import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,7 +37,7 @@ def main() -> None:
     seed = int(suite.get("seed", 0))
     rows = []
     for ds in suite["datasets"]:
-        data = _load(ds, base)
+        data = load_dataset(ds, base)
         _, test = data.split(tuple(ds.get("split", [0.7, 0.3])), seed=seed)
         for spec in suite["surrogates"]:
             label = spec.get("label", spec["family"])
@@ -45,12 +45,12 @@ def main() -> None:
             if not path.exists():
                 continue
             model = load(path)
-            timing = _generation_timing(model, test)
+            timing = generation_timing(model, test)
             row = {
                 "dataset": ds["name"], "label": label, "family": spec["family"],
-                "sample_precision": model.config.get("sample_precision", "fp32"),
+                "sample_precision": model.options.sample_precision,
                 "timing": timing,
-                "geant4": {b: _geant4_ratio(test, t["seconds_per_event"]) for b, t in timing.items() if b.startswith("batch_")},
+                "geant4": {b: geant4_ratio(test, t["seconds_per_event"]) for b, t in timing.items() if b.startswith("batch_")},
             }
             rows.append(row)
             g = row["geant4"]["batch_10000"] or {}

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from physgen.bench import _compare_to_baseline, _load, load_suite
+from physgen.bench import compare_to_baseline, load_dataset, load_suite
 from physgen.metrics import evaluate
 from physgen.surrogates import load
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     results, used = [], 0
     t0 = time.perf_counter()
     for ds in suite["datasets"]:
-        data = _load({k: v for k, v in ds.items() if k != "max_events"}, base)
+        data = load_dataset({k: v for k, v in ds.items() if k != "max_events"}, base)
         used = max(used, int(ds.get("max_events") or len(data)))
         if args.events == "test":  # the suite's own test split (run_one's split of its first max_events)
             held = data[:used].split(tuple(ds.get("split", [0.7, 0.3])), seed=seed)[1]
@@ -132,7 +132,7 @@ def judge(surrogate: Any, held: Any, seed: int, metrics: dict, **entry: Any) -> 
 
 def finish(out: str, payload: dict, title: str = "Held-out evaluation") -> None:
     """Compare every row with the Gaussian and write ``benchmarks/results/OUT.{json,md}``."""
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     json_path = write_result(out, payload)
     print(f"wrote {json_path} and {write_markdown(out, markdown(payload).replace('# Held-out evaluation', '# ' + title))}")
 

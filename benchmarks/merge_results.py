@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from physgen.bench import _compare_to_baseline
+from physgen.bench import compare_to_baseline
 from physgen.report import write_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,7 +82,7 @@ def merge(old: dict, new: dict, labels: list[str]) -> tuple[dict, list[str]]:
         "labels": [rename[lab] for lab in rename], "suite": new.get("suite"), "started": new["started"], "seconds": new["seconds"],
         "machine": new["machine"], "matmul_gflops": new["matmul_gflops"],
     }]
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     return payload, warnings
 
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rerun is not None or args.labels:
             ap.error("--refresh takes no re-run and no --labels")
         payload = old
-        _compare_to_baseline(payload)
+        compare_to_baseline(payload)
     else:
         if args.rerun is None or not args.labels:
             ap.error("a re-run's results.json and --labels are needed (or --refresh)")

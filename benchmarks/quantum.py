@@ -29,12 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_result  # noqa: E402
 
-from physgen.quantum import (  # noqa: E402
+from physgen.quantum import (
     ground_state,
     heisenberg,
     optimise_ground_state,
     sample_measurements,
     tfim,
+    tomography_report,  # noqa: E402
 )
 from physgen.surrogates import create  # noqa: E402
 
@@ -47,7 +48,7 @@ def tomography(seed: int = 0) -> dict:
     rbm = create("rbm", alpha=1.0)
     rbm.fit(data, epochs=1500, batch_size=10_000, lr=0.03, schedule="constant", val_fraction=0.1, patience=100, progress=False, seed=seed)
     seconds = time.perf_counter() - t0
-    report = rbm.tomography_report(psi, data)
+    report = tomography_report(rbm, psi, data)
     return {
         "task": "tomography TFIM N=10 open, J=h=1, 10,000 samples",
         "seconds": seconds,

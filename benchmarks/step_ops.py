@@ -1,6 +1,6 @@
 """Operations per training step of a suite's families: why their GPU training is dispatch-bound.
 
-On an NVIDIA H200 (session 23, ``calo_wsi_gpu.json``) the W/Si families trained at 1.4-2.9x the
+On an NVIDIA H200 (``calo_wsi_gpu.json``) the W/Si families trained at 1.4-2.9x the
 2-core CPU's rate and 0.06-0.43 % of the GPU's fp32 matmul rate. A step of batch 128 is
 thousands of small operations, and each costs the host a dispatch and the GPU a launch,
 whatever its size. This script counts them: it builds each learned family of ``SUITE`` with
@@ -8,7 +8,7 @@ its configuration, trains it for a few steps on the CPU (on ``--events`` showers
 suite's data set, at the suite's batch size) and records, for one step after a warm-up,
 
 - the ATen operations the profiler sees (nested calls included: a proxy for host work),
-  for the whole step and for the family's own networks alone (``train_batch``); the rest
+  for the whole step and for the family's own networks alone (its ``train_step``); the rest
   is the first stage, the layer-energy flow, trained ``energy_steps`` times per step;
 - the step's CPU time (median of ``--steps`` steps).
 
@@ -33,8 +33,7 @@ from typing import Any
 
 import torch
 
-from physgen.bench import _load, load_suite
-from physgen.surrogates import create
+from physgen.bench import build_model, load_dataset, load_suite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, write_result  # noqa: E402
@@ -47,13 +46,13 @@ def count_ops(fn: Any, *args: Any) -> int:
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
-def step_profile(family: str, config: dict[str, Any], data: Any, batch_size: int, steps: int = 12, seed: int = 0) -> dict[str, Any]:
+def step_profile(spec: dict[str, Any], data: Any, batch_size: int, steps: int = 12, seed: int = 0) -> dict[str, Any]:
     """Train ``family`` for ``steps`` + 2 steps on the CPU; count one step's operations and time the rest.
 
     The counted step is an extra one after the timed steps (the profiler's overhead stays
     out of the timing), and its family part is counted again on the same batch.
     """
-    model = create(family, **config)
+    model = build_model(spec, data.schema.kind)
     cls = type(model)
     timed: list[float] = []
     out: dict[str, Any] = {}
@@ -66,12 +65,13 @@ def step_profile(family: str, config: dict[str, Any], data: Any, batch_size: int
             return logs
         if not out:
             out["ops_step"] = count_ops(cls.train_step, self, module, y, cond, optimizers, ctx)
-            if self.has_energy_stage:
+            if getattr(self, "two_stage", False):
                 ys, cs, _ = self.split_stages(y, cond)
-                out["ops_family"] = count_ops(self.train_batch, module, ys, cs, optimizers[:-1], ctx)
-                out["energy_steps"] = int(self.config.get("energy_steps", self.energy_steps))
+                out["ops_family"] = count_ops(self.inner.train_step, module, ys, cs, optimizers[:-1], ctx)
+                out["energy_steps"] = self.options.energy_steps
             else:
-                out["ops_family"] = count_ops(self.train_batch, module, y, cond, optimizers, ctx)
+                inner = getattr(self, "inner", self)
+                out["ops_family"] = count_ops(type(inner).train_step, inner, module, y, cond, optimizers, ctx)
                 out["energy_steps"] = 0
         return cls.train_step(self, module, y, cond, optimizers, ctx)
 
@@ -80,7 +80,7 @@ def step_profile(family: str, config: dict[str, Any], data: Any, batch_size: int
     epochs = (steps + 4) * batch_size // max(1, n_train) + 2
     model.fit(data, epochs=epochs, batch_size=batch_size, progress=False, seed=seed, val_fraction=0.1, device="cpu")
     if not out:
-        raise SystemExit(f"{family}: fewer than {steps + 3} steps in {epochs} epochs; use more --events")
+        raise SystemExit(f"{spec['family']}: fewer than {steps + 3} steps in {epochs} epochs; use more --events")
     out["ops_first_stage"] = out["ops_step"] - out["ops_family"]
     out["ops_per_first_stage_step"] = out["ops_first_stage"] / out["energy_steps"] if out["energy_steps"] else None
     out["cpu_ms_per_step"] = 1e3 * statistics.median(timed[2:])
@@ -98,7 +98,7 @@ def main() -> None:
     suite = load_suite(args.suite)
     base = Path(suite["_path"]).parent if "_path" in suite else None
     ds = suite["datasets"][0]
-    data = _load(ds, base)[: args.events]
+    data = load_dataset(ds, base)[: args.events]
     gpu: dict[str, dict[str, Any]] = {}
     if args.gpu_result:
         payload = json.loads((RESULTS / f"{args.gpu_result}.json").read_text())
@@ -111,7 +111,7 @@ def main() -> None:
         label = spec.get("label", spec["family"])
         batch_size = int(spec.get("train", {}).get("batch_size", 256))
         row: dict[str, Any] = {"label": label, "family": spec["family"], "batch_size": batch_size,
-                               **step_profile(spec["family"], spec.get("config", {}), data, batch_size, args.steps)}
+                               **step_profile(spec, data, batch_size, args.steps)}
         g = gpu.get(label)
         if g is not None and g["train"].get("samples_per_s"):
             ms = 1e3 * batch_size / g["train"]["samples_per_s"]
@@ -123,7 +123,7 @@ def main() -> None:
     path = write_result(args.out, {
         "suite": suite.get("name"), "events": args.events, "machine": machine(), "gpu_result": args.gpu_result,
         "protocol": "CPU training steps at the suite's batch size; ATen ops of one step after the timed ones (torch.profiler, "
-                    "nested calls included); ops_family = train_batch alone; GPU ms per step = batch size / the GPU result's samples/s",
+                    "nested calls included); ops_family = the family's train_step alone; GPU ms per step = batch size / the GPU result's samples/s",
         "rows": rows,
     })
     print(path)

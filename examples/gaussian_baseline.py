@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import physgen
-from physgen.surrogates import create
+from physgen.calorimeter import ShowerModel
 
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     showers = physgen.load_default()
     train, test = showers.split((0.8, 0.2), seed=0)
-    model = create("gaussian")
+    model = ShowerModel("gaussian")
     history = model.fit(train)
     print(f"validation NLL per dim: {history[0]['val_loss']:.3f} -> {history[-1]['val_loss']:.3f}")
     model.save(out / "model")

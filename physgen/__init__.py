@@ -7,9 +7,9 @@ physics-aware metrics (:mod:`physgen.metrics`).
 
 from __future__ import annotations
 
-from physgen.data import Data, Schema, load_default
+from physgen.data import Data, Schema
 from physgen.errors import PhysgenError
-from physgen.io import read, write
+from physgen.io import load_default, read, write
 
 __version__ = "0.1.0"
 

@@ -1,28 +1,35 @@
 """The surrogate benchmark suite: data sets × surrogates × training budgets × metrics.
 
-A suite is a small TOML file (``benchmarks/suites/*.toml``)::
+A suite is a small TOML file::
 
     name = "quick"
     seed = 0
 
     [[datasets]]
     name = "pbwo4_2k"
-    source = "embedded"                 # the embedded Geant4 sample; or a path, or "skhep:FILE"
+    source = "embedded"                 # the embedded Geant4 sample; "skhep:FILE", "data:FILE" or a path
     split = [0.6, 0.4]                  # train / test (the test split is the held-out Geant4)
 
     [[surrogates]]
-    family = "flow"
-    config = { n_layers = 6 }
+    family = "flow"                     # a registered family, or "mypkg.models:MyModel"
+    preset = "pbwo4_gamma"              # calorimeter showers: a preset of the shower model (optional)
+    config = { n_layers = 6 }           # options of the model
     train = { epochs = 200, time_budget_s = 60 }
 
-For each data set and surrogate the run trains (timing it), generates one event
-per held-out condition, times generation on one CPU thread at batch 1, 100 and
-10,000 against the reference simulator's CPU time per event stored with the data
-(Geant4's ``aux/geant4_cpu_s``, one core), and evaluates against the held-out
-split with the truth-vs-truth floor. Where a CUDA device is present, training
-(``device = "auto"``) and so the timed generation run on it, with one CPU thread
-for the host's share; the result records the device and its own matmul rate.
-Results are one JSON per run with the machine and versions.
+Every key is checked when the suite is loaded (a typo names the nearest valid key), and every
+model is built once, without data, so bad options fail before anything trains. Data sources:
+``embedded`` (the sample inside physgen), ``skhep:FILE`` (scikit-hep-testdata), ``data:FILE``
+(a file in the folder named by the environment variable ``PHYSGEN_DATA``), ``quantum:tfim`` /
+``quantum:xxz`` (measurements of an exact ground state) or a path (relative to the suite file).
+
+For each data set and surrogate the run trains (timing it), generates one event per
+held-out condition, times generation on one CPU thread at batch 1, 100 and 10,000 against
+the reference simulator's CPU time per event stored with the data (Geant4's
+``aux/geant4_cpu_s``, one core), and evaluates against the held-out split with the
+truth-vs-truth floor. Calorimeter showers are modelled by
+:class:`~physgen.calorimeter.ShowerModel` around the family. Where a CUDA device is present,
+training (``device = "auto"``) and so the timed generation run on it; the result records the
+device and its own matmul rate. Results are one JSON per run with the machine and versions.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import platform
 import time
 import tomllib
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,43 +48,124 @@ import numpy as np
 import torch
 
 from physgen.data import Data
-from physgen.errors import DataFileError, InvalidDataError
+from physgen.errors import ConfigError, DataFileError, PhysgenError, UnknownNameError
 
-__all__ = ["load_suite", "run_suite", "resolve_source", "machine_info", "matmul_gflops", "SUITES_DIR"]
+__all__ = [
+    "SuiteError", "build_model", "compare_to_baseline", "generation_timing", "geant4_ratio", "load_dataset", "load_suite", "machine_info",
+    "matmul_gflops", "model_device", "packaged_suites", "resolve_source", "run_one", "run_suite",
+]
 
-SUITES_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "suites"
-_SOURCE_KEYS = {"name", "source", "split", "read", "max_events"}
+_SUITE_KEYS = ("name", "seed", "description", "metrics", "datasets", "surrogates")
+_DATASET_KEYS = ("name", "source", "split", "read", "max_events")
+_SURROGATE_KEYS = ("family", "label", "preset", "config", "train", "datasets")
+_METRIC_KEYS = ("classifier", "classifier_epochs", "mmd_max_samples", "bins", "n_bootstrap")
+
+
+class SuiteError(ConfigError):
+    """A suite file that is not a valid suite: names the file, the entry and the key."""
+
+
+def packaged_suites() -> list[str]:
+    """Names of the suites shipped inside physgen (``physgen bench NAME``)."""
+    return sorted(p.name[:-5] for p in (resources.files("physgen") / "suites").iterdir() if p.name.endswith(".toml"))
+
+
+def _check_keys(table: Any, allowed: tuple[str, ...], where: str, path: Path) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where} must be a table; got {table!r}", where=str(path))
+    for key in table:
+        if key not in allowed:
+            exc = ConfigError.unknown(where, key, allowed)
+            raise SuiteError(str(exc), where=str(path), key=key, nearest=exc.nearest)
+    return table
 
 
 def load_suite(name_or_path: str | Path) -> dict[str, Any]:
-    """Load a suite by name (``benchmarks/suites/NAME.toml``, or the packaged quick suite) or path."""
+    """Load and check a suite: a packaged name (``quick``) or a TOML path.
+
+    Raises:
+        SuiteError: an unknown key (with the nearest valid one), a bad split, or options a model refuses.
+        DataFileError: a missing or malformed file.
+    """
     path = Path(name_or_path)
-    if not path.suffix:
-        candidates = [SUITES_DIR / f"{name_or_path}.toml", Path(__file__).parent / "suites" / f"{name_or_path}.toml"]
-        found = [c for c in candidates if c.exists()]
-        if not found:
-            known = sorted({p.stem for d in (SUITES_DIR, Path(__file__).parent / "suites") if d.exists() for p in d.glob("*.toml")})
-            raise DataFileError(f"no suite named {str(name_or_path)!r}; known suites: {', '.join(known)}")
-        path = found[0]
+    if path.suffix != ".toml" and not path.exists():
+        if str(name_or_path) not in packaged_suites():
+            raise UnknownNameError("suite", str(name_or_path), packaged_suites())
+        path = Path(str(resources.files("physgen") / "suites" / f"{name_or_path}.toml"))
     try:
         suite = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, IsADirectoryError) as exc:
         raise DataFileError("no such suite file", file=path) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise DataFileError(f"not a valid TOML suite ({exc})", file=path) from exc
+    _check_keys(suite, _SUITE_KEYS, "suite", path)
     for key in ("datasets", "surrogates"):
-        if not suite.get(key):
-            raise DataFileError(f"a suite needs at least one [[{key}]] entry", file=path, key=key)
-    for ds in suite["datasets"]:
-        unknown = set(ds) - _SOURCE_KEYS
-        if unknown or "source" not in ds or "name" not in ds:
-            raise DataFileError(f"each [[datasets]] needs name and source (allowed keys {sorted(_SOURCE_KEYS)}); got {sorted(ds)}", file=path)
+        if not isinstance(suite.get(key), list) or not suite[key]:
+            raise SuiteError(f"a suite needs at least one [[{key}]] entry", where=str(path), key=key)
+    if not isinstance(suite.get("seed", 0), int) or isinstance(suite.get("seed", 0), bool) or suite.get("seed", 0) < 0:
+        raise SuiteError(f"seed must be an integer ≥ 0; got {suite.get('seed')!r}", where=str(path), key="seed")
+    _check_keys(suite.get("metrics", {}), _METRIC_KEYS, "[metrics]", path)
+    names = set()
+    for i, ds in enumerate(suite["datasets"]):
+        where = f"[[datasets]] #{i + 1}"
+        _check_keys(ds, _DATASET_KEYS, where, path)
+        for key in ("name", "source"):
+            if not isinstance(ds.get(key), str) or not ds[key]:
+                raise SuiteError(f"{where} needs {key} (a string)", where=str(path), key=key)
+        names.add(ds["name"])
+        split = ds.get("split", [0.7, 0.3])
+        if (not isinstance(split, list) or len(split) != 2 or not all(isinstance(f, int | float) and not isinstance(f, bool) for f in split)
+                or not all(0 < f < 1 for f in split) or sum(split) > 1 + 1e-9):
+            raise SuiteError(f"{where}: split must be two fractions in (0, 1) adding up to at most 1 (train, test); got {split!r}", where=str(path), key="split")
+        m = ds.get("max_events")
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+            raise SuiteError(f"{where}: max_events must be a positive integer; got {m!r}", where=str(path), key="max_events")
+    from physgen.training import TrainConfig
+
+    for i, spec in enumerate(suite["surrogates"]):
+        where = f"[[surrogates]] #{i + 1} ({spec.get('label', spec.get('family')) if isinstance(spec, dict) else spec})"
+        _check_keys(spec, _SURROGATE_KEYS, where, path)
+        if not isinstance(spec.get("family"), str):
+            raise SuiteError(f"{where} needs family (a string)", where=str(path), key="family")
+        for ds_name in spec.get("datasets", []):
+            if ds_name not in names:
+                raise SuiteError(f"{where}: no data set {ds_name!r} in this suite (data sets: {', '.join(sorted(names))})", where=str(path), key="datasets")
+        try:
+            TrainConfig.from_dict(spec.get("train", {}), where=f"{where} train")
+            for kind in {_source_kind(ds) for ds in suite["datasets"] if not spec.get("datasets") or ds["name"] in spec["datasets"]}:
+                build_model(spec, kind)
+        except (ConfigError, UnknownNameError) as exc:
+            raise SuiteError(str(exc), where=str(path), key=getattr(exc, "key", None)) from exc
     suite["_path"] = str(path)
     return suite
 
 
+def _source_kind(ds: dict[str, Any]) -> str:
+    """The data kind a source will give, where it can be told without reading it (calorimeter, event or spins)."""
+    src = ds["source"]
+    if src.startswith("quantum:"):
+        return "spins"
+    if src == "embedded" or src.endswith((".h5", ".hdf5")):
+        return "calorimeter" if src == "embedded" or not ds.get("read") else "event"
+    return "event"
+
+
+def build_model(spec: dict[str, Any], kind: str) -> Any:
+    """The unfitted model a suite entry describes, for data of ``kind`` (calorimeter showers: a ShowerModel)."""
+    from physgen.surrogates import create
+
+    config = dict(spec.get("config", {}))
+    if kind == "calorimeter":
+        from physgen.calorimeter import ShowerModel
+
+        return ShowerModel(spec["family"], preset=spec.get("preset"), **config)
+    if spec.get("preset") is not None:
+        raise ConfigError("preset applies to calorimeter showers only", where=spec.get("label", spec["family"]), key="preset")
+    return create(spec["family"], **config)
+
+
 def resolve_source(source: str, base: Path | None = None) -> Path:
-    """``"embedded"``, ``"skhep:FILE"`` (scikit-hep-testdata), ``"shared:FILE"`` (../shared/data) or a path."""
+    """``"embedded"``, ``"skhep:FILE"`` (scikit-hep-testdata), ``"data:FILE"`` (in ``$PHYSGEN_DATA``) or a path."""
     if source == "embedded":
         from physgen.data import default_path
 
@@ -87,8 +176,11 @@ def resolve_source(source: str, base: Path | None = None) -> Path:
         except ImportError as exc:
             raise DataFileError("the suite reads scikit-hep-testdata: pip install 'scikit-hep-testdata==0.3.0'") from exc
         return Path(skhep_testdata.data_path(source.split(":", 1)[1]))
-    if source.startswith("shared:"):
-        path = Path(__file__).resolve().parents[2] / "shared" / "data" / source.split(":", 1)[1]
+    if source.startswith("data:"):
+        root = os.environ.get("PHYSGEN_DATA")
+        if not root:
+            raise DataFileError(f"the suite reads {source!r}: set PHYSGEN_DATA to the folder that holds it")
+        path = Path(root) / source.split(":", 1)[1]
     else:
         path = Path(source)
         if not path.is_absolute() and base is not None:
@@ -152,7 +244,8 @@ def _quantum_source(ds: dict[str, Any]) -> Data:
     return data.replace_schema(meta={"chain": chain.describe()})
 
 
-def _load(ds: dict[str, Any], base: Path | None) -> Data:
+def load_dataset(ds: dict[str, Any], base: Path | None = None) -> Data:
+    """A suite's ``[[datasets]]`` entry, read (and cut to ``max_events``)."""
     from physgen.io import read
 
     if ds["source"].startswith("quantum:"):
@@ -163,7 +256,7 @@ def _load(ds: dict[str, Any], base: Path | None) -> Data:
     return data
 
 
-def _generation_timing(model: Any, test: Data, batches: tuple[int, ...] = (1, 100, 10_000)) -> dict[str, Any]:
+def generation_timing(model: Any, test: Data, batches: tuple[int, ...] = (1, 100, 10_000)) -> dict[str, Any]:
     """Seconds per generated event at several batch sizes, on ONE CPU thread (Geant4's time is per core).
 
     The networks run where the model's weights are: on the CPU thread, or on a GPU where
@@ -173,12 +266,12 @@ def _generation_timing(model: Any, test: Data, batches: tuple[int, ...] = (1, 10
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {"threads": 1, "device": str(_model_device(model)), **_timed(model, test, batches)}
+        return {"threads": 1, "device": str(model_device(model)), **_timed(model, test, batches)}
     finally:
         torch.set_num_threads(threads)
 
 
-def _model_device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
     """Where a surrogate's weights live (the CPU for one without tensors)."""
     tensors = [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) else []
     return tensors[0].device if tensors else torch.device("cpu")
@@ -202,7 +295,7 @@ def _timed(model: Any, test: Data, batches: tuple[int, ...]) -> dict[str, Any]:
     return out
 
 
-def _geant4_ratio(test: Data, per_event_s: float) -> dict[str, Any] | None:
+def geant4_ratio(test: Data, per_event_s: float) -> dict[str, Any] | None:
     cpu = test.aux.get("geant4_cpu_s")
     if cpu is None or test.cond is None:
         return None
@@ -224,30 +317,30 @@ def run_one(
 ) -> tuple[dict[str, Any], Data, Data]:
     """Train, generate, time and evaluate one surrogate on one data set: (result, held-out data, generated)."""
     from physgen.metrics import evaluate
-    from physgen.surrogates import create
 
     split = ds.get("split", [0.7, 0.3])
     train, test = data.split(tuple(split), seed=seed)
-    model = create(spec["family"], **spec.get("config", {}))
+    model = build_model(spec, data.schema.kind)
     train_cfg = {"progress": None, "seed": seed, **spec.get("train", {})}
     t0 = time.perf_counter()
     history = model.fit(train, **train_cfg)
     train_s = time.perf_counter() - t0
     params = _n_params(model)
-    device = _model_device(model)
+    device = model_device(model)
     if device.type == "cuda":  # the yardstick of the device it trained on: its fp32 rate, measured now
         gflops = matmul_gflops(n=8192, repeats=10, device=device)
     sps = float(np.median([h["samples_per_s"] for h in history if "samples_per_s" in h])) if any("samples_per_s" in h for h in history) else None
     t0 = time.perf_counter()
     generated = model.sample(test.cond, seed=seed) if model.is_conditional else model.sample(n=len(test), seed=seed)
     gen_s = time.perf_counter() - t0
-    timing = _generation_timing(model, test)
+    timing = generation_timing(model, test)
     report = evaluate(test, generated, seed=seed, **metrics)
     result: dict[str, Any] = {
         "dataset": ds["name"],
         "family": spec["family"],
         "label": spec.get("label", spec["family"]),
-        "config": model.config,
+        "options": model.user_options,
+        "resolved": model.resolved,
         "train": {
             "seconds": train_s,
             "epochs": len([h for h in history if "epoch" in h and h.get("epoch", 0) > 0]),
@@ -261,13 +354,16 @@ def run_one(
             "history": history,
         },
         "generate": {"seconds": gen_s, "n": len(generated), "timing": timing},
-        "geant4": {f"batch_{b}": _geant4_ratio(test, timing[f"batch_{b}"]["seconds_per_event"]) for b in (1, 100, 10_000)},
+        "geant4": {f"batch_{b}": geant4_ratio(test, timing[f"batch_{b}"]["seconds_per_event"]) for b in (1, 100, 10_000)},
         "evaluation": report,
     }
-    if hasattr(model, "tomography_report") and ds["name"] in _EXACT_STATES:
-        result["quantum"] = model.tomography_report(_EXACT_STATES[ds["name"]], train)
-    if hasattr(model, "evaluations_per_sample"):
-        result["generate"]["network_evaluations_per_sample"] = model.evaluations_per_sample()
+    if spec["family"] == "rbm" and ds["name"] in _EXACT_STATES:
+        from physgen.quantum import tomography_report
+
+        result["quantum"] = tomography_report(model, _EXACT_STATES[ds["name"]], train)
+    inner = getattr(model, "inner", model)
+    if hasattr(inner, "evaluations_per_sample"):
+        result["generate"]["network_evaluations_per_sample"] = inner.evaluations_per_sample()
     if out_dir is not None:
         model.save(out_dir / "models" / f"{ds['name']}__{result['label']}")
         from physgen.io import write
@@ -289,7 +385,18 @@ def run_suite(
 
     With ``keep_samples`` (and an ``out_dir``), also draw each data set's
     comparison plots into ``out_dir/plots/DATASET/`` (listed in ``payload["plots"]``).
+    A run that fails is recorded with its error and the others go on; ``payload["failed"]``
+    counts them.
+
+    Raises:
+        SuiteError: ``only`` names no family or label of the suite.
     """
+    if only:
+        known = {spec["family"] for spec in suite["surrogates"]} | {spec["label"] for spec in suite["surrogates"] if "label" in spec}
+        missing = [name for name in only if name not in known]
+        if missing:
+            exc = ConfigError.unknown("--only", missing[0], known)
+            raise SuiteError(str(exc), where=suite.get("_path"), key=missing[0], nearest=exc.nearest)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         (out / "models").mkdir(parents=True, exist_ok=True)
@@ -303,7 +410,7 @@ def run_suite(
     data_info: dict[str, Any] = {}
     plots: dict[str, list[str]] = {}
     for ds in suite["datasets"]:
-        data = _load(ds, base)
+        data = load_dataset(ds, base)
         data_info[ds["name"]] = data.summary()
         held_out: Data | None = None
         samples: dict[str, Data] = {}
@@ -316,7 +423,7 @@ def run_suite(
             log(f"[{ds['name']}] {spec.get('label', spec['family'])}: training ...")
             try:
                 res, held_out, generated = run_one(ds, data, spec, seed, gflops, metrics, out)
-            except (InvalidDataError, RuntimeError) as exc:
+            except (PhysgenError, RuntimeError) as exc:
                 log(f"[{ds['name']}] {spec.get('label', spec['family'])}: FAILED: {exc}")
                 results.append({"dataset": ds["name"], "family": spec["family"], "label": spec.get("label", spec["family"]), "error": str(exc)})
                 continue
@@ -345,9 +452,10 @@ def run_suite(
         "matmul_gflops": gflops,
         "data": data_info,
         "results": results,
+        "failed": sum("error" in r for r in results),
         "plots": plots,
     }
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     if out is not None:
         from physgen.report import write_json
 
@@ -355,7 +463,7 @@ def run_suite(
     return payload
 
 
-def _compare_to_baseline(payload: dict[str, Any]) -> None:
+def compare_to_baseline(payload: dict[str, Any]) -> None:
     """For each learned surrogate, on which high-level features it beats the Gaussian baseline (separation power)."""
     by_ds: dict[str, dict[str, Any]] = {}
     for r in payload["results"]:

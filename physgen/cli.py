@@ -98,13 +98,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from physgen.surrogates import create, get
+    from physgen.bench import build_model
+    from physgen.surrogates import get
 
     get(args.model)  # unknown names fail before the data is read
+    spec = {"family": args.model, "preset": args.preset, "config": _key_values(args.config, "--config")}
     data = _read(args.data, args)
+    model = build_model(spec, data.schema.kind)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = create(args.model, **_key_values(args.config, "--config"))
     train_cfg: dict[str, Any] = {
         "checkpoint_dir": out / "run",
         "resume": args.resume,
@@ -198,6 +200,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_options(args: argparse.Namespace) -> int:
+    from physgen.reference import options_markdown, options_of
+
+    if args.markdown or args.name is None:
+        print(options_markdown())
+        return 0
+    for row in options_of(args.name).reference():
+        print(f"{row['name']:26s} {row['type']:36s} {row['default']:>14s}  {row['doc']}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -213,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     train = sub.add_parser("train", help="train a registered surrogate on a data file")
-    train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, ...)")
+    train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, vae, wgan, rbm) or module:Class")
     train.add_argument("data", help="training data file")
     train.add_argument("--out", required=True, help="run directory: checkpoints in OUT/run, the model in OUT/model")
     train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/run's last checkpoint")
@@ -228,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     train.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     train.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
-    train.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="surrogate hyperparameters (JSON values)")
+    train.add_argument("--preset", help="calorimeter showers: the shower model's preset (e.g. wsi_electron, pbwo4_gamma, or a TOML path)")
+    train.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="model options (JSON values); `physgen options FAMILY` lists them")
     train.add_argument("--train", nargs="*", metavar="KEY=VALUE", help="other training-loop settings (see TrainConfig)")
     _add_read_options(train)
     train.set_defaults(func=_cmd_train)
@@ -261,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="runs/bench", help="output directory (results.json, report.html, report.md)")
     bench.add_argument("--only", help="comma-separated families or labels to run")
     bench.set_defaults(func=_cmd_bench)
+
+    opts = sub.add_parser("options", help="every option of a family, the shower model or training, with type, default and doc")
+    opts.add_argument("name", nargs="?", help="a family (flow, vae, ...), 'shower' or 'train'; none: all, as Markdown")
+    opts.add_argument("--markdown", action="store_true", help="print the whole reference as Markdown (docs/reference/options.md)")
+    opts.set_defaults(func=_cmd_options)
     return ap
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "GeometryError",
     "InvalidDataError",
     "CheckpointError",
+    "ConfigError",
+    "TrainingDivergedError",
     "UnknownNameError",
     "closest",
 ]
@@ -104,6 +106,37 @@ class CheckpointError(PhysgenError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ConfigError(PhysgenError, ValueError):
+    """An option that is unknown, of the wrong type or out of range; names the option and what was expected.
+
+    Attributes:
+        where: the component whose options were given (``"flow"``, ``"train"``, ``"suite"``, ...).
+        key: the offending option, or ``None``.
+        nearest: the closest valid option names, for an unknown key.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None, key: str | None = None, nearest: Iterable[str] = ()):
+        self.where, self.key, self.nearest = where, key, list(nearest)
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @classmethod
+    def unknown(cls, where: str, key: str, valid: Iterable[str], renamed: dict[str, str] | None = None) -> ConfigError:
+        """The error for an unknown option ``key``: the nearest valid names, or the new name of a renamed one."""
+        valid = sorted(valid)
+        if renamed and key in renamed:
+            return cls(f"option {key!r} is now called {renamed[key]!r}", where=where, key=key, nearest=[renamed[key]])
+        near = closest(key, valid)
+        hint = f"did you mean {' or '.join(repr(k) for k in near)}? " if near else ""
+        return cls(f"unknown option {key!r}; {hint}(valid: {', '.join(valid)})", where=where, key=key, nearest=near)
+
+
+class TrainingDivergedError(PhysgenError, RuntimeError):
+    """The training loss became NaN/inf or exploded; nothing broken was saved."""
 
 
 class UnknownNameError(PhysgenError, LookupError):

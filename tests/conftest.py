@@ -46,6 +46,6 @@ def wsi_path() -> Path:
 @pytest.fixture(scope="session")
 def showers():
     """The embedded Geant4 PbWO4 sample (2,000 photon showers, 768 voxels)."""
-    from physgen.data import load_default
+    from physgen.io import load_default
 
     return load_default()

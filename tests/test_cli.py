@@ -142,7 +142,7 @@ train = {{ epochs = 2, batch_size = 100 }}
     [
         (["train", "flw", "x.h5", "--out", "o"], "unknown surrogate 'flw'; valid: diffusion, flow, gaussian"),
         (["info", "missing.h5"], "no such file"),
-        (["bench", "nosuch"], "no suite named 'nosuch'; known suites: "),
+        (["bench", "nosuch"], "unknown suite 'nosuch'; valid: quick"),
         (["sample", "nowhere", "--n", "3", "--out", "x.h5"], "not a directory"),
     ],
 )

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from physgen.bench import _model_device, run_one
+from physgen.bench import model_device, run_one
+from physgen.calorimeter import ShowerModel
 from physgen.io import read
-from physgen.surrogates import create, load
+from physgen.surrogates import load
 
 DEVICE = os.environ.get("PHYSGEN_TEST_DEVICE", "cuda")
 
@@ -35,7 +36,7 @@ FAMILIES = {
     ),
     "diffusion": (
         {"hidden": 64, "n_blocks": 1, "steps": 6, "sampler": "euler", "sample_precision": "bf16", "standardise_min_std": 1.0,
-         "hit_bits": True, "value_calibration": True},
+         "analog_bits": True, "value_calibration": True},
         {"augment": 4},
     ),
     "vae": (
@@ -61,10 +62,10 @@ def wsi_small(wsi_path):
 def test_family_trains_samples_and_round_trips_on_the_device(family, wsi_small, tmp_path):
     train, test = wsi_small
     config, train_cfg = FAMILIES[family]
-    model = create(family, **config)
+    model = ShowerModel(family, **config)
     hist = model.fit(train, epochs=2, batch_size=64, device=DEVICE, progress=False, seed=0, **train_cfg)
     assert all(np.isfinite(h["loss"]) for h in hist if "loss" in h)
-    assert _model_device(model).type == torch.device(DEVICE).type
+    assert model_device(model).type == torch.device(DEVICE).type
     cond = test.cond[:200]
     a = model.sample(cond, seed=3)
     b = model.sample(cond, seed=3)
@@ -88,7 +89,7 @@ def test_family_trains_samples_and_round_trips_on_the_device(family, wsi_small, 
 def test_exact_log_likelihood_is_the_same_on_the_device_and_the_host(family, wsi_small):
     train, test = wsi_small
     config, train_cfg = FAMILIES[family]
-    model = create(family, **config)
+    model = ShowerModel(family, **config)
     model.fit(train, epochs=1, batch_size=64, device=DEVICE, progress=False, seed=0, **train_cfg)
     on_device = model.log_prob(test[:100]).double()
     model.to("cpu")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import physgen
 from physgen.bench import run_suite
@@ -76,7 +75,7 @@ def test_leaderboard_text_lists_every_surrogate(bench_dir):
 
 
 def test_baseline_comparison_separates_losses_beyond_the_bootstrap_errors():
-    from physgen.bench import _compare_to_baseline
+    from physgen.bench import compare_to_baseline
     from physgen.report import _significance
 
     def result(family, sp):
@@ -87,19 +86,19 @@ def test_baseline_comparison_separates_losses_beyond_the_bootstrap_errors():
     # a: better; b: worse by 0.001 (far inside σ = 0.0042); c: worse by 0.02 (> 2σ = 0.0113)
     mine = result("flow", {"a": (0.05, 0.01), "b": (0.011, 0.003), "c": (0.07, 0.004)})
     payload = {"results": [base, mine]}
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     v = mine["vs_gaussian"]
     assert v["worse_than_gaussian"] == ["b", "c"] and v["significantly_worse_than_gaussian"] == ["c"]
     assert not v["beats_on_every_feature"] and not v["no_feature_significantly_worse"]
     assert "vs_gaussian" not in base
     assert _significance(v) == "; by more than 2σ on 1: c"
     mine["evaluation"]["features"]["c"]["separation_power"]["value"] = 0.055  # now within 2σ
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     assert mine["vs_gaussian"]["no_feature_significantly_worse"] and _significance(mine["vs_gaussian"]) == "; none by more than 2σ"
 
 
 def test_baseline_comparison_names_losses_where_both_sit_at_the_truth_floor():
-    from physgen.bench import _compare_to_baseline
+    from physgen.bench import compare_to_baseline
     from physgen.report import _significance
 
     def result(family, sp):
@@ -112,20 +111,20 @@ def test_baseline_comparison_names_losses_where_both_sit_at_the_truth_floor():
     # c: neither at the floor; e: better
     mine = result("vae", {"a": (0.0065, 0.0060), "b": (0.0100, 0.0060), "c": (0.021, 0.005), "e": (0.01, 0.005)})
     payload = {"results": [base, mine]}
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     v = mine["vs_gaussian"]
     assert v["worse_than_gaussian"] == ["a", "b", "c"] and v["both_at_floor"] == ["a"]
     assert not v["beats_or_ties_at_floor_on_every_feature"]
     assert _significance(v) == "; none by more than 2σ; both within 2σ of the truth-vs-truth floor on 1 (not at the floor: b, c)"
     for f in ("b", "c"):
         mine["evaluation"]["features"][f]["separation_power"]["value"] = 0.001  # now better
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     assert mine["vs_gaussian"]["beats_or_ties_at_floor_on_every_feature"] and not mine["vs_gaussian"]["beats_on_every_feature"]
     assert _significance(mine["vs_gaussian"]).endswith("floor on 1 (all of them)")
     # older result files have no floors: nothing counts as at the floor
     for f in mine["evaluation"]["features"].values():
         del f["separation_power"]["floor"]
-    _compare_to_baseline(payload)
+    compare_to_baseline(payload)
     assert mine["vs_gaussian"]["both_at_floor"] == [] and not mine["vs_gaussian"]["beats_or_ties_at_floor_on_every_feature"]
 
 
@@ -182,7 +181,7 @@ def _bench_script(name, tmp_path, monkeypatch=None):
             (tmp_path / file).write_text(text)
             return tmp_path / file
 
-        writer = getattr(mod, "heldout_eval", mod)  # temperature_scan writes through heldout_eval
+        writer = mod
         monkeypatch.setattr(writer, "write_result", lambda out, payload: write(f"{out}.json", json.dumps(payload, default=str)))
         monkeypatch.setattr(writer, "write_markdown", lambda out, text: write(f"{out}.md", text))
     return mod
@@ -190,7 +189,7 @@ def _bench_script(name, tmp_path, monkeypatch=None):
 
 def _tiny_run(tmp_path, families):
     """A two-epoch suite on the embedded showers' first 1,200 and its saved models: (suite file, run folder, models, training split)."""
-    from physgen.surrogates import create
+    from physgen.calorimeter import ShowerModel
 
     suite = tmp_path / "tiny.toml"
     suite.write_text(
@@ -200,7 +199,7 @@ def _tiny_run(tmp_path, families):
     train = physgen.load_default()[:1200].split((0.7, 0.3), seed=0)[0]
     models = {}
     for family, config in families.items():
-        models[family] = create(family, **config)
+        models[family] = ShowerModel(family, **config)
         models[family].fit(train, epochs=1, progress=False)
         models[family].save(tmp_path / "run" / "models" / f"pb__{family}")
     return suite, tmp_path / "run", models, train
@@ -221,73 +220,13 @@ def test_heldout_evaluation_judges_saved_models_on_events_the_suite_never_used(t
     assert "vs_gaussian" in payload["results"][1] and "| pb | vae |" in (tmp_path / "h.md").read_text()
 
 
-def test_temperature_scan_recalibrates_a_flow_at_each_temperature_and_refuses_the_test_split(tmp_path, monkeypatch):
-    from physgen.metrics import evaluate
-
-    mod = _bench_script("temperature_scan", tmp_path, monkeypatch)
-    suite, run, models, train = _tiny_run(
-        tmp_path, {"gaussian": {}, "flow": {"n_layers": 2, "hidden": 16, "n_blocks": 1}, "vae": {"latent": 4, "hidden": 32, "layers": 1}},
-    )
-    run = str(run)
-    with pytest.raises(SystemExit, match="choose the temperature on the showers that judge it"):
-        mod.main([str(suite), run, "--temperatures", "1.0", "--events", "test", "--out", "t"])
-    with pytest.raises(SystemExit, match=r"in \(0, 10\]"):
-        mod.main([str(suite), run, "--temperatures", "0,1", "--events", "1200:2000", "--out", "t"])
-    with pytest.raises(SystemExit, match="no sampling temperature"):
-        mod.main([str(suite), run, "--label", "vae", "--temperatures", "1.0", "--events", "1200:2000", "--out", "t"])
-    assert mod.main([str(suite), run, "--temperatures", "0.5,1.5", "--events", "1200:2000", "--out", "t"]) == 0
-    payload = json.loads((tmp_path / "t.json").read_text())
-    assert [r["label"] for r in payload["results"]] == ["gaussian", "flow_T0.5", "flow_T1.5"]
-    assert [r["temperature"] for r in payload["results"]] == [None, 0.5, 1.5] and payload["n_events"] == 800
-    # each temperature re-fits the cuts on its own samples: re-done here by hand, the 0.5 scan's model is that one
-    flow = models["flow"]
-    flow.config["temperature"] = 0.5
-    flow.recalibrate(train, seed=0)
-    held = physgen.load_default()[1200:2000]
-    again = evaluate(held, flow.sample(held.cond, seed=0), seed=0, classifier_epochs=2)
-    fpd = [r["evaluation"]["summary"]["fpd"]["value"] for r in payload["results"]]
-    assert again["summary"]["fpd"]["value"] == pytest.approx(fpd[1], rel=1e-9) and fpd[1] != fpd[2]
-    assert "vs_gaussian" in payload["results"][2] and "# Temperature scan" in (tmp_path / "t.md").read_text()
-
-
-def test_layer_count_probe_maps_read_out_layers_to_the_target_counts_and_keeps_layer_energies():
-    mod = _bench_script("layer_counts", None)
-    g = torch.Generator().manual_seed(0)
-    n, layers, size = 4000, 2, 20
-    # the model: one hit in each read-out layer (as the W/Si WGAN's layer 44), layer 1 empty in a quarter of the showers
-    post = torch.zeros(n, layers, size, dtype=torch.float64)
-    post[:, :, 0] = torch.rand(n, layers, generator=g, dtype=torch.float64) + 0.5
-    post[: n // 4, 1] = 0
-    pre = post + torch.rand(n, layers, size, generator=g, dtype=torch.float64) * 0.01  # values the cut removed
-    # "Geant4": read-out layers with 1 + Poisson(1.5) hits
-    k_true = 1 + torch.poisson(torch.full((n, layers), 1.5), generator=g).long().clamp_max(size - 1)
-    truth = (torch.arange(size)[None, None] < k_true[..., None]).double()
-    bins = torch.zeros(n, dtype=torch.long)
-    sizes = [size] * layers
-    target = mod.count_cdfs(mod.layer_counts(truth.reshape(n, -1), sizes), bins, 1, size)
-    model = mod.count_cdfs(mod.layer_counts(post.reshape(n, -1), sizes), bins, 1, size)
-    mapped = mod.map_counts(post.reshape(n, -1), pre.reshape(n, -1), bins, model, target, size, torch.Generator().manual_seed(1)).reshape(n, layers, size)
-    counts = (mapped > 0).sum(2)
-    read = post.sum(2) > 0
-    for layer in range(layers):
-        got = torch.bincount(counts[read[:, layer], layer], minlength=size).double() / read[:, layer].sum()
-        want = torch.bincount(k_true[:, layer], minlength=size).double() / n
-        assert (got - want).abs().max() < 0.03  # binomial errors ≈ 0.008
-    assert torch.allclose(mapped.sum(2), post.sum(2))  # layer energies kept
-    assert bool((mapped[~read] == 0).all())  # a layer not read out stays empty
-    assert bool((mapped[..., 0] > 0)[read].all())  # the model's own hit is kept
-    # a model that already has the target's counts is left as it was
-    same = mod.map_counts(truth.reshape(n, -1), truth.reshape(n, -1), bins, target, target, size, torch.Generator().manual_seed(2))
-    assert torch.equal(same, truth.reshape(n, -1))
-
-
 def test_step_ops_splits_a_step_into_the_family_and_its_first_stage_steps(showers):
     """The first stage's share grows by its step count; the family's own networks do not."""
     mod = _bench_script("step_ops", None)
     data = showers[:400]
     config = {"latent": 4, "hidden": 32, "layers": 1}
-    one = mod.step_profile("vae", {**config, "energy_steps": 1}, data, 64, steps=2)
-    three = mod.step_profile("vae", {**config, "energy_steps": 3}, data, 64, steps=2)
+    one = mod.step_profile({"family": "vae", "config": {**config, "energy_steps": 1}}, data, 64, steps=2)
+    three = mod.step_profile({"family": "vae", "config": {**config, "energy_steps": 3}}, data, 64, steps=2)
     assert one["energy_steps"] == 1 and three["energy_steps"] == 3
     assert one["ops_family"] == three["ops_family"] > 0
     # the same first-stage step, three times: its operations, not the family's, triple
@@ -296,19 +235,3 @@ def test_step_ops_splits_a_step_into_the_family_and_its_first_stage_steps(shower
     assert one["cpu_ms_per_step"] > 0
 
 
-def test_recalibrate_script_re_bins_the_readout_calibration_in_energy(tmp_path, showers):
-    from physgen.surrogates import create, load
-
-    mod = _bench_script("recalibrate", None)
-    suite = tmp_path / "s.toml"
-    suite.write_text('name = "s"\nseed = 0\n[[datasets]]\nname = "p"\nsource = "embedded"\nsplit = [0.7, 0.3]\nmax_events = 600\n'
-                     '[[surrogates]]\nfamily = "vae"\n')
-    train, _ = showers[:600].split((0.7, 0.3), seed=0)
-    model = create("vae", latent=4, hidden=32, layers=1)
-    model.fit(train, epochs=1, batch_size=100, progress=False)
-    model.save(tmp_path / "run" / "models" / "p__vae")
-    assert len(model.preprocessing.x_transforms[0].edges) == 3  # four energy bins by default
-    assert mod.main([str(suite), str(tmp_path / "run"), "--labels", "vae", "--readout-bins", "2", "--out", str(tmp_path / "out")]) == 0
-    back = load(tmp_path / "out" / "models" / "p__vae")
-    cut = back.preprocessing.x_transforms[0]
-    assert back.config["readout_bins"] == 2 and len(cut.edges) == 1 and cut.voxel_thresholds.shape[0] == 2

@@ -4,7 +4,7 @@
     torchrun --standalone --nproc_per_node=2 tests/train_job.py OUT --no-checkpoints
     ... [--family flow --config '{"two_stage": true}'] [--every-rank]
 
-Trains the gradient-solved Gaussian on the first 800 embedded Geant4 showers and
+Trains a shower model (the gradient-solved Gaussian by default) on the first 800 embedded Geant4 showers and
 writes OUT/final (a saved surrogate) and OUT/result.json (final validation loss).
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import physgen
-from physgen.surrogates import create
+from physgen.calorimeter import ShowerModel
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(1)  # identical summation order in every process
     data = physgen.load_default()[:800]
     config = json.loads(args.config)
-    model = create(args.family, solver="gradient", **config) if args.family == "gaussian" else create(args.family, **config)
+    model = ShowerModel(args.family, solver="gradient", **config) if args.family == "gaussian" else ShowerModel(args.family, **config)
 
     def maybe_die(epoch: int, record: dict) -> None:
         if args.kill_after is not None and epoch == args.kill_after:

@@ -1,4 +1,4 @@
-"""The common tensors (:class:`Data`, :class:`Schema`), calorimeter geometry and preprocessing."""
+"""The common tensors (:class:`Data`, :class:`Schema`), calorimeter geometry and invertible preprocessing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from physgen.data.container import Data, Kind, Schema
 from physgen.data.geometry import CalorimeterGeometry, Layer, official_binning, read_binning_xml
+from physgen.data.groups import FeatureGroups
 from physgen.data.transforms import (
     Dequantise,
     LayerFractions,
@@ -15,16 +16,15 @@ from physgen.data.transforms import (
     Logit,
     NormaliseByIncidentEnergy,
     Pipeline,
-    ReadoutThreshold,
     Standardise,
     Transform,
-    calorimeter_pipeline,
 )
 
 __all__ = [
     "Data",
     "Schema",
     "Kind",
+    "FeatureGroups",
     "CalorimeterGeometry",
     "Layer",
     "read_binning_xml",
@@ -37,11 +37,8 @@ __all__ = [
     "Log",
     "Standardise",
     "Dequantise",
-    "ReadoutThreshold",
     "LogCondition",
-    "calorimeter_pipeline",
     "default_path",
-    "load_default",
 ]
 
 DEFAULT_NAME = "pbwo4_gamma_2k.h5"
@@ -53,13 +50,3 @@ def default_path() -> Path:
     See ``datasets/pbwo4_gamma_2k.md`` for its card.
     """
     return Path(str(resources.files("physgen.data") / "embedded" / DEFAULT_NAME))
-
-
-def load_default() -> Data:
-    """The embedded default sample as :class:`Data` (incident energy in ``cond``, MeV).
-
-    ``aux["geant4_cpu_s"]`` holds Geant4's CPU time per event on this project's machine.
-    """
-    from physgen.io import read_calochallenge
-
-    return read_calochallenge(default_path())

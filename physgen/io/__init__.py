@@ -49,6 +49,7 @@ __all__ = [
     "write_spins",
     "InvalidContentError",
     "atomic_path",
+    "load_default",
 ]
 
 FORMATS = ("calochallenge", "calogan", "hdf5", "root", "spins")
@@ -94,7 +95,6 @@ def read(path: str | Path, format: str | None = None, **kwargs: Any) -> Data:
             ``max_length=`` for ROOT).
 
     Example:
-        >>> from physgen.data import load_default
         >>> load_default().x.shape[1]
         768
     """
@@ -159,3 +159,14 @@ def write(data: Data, path: str | Path, format: str | None = None, **kwargs: Any
         "spins": write_spins,
     }[fmt]
     return writer(data, path, **kwargs)
+
+
+def load_default() -> Data:
+    """The embedded default sample as :class:`~physgen.data.Data`: 2,000 Geant4 photon showers in PbWO4 (768 voxels, MeV).
+
+    The incident energy is in ``cond`` (MeV); ``aux["geant4_cpu_s"]`` holds Geant4's CPU time
+    per event on the machine that simulated it (``datasets/pbwo4_gamma_2k.md`` is its card).
+    """
+    from physgen.data import default_path
+
+    return read_calochallenge(default_path())

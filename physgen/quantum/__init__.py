@@ -20,6 +20,7 @@ from physgen.quantum.measurements import (
     kl_divergence,
     overlap,
     sample_measurements,
+    tomography_report,
     zz_correlations,
     zz_correlations_from_samples,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "overlap",
     "fidelity",
     "kl_divergence",
+    "tomography_report",
     "zz_correlations",
     "zz_correlations_from_samples",
     "RBMWavefunction",

@@ -10,6 +10,8 @@ stricter squared one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from physgen.data import Data, Schema
@@ -17,6 +19,7 @@ from physgen.errors import InvalidDataError
 from physgen.quantum.hamiltonians import configurations, sigma_z
 
 __all__ = [
+    "tomography_report",
     "sample_measurements",
     "histogram_state",
     "overlap",
@@ -91,3 +94,18 @@ def zz_correlations_from_samples(bits: np.ndarray) -> np.ndarray:
     """⟨σᶻᵢ σᶻⱼ⟩ ``[n, n]`` estimated from measured configurations ``[N, n]``."""
     s = sigma_z(np.asarray(bits))
     return s.T @ s / len(s)
+
+
+def tomography_report(model: Any, psi_exact: np.ndarray, samples: Data | None = None) -> dict[str, float]:
+    """Overlap, fidelity and KL of a fitted RBM's wavefunction against an exact positive state (and the histogram baseline).
+
+    ``model`` is a fitted :class:`~physgen.surrogates.rbm.RBMSurrogate` (its ``wavefunction()``);
+    with ``samples`` the report adds the fidelity of their plain histogram, which every
+    reconstruction must beat.
+    """
+    psi = model.wavefunction()
+    out = {"overlap": overlap(psi_exact, psi), "fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
+    if samples is not None:
+        hist = histogram_state(samples, len(np.asarray(psi_exact)).bit_length() - 1)
+        out.update(histogram_fidelity=fidelity(psi_exact, hist), histogram_overlap=overlap(psi_exact, hist))
+    return out

@@ -1,20 +1,22 @@
 """Interchangeable generative surrogates behind one :class:`Surrogate` interface.
 
->>> import physgen
 >>> from physgen.surrogates import create
+>>> import torch
+>>> from physgen.data import Data, Schema
+>>> events = Data(torch.randn(500, 3), Schema(kind="event", feature_names=("a", "b", "c")))
 >>> model = create("gaussian")
->>> _ = model.fit(physgen.load_default())
->>> model.sample([[10_000.0], [50_000.0]], seed=0).x.shape
-torch.Size([2, 768])
+>>> _ = model.fit(events)
+>>> model.sample(n=4, seed=0).x.shape
+torch.Size([4, 3])
 """
 
-from physgen.surrogates.base import Capabilities, Surrogate
-from physgen.surrogates.registry import available, create, get
-from physgen.surrogates.training import TrainConfig, TrainingDivergedError
+from physgen.errors import TrainingDivergedError
+from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
+from physgen.surrogates.registry import allow_module, available, create, get, load, register
+from physgen.surrogates.structure import FeatureStructure
+from physgen.training.config import TrainConfig
 
-__all__ = ["Surrogate", "Capabilities", "available", "create", "get", "load", "TrainConfig", "TrainingDivergedError"]
-
-
-def load(directory: str) -> Surrogate:
-    """Load any saved surrogate; the family comes from its config."""
-    return Surrogate.load(directory)
+__all__ = [
+    "Capabilities", "FeatureStructure", "Surrogate", "SurrogateOptions", "TrainConfig", "TrainingDivergedError", "allow_module",
+    "available", "create", "get", "load", "register",
+]

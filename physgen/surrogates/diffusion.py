@@ -1,61 +1,79 @@
 """Conditional score-based diffusion with EDM preconditioning (Karras et al. 2022).
 
 The denoiser is ``D(y; σ, c) = c_skip(σ) y + c_out(σ) F(c_in(σ) y, ln σ / 4, c)`` with
-``F`` a residual MLP whose blocks are modulated (FiLM) by embeddings of the noise
-level and of the condition. Training draws ln σ ~ N(P_mean, P_std²) and minimises
-λ(σ) ‖D(y + σ n; σ) − y‖². Sampling integrates the probability-flow ODE from
-σ_max to 0 on Karras' ρ-schedule with Heun's second-order method (2N − 1 network
-evaluations for N steps) or Euler's (N); ``steps`` is a parameter, so the cost of
-a sample is chosen at sampling time. An EMA of the weights (decay 0.999) is on
-by default and the sampler uses it. No ``log_prob`` (capabilities say so).
+``F`` a residual MLP whose blocks are modulated (FiLM) by embeddings of the noise level
+and of the condition. Training draws ln σ ~ N(P_mean, P_std²) and minimises
+λ(σ) ‖D(y + σ n; σ) − y‖². Sampling integrates the probability-flow ODE from σ_max to 0
+on Karras' ρ-schedule with Heun's second-order method (2N − 1 network evaluations for N
+steps) or Euler's (N); ``steps`` is a parameter, so the cost of a sample is chosen at
+sampling time. An EMA of the weights (decay 0.999) is on by default and the sampler uses
+it. No ``log_prob`` (capabilities say so).
 
-Empty voxels (``hit_bits``, off by default): an empty voxel maps to one exact
-model-space value, and on W/Si 90 % of the voxels are empty. A denoiser that
-sees that point mass next to a voxel's rare hits blends the two, and the hits
-come out too small (the W/Si diffusion's rings 1-5 held 0.3-0.7 of Geant4's
-energy at the right occupancy). With ``hit_bits`` each voxel y_j becomes two
-diffused coordinates, as Chen et al.'s analog bits (2022): a bit b_j = ±1 (hit
-or empty) and a value v_j, the hit's value, or for an empty voxel a fresh draw
-from the voxel's hit values at the shower's energy (a Gaussian about a line in
-log E_inc through its hits in the training data,
-:func:`~physgen.surrogates.base.fit_voxel_marginals`), so v_j has no point
-mass. A sample is empty where b_j ≤ ``bit_threshold`` (default 0) and
-``e + |v_j − e|`` (folded at the empty value e, as
-:func:`~physgen.surrogates.base.fold_hit`) elsewhere; a layer that drew no hit
-gets one where b is largest in probability
-(:func:`~physgen.surrogates.base.one_hit_per_layer_`). Measured on W/Si in
-docs/surrogates.md: better AUC and separation power, but too few hits per layer
-at high energy, so calo_wsi does not use it yet.
+With ``analog_bits`` (features with an exact floor, such as empty voxels; Chen et al.'s
+analog bits, 2022) each feature y_j becomes two diffused coordinates: a bit b_j = ±1
+(above its floor or not) and a value v_j, the feature's value, or at the floor a fresh draw
+from the feature's values above it at the event's first condition (a Gaussian about a line
+fitted to the training data, :func:`~physgen.surrogates.point_mass.fit_feature_lines`), so
+v_j has no point mass. A denoiser that sees the point mass next to rare values blends the
+two and draws the values too small; with the bits it does not. A sample is at its floor
+where b_j ≤ ``bit_threshold``, else ``e + |v_j − e|`` (folded at the floor e). With
+``logit_shift`` the bits are read as logits, ``8·(b − bit_threshold)``, the hits drawn from
+them, and a calibration can shift them after training.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from physgen.data import Data
-from physgen.data.transforms import Pipeline, _Layers
-from physgen.errors import InvalidDataError
-from physgen.surrogates.base import (
-    EMPTY_TOL,
-    Capabilities,
-    Surrogate,
-    cached_until_changed,
-    energy_column,
-    fit_voxel_marginals,
-    fold_hit,
-    one_hit_per_layer_,
-)
+from physgen.errors import ConfigError
+from physgen.options import option
+from physgen.surrogates import point_mass
+from physgen.surrogates._common import cached_until_changed, in_blocks
+from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
+from physgen.surrogates.structure import FeatureStructure, require
 
-__all__ = ["DiffusionSurrogate", "ResidualMLP"]
+__all__ = ["DiffusionOptions", "DiffusionSurrogate", "ResidualMLP"]
 
-#: with ``hit_calibration``, a hit bit b is read as the logit HIT_BIT_SCALE·b: bits near ±1 are
-#: hits or empties for certain (σ(±8) = 0.9997 / 0.0003), those near 0 are drawn
-HIT_BIT_SCALE = 8.0
+#: with ``logit_shift``, a bit b is read as the logit BIT_LOGIT_SCALE·b: bits near ±1 are
+#: above the floor or at it for certain (σ(±8) = 0.9997 / 0.0003), those near 0 are drawn
+BIT_LOGIT_SCALE = 8.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionOptions(SurrogateOptions):
+    """Options of the EDM diffusion (``create("diffusion", ...)``)."""
+
+    renamed = {"hit_bits": "analog_bits"}
+
+    hidden: int = option(512, "width of the residual MLP", ge=1)
+    n_blocks: int = option(4, "residual blocks", ge=1)
+    emb: int = option(128, "width of the noise-level and condition embeddings (even)", ge=2)
+    dropout: float = option(0.0, "dropout in the residual blocks", ge=0, lt=1)
+    steps: int = option(12, "sampler steps (12 Euler steps beat 15 or 25 Heun steps in a scan on PbWO4 showers)", ge=1)
+    sampler: Literal["euler", "heun"] = option("euler", "ODE sampler: Euler (N network evaluations) or Heun (2N − 1)")
+    sigma_min: float = option(0.002, "EDM's smallest noise level", gt=0)
+    sigma_max: float = option(80.0, "EDM's largest noise level", gt=0)
+    rho: float = option(7.0, "EDM's ρ of the noise schedule", gt=0)
+    sigma_data: float = option(1.0, "EDM's data scale", gt=0)
+    p_mean: float = option(-1.2, "mean of ln σ when training")
+    p_std: float = option(1.2, "spread of ln σ when training", gt=0)
+    analog_bits: bool = option(False, "diffuse each feature as a bit (above its floor or not) and a value (empty voxels)", needs="floor")
+    bit_threshold: float = option(0.0, "with analog_bits, a feature is above its floor where its bit exceeds this", gt=-1, lt=1)
+    one_per_group: bool = option(False, "with analog_bits, give each group (layer) without a value above its floor one, where its bit is largest", needs=("floor", "groups"))
+    logit_shift: bool = option(False, "with analog_bits, read the bits as logits and keep a per-feature shift for a calibration to fit after training", needs="floor")
+
+    def check(self, where: str) -> None:
+        for name in ("one_per_group", "logit_shift"):
+            if getattr(self, name) and not self.analog_bits:
+                raise ConfigError(f"option {name!r} needs analog_bits", where=where, key=name)
+        if self.emb % 2:
+            raise ConfigError(f"option 'emb' must be even; got {self.emb}", where=where, key="emb")
 
 
 class _Block(nn.Module):
@@ -99,131 +117,78 @@ class ResidualMLP(nn.Module):
 
 
 class DiffusionSurrogate(Surrogate):
-    """EDM-preconditioned conditional diffusion on flat (preprocessed) vectors.
-
-    Args:
-        hidden, n_blocks, emb, dropout: the residual MLP.
-        steps: sampler steps (overridable per call of :meth:`sample_model` via ``self.steps``).
-        sampler: ``"euler"`` (N evaluations) or ``"heun"`` (2N − 1). The default, 12 Euler
-            steps, scored the best classifier AUC of the step scan on PbWO4 showers
-            (``benchmarks/diffusion_steps.py``), better than 15 or 25 Heun steps.
-        sigma_min, sigma_max, rho, sigma_data, p_mean, p_std: EDM's constants (its defaults).
-        hit_bits: diffuse each voxel as a hit bit and a value (see the module docstring);
-            needs a pipeline that ends with logit, then standardise (the calorimeter default).
-            The network's input and output double, and so does its cost per sample on W/Si.
-        bit_threshold: with ``hit_bits``, a voxel is hit where its bit exceeds this (0: the
-            bits' midpoint). A sampler that regresses rare bits towards their mean draws rare
-            hits too rarely, and the readout calibration can remove hits but not add them; a
-            threshold below 0 draws more, which the calibration then trims per voxel and energy.
-            Chosen per model on showers neither trained nor tested on (-0.3 on W/Si; docs/surrogates.md).
-        hit_calibration, hit_pool: with ``hit_bits``, the bits are read as logits
-            (``HIT_BIT_SCALE``·(bit − ``bit_threshold``)), the hits drawn from them, and after
-            training the logits are shifted per azimuthal ring (or voxel) by a line in log E_inc
-            fitted so the model draws the training showers' hits, as the VAE's and the WGAN's
-            (:meth:`~physgen.surrogates.Surrogate.calibrate_hits`). ``None`` (the default): on
-            with ``hit_bits``.
-    """
+    """EDM-preconditioned conditional diffusion on flat (preprocessed) vectors (options: :class:`DiffusionOptions`)."""
 
     family = "diffusion"
-    energy_steps = 2  # first-stage steps per (slower) family step
+    Options = DiffusionOptions
+    options: DiffusionOptions
     capabilities = Capabilities(conditional=True, gradient_trained=True)
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
-    checkpoint_defaults: ClassVar[dict[str, Any]] = {"hit_bits": False, "bit_threshold": 0.0, "hit_calibration": False}  # models saved before they existed
 
-    def __init__(
-        self,
-        hidden: int = 512,
-        n_blocks: int = 4,
-        emb: int = 128,
-        dropout: float = 0.0,
-        steps: int = 12,
-        sampler: str = "euler",
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
-        rho: float = 7.0,
-        sigma_data: float = 1.0,
-        p_mean: float = -1.2,
-        p_std: float = 1.2,
-        hit_bits: bool = False,
-        bit_threshold: float = 0.0,
-        **config: Any,
-    ):
-        if sampler not in ("heun", "euler"):
-            raise InvalidDataError(f"sampler must be 'heun' or 'euler'; got {sampler!r}")
-        if steps < 1:
-            raise InvalidDataError(f"steps must be ≥ 1; got {steps}")
-        if not -1 < bit_threshold < 1:
-            raise InvalidDataError(f"bit_threshold must be in (-1, 1) (hit bits are ±1); got {bit_threshold}")
-        super().__init__(
-            hidden=int(hidden), n_blocks=int(n_blocks), emb=int(emb), dropout=float(dropout), steps=int(steps), sampler=sampler,
-            sigma_min=float(sigma_min), sigma_max=float(sigma_max), rho=float(rho), sigma_data=float(sigma_data),
-            p_mean=float(p_mean), p_std=float(p_std), hit_bits=bool(hit_bits),
-            bit_threshold=float(bit_threshold), **config,
-        )
-        self.steps = int(steps)
-        self.hit_layers: _Layers | None = None
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        #: sampler steps; change it on a trained model to trade quality for speed
+        self.steps = self.options.steps
 
-    def build(self, dim: int, cond_dim: int) -> None:
-        c = self.config
+    def build(self, dim: int, cond_dim: int, structure: FeatureStructure | None = None) -> None:
+        o = self.options
         width = dim
-        if c.get("hit_bits"):
-            empty = self.empty_value(dim)
-            if empty is None:
-                raise InvalidDataError("hit_bits needs a pipeline that ends with logit, then standardise (an exact empty value per voxel)")
-            self.register_buffer("_empty", empty)
-            # each voxel's hit values: a line in log E_inc and the spread about it (prepare)
-            self.register_buffer("_fill_intercept", torch.zeros(dim))
-            self.register_buffer("_fill_slope", torch.zeros(dim))
-            self.register_buffer("_fill_std", torch.ones(dim))
-            self.hit_layers = self.voxel_layer_runs(dim)
+        self.groups = require(structure, "groups", "one_per_group", self.family) if o.one_per_group else None
+        if o.analog_bits:
+            self.register_buffer("floor", require(structure, "floor", "analog_bits", self.family).float().clone())
+            # each feature's values above its floor: a line in the first condition and the spread about it (initialise)
+            self.register_buffer("fill_intercept", torch.zeros(dim))
+            self.register_buffer("fill_slope", torch.zeros(dim))
+            self.register_buffer("fill_std", torch.ones(dim))
             width = 2 * dim
-        self.setup_hit_calibration(dim)
-        self.net = ResidualMLP(width, cond_dim, hidden=c["hidden"], n_blocks=c["n_blocks"], emb=c["emb"], dropout=c["dropout"])
+        if o.logit_shift:
+            self.register_buffer("logit_shift", torch.zeros(2, dim))  # per feature: a + b·x, fitted by a calibration
+        self.net = ResidualMLP(width, cond_dim, hidden=o.hidden, n_blocks=o.n_blocks, emb=o.emb, dropout=o.dropout)
 
-    def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, c = super().prepare(data, preprocessing)
-        if self.config.get("hit_bits"):
-            intercept, slope, _, _, log_spread = fit_voxel_marginals(y[:, : self.dims["dim"]], self._empty, energy_column(c, len(y)))
-            self._fill_intercept.copy_(intercept)
-            self._fill_slope.copy_(slope)
-            self._fill_std.copy_(log_spread.exp())
-        return y, c
+    @torch.no_grad()
+    def initialise(self, y: torch.Tensor, cond: torch.Tensor | None) -> None:
+        if self.options.analog_bits:
+            intercept, slope, _, _, log_spread = point_mass.fit_feature_lines(y, self.floor, point_mass.covariate(cond, len(y)))
+            self.fill_intercept.copy_(intercept)
+            self.fill_slope.copy_(slope)
+            self.fill_std.copy_(log_spread.exp())
 
-    def encode_hits(self, y: torch.Tensor, cond: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``hit_bits``: voxels ``[B, D]`` → ``[B, 2D]``: values (an empty one drawn from the voxel's hits at this energy), then bits ±1."""
-        hit = y > self._empty + EMPTY_TOL
-        mean = self._fill_intercept + self._fill_slope * energy_column(cond, len(y)).to(y.device)
-        fill = mean + self._fill_std * torch.randn(y.shape, device=y.device, generator=generator)
+    def encode_bits(self, y: torch.Tensor, cond: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``analog_bits``: ``[B, D]`` → ``[B, 2D]``: values (one at the floor drawn from the feature's values at this condition), then bits ±1."""
+        hit = y > self.floor + point_mass.TOLERANCE
+        mean = self.fill_intercept + self.fill_slope * point_mass.covariate(cond, len(y)).to(y.device)
+        fill = mean + self.fill_std * torch.randn(y.shape, device=y.device, generator=generator)
         return torch.cat([torch.where(hit, y, fill), hit.to(y.dtype) * 2 - 1], 1)
 
-    def decode_hits(self, u: torch.Tensor, generator: torch.Generator | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """``hit_bits``: ``[B, 2D]`` → voxels: the empty value where the bit is ≤ ``bit_threshold``, else the value folded at it.
+    def decode_bits(self, u: torch.Tensor, generator: torch.Generator | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """``analog_bits``: ``[B, 2D]`` → features: the floor where the bit is ≤ ``bit_threshold``, else the value folded at it.
 
-        With ``hit_calibration`` the bit is read as a logit, ``HIT_BIT_SCALE``·(bit − ``bit_threshold``)
-        plus the calibration's shift at ``cond``, and the hit drawn from it: the same cut for
-        bits near ±1, and a draw whose expected hits :meth:`calibrate_hits` can fit.
+        With ``logit_shift`` the bit is read as a logit, ``BIT_LOGIT_SCALE``·(bit − ``bit_threshold``)
+        plus the fitted shift at ``cond``, and "above the floor" drawn from it: the same cut for
+        bits near ±1, and a draw whose expected count a calibration can fit.
         """
+        o = self.options
         value, bit = u.float().chunk(2, dim=1)
-        bit = bit - self.config.get("bit_threshold", 0.0)
-        if self.config.get("hit_calibration"):
-            logit = self.shift_hit_logits(HIT_BIT_SCALE * bit, cond)
+        bit = bit - o.bit_threshold
+        if o.logit_shift:
+            logit = point_mass.shift_logits(BIT_LOGIT_SCALE * bit, self.logit_shift, cond)
             prob = torch.sigmoid(logit)
             hit = torch.rand(prob.shape, generator=generator, device=prob.device) < prob
         else:
             hit, prob = bit > 0, torch.sigmoid(4 * bit)
-        if self.hit_layers is not None:  # a layer with energy but no hit: one where the bit says a hit is likeliest
-            one_hit_per_layer_(hit, prob, self.hit_layers, generator)
-        empty = self._empty.float()
-        return torch.where(hit, fold_hit(value, empty), empty)
+        if self.groups is not None:  # a group with none above its floor: one where the bit says it is likeliest
+            point_mass.one_per_group_(hit, prob, self.groups, generator)
+        empty = self.floor.float()
+        return torch.where(hit, point_mass.fold(value, empty), empty)
 
-    def hit_logits(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        """``hit_bits``: one sampler run's bits as logits, ``HIT_BIT_SCALE``·(bit − ``bit_threshold``), before the calibration's shift."""
+    def point_mass_logits(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        """``analog_bits``: one sampler run's bits as logits, ``BIT_LOGIT_SCALE``·(bit − ``bit_threshold``), before the fitted shift."""
         bit = self._integrate(n, cond, generator, decode=False).float()[:, self.dims["dim"] :]
-        return HIT_BIT_SCALE * (bit - self.config.get("bit_threshold", 0.0))
+        return BIT_LOGIT_SCALE * (bit - self.options.bit_threshold)
 
     def denoise(self, y: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """EDM's preconditioned denoiser D(y; σ, c); ``sigma`` is ``[B]``."""
-        sd = self.config["sigma_data"]
+        sd = self.options.sigma_data
         s = sigma[:, None]
         c_skip = sd**2 / (s**2 + sd**2)
         c_out = s * sd / torch.sqrt(s**2 + sd**2)
@@ -231,13 +196,13 @@ class DiffusionSurrogate(Surrogate):
         return c_skip * y + c_out * self.net(c_in * y, torch.log(sigma) / 4, cond if self.dims.get("cond_dim") else None)
 
     def _loss(self, x: torch.Tensor, cond: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
-        c = self.config
-        if c.get("hit_bits"):
-            x = self.encode_hits(x, cond, generator)
-        ln_sigma = torch.randn(x.shape[0], device=x.device, generator=generator) * c["p_std"] + c["p_mean"]
+        o = self.options
+        if o.analog_bits:
+            x = self.encode_bits(x, cond, generator)
+        ln_sigma = torch.randn(x.shape[0], device=x.device, generator=generator) * o.p_std + o.p_mean
         sigma = ln_sigma.exp()
         noise = torch.randn(x.shape, device=x.device, generator=generator)
-        weight = (sigma**2 + c["sigma_data"] ** 2) / (sigma * c["sigma_data"]) ** 2
+        weight = (sigma**2 + o.sigma_data**2) / (sigma * o.sigma_data) ** 2
         err = (self.denoise(x + sigma[:, None] * noise, sigma, cond) - x) ** 2
         return (weight[:, None] * err).mean()
 
@@ -260,24 +225,24 @@ class DiffusionSurrogate(Surrogate):
 
     def sigma_schedule(self, steps: int) -> torch.Tensor:
         """Karras' ρ-schedule: ``steps`` noise levels from σ_max down to σ_min, then 0."""
-        c = self.config
+        o = self.options
         i = torch.arange(steps, dtype=torch.float64)
-        inv = 1 / c["rho"]
+        inv = 1 / o.rho
         ramp = i / max(steps - 1, 1)
-        sig = (c["sigma_max"] ** inv + ramp * (c["sigma_min"] ** inv - c["sigma_max"] ** inv)) ** c["rho"]
+        sig = (o.sigma_max**inv + ramp * (o.sigma_min**inv - o.sigma_max**inv)) ** o.rho
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        # in blocks of rows on a CPU: 10,000 W/Si showers took 3.4 ms each in one block, 1.6 in blocks of 256 (bf16)
-        return self.sample_in_blocks(self._integrate, n, cond, generator)
+        return in_blocks(self._integrate, n, cond, generator, self.device())
 
     def _integrate(self, n: int, cond: torch.Tensor | None, generator: torch.Generator, decode: bool = True) -> torch.Tensor:
         """The deterministic ODE sampler from noise at ``sigmas[0]`` to noise level 0 (``decode``: hit bits to voxels)."""
-        device = self._device()
+        device = self.device()
         sigmas = self.sigma_schedule(self.steps).to(device=device, dtype=torch.float32)
-        width = self.dims["dim"] * (2 if self.config.get("hit_bits") else 1)
+        bits = self.options.analog_bits
+        width = self.dims["dim"] * (2 if bits else 1)
         x = torch.randn(n, width, generator=generator, device=device) * sigmas[0]
-        heun = self.config["sampler"] == "heun"
+        heun = self.options.sampler == "heun"
         if not heun:
             return self._integrate_euler(x, sigmas.tolist(), cond, generator, decode)
         for i in range(self.steps):
@@ -288,7 +253,7 @@ class DiffusionSurrogate(Surrogate):
                 d2 = (x_next - self.denoise(x_next, s_next.expand(n), cond)) / s_next
                 x_next = x + (s_next - s) * 0.5 * (d + d2)
             x = x_next
-        return self.decode_hits(x, generator, cond) if self.config.get("hit_bits") and decode else x
+        return self.decode_bits(x, generator, cond) if bits and decode else x
 
     def _integrate_euler(
         self, x: torch.Tensor, sigmas: list[float], cond: torch.Tensor | None, generator: torch.Generator, decode: bool,
@@ -298,9 +263,9 @@ class DiffusionSurrogate(Surrogate):
         With D = c_skip·x + c_out·F(c_in·x) and d = (x − D)/σ, the step x + (σ' − σ)·d is
         α·x + β·F with α = 1 + (σ' − σ)(1 − c_skip)/σ and β = −(σ' − σ)·c_out/σ: two passes
         over the state instead of eight fresh [B, 2D] tensors, which on a CPU cost more
-        than the network (W/Si hit bits: 12,960 values a shower).
+        than the network (12,960 values an event with 6,480 features and analog bits).
         """
-        n, sd = x.shape[0], self.config["sigma_data"]
+        n, sd = x.shape[0], self.options.sigma_data
         device = x.device
         net_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.dtype
         net = self._cast_net(net_dtype) if net_dtype != x.dtype else self.net
@@ -313,16 +278,16 @@ class DiffusionSurrogate(Surrogate):
             f = net(scaled if cast is None else cast.copy_(scaled), torch.full((n,), math.log(s) / 4, device=device), context)
             h = s_next - s
             x.mul_(1 + h * (1 - c_skip) / s).add_(f, alpha=-h * c_out / s)
-        return self.decode_hits(x, generator, cond) if self.config.get("hit_bits") and decode else x
+        return self.decode_bits(x, generator, cond) if self.options.analog_bits and decode else x
 
     def _cast_net(self, dtype: torch.dtype) -> nn.Module:
         """The network with its linear layers' weights in ``dtype``, kept until a parameter changes.
 
         Autocast casts the float32 weights to ``dtype`` once per ``sample`` call, the same
-        rounding as this copy's, so the samples do not change (tested); on the W/Si
-        diffusion (15.5 M weights) that cast was 11 ms of the 62 ms one shower took. The
-        norms keep their float32 parameters, which autocast runs in float32
-        (:func:`~physgen.surrogates.base.cached_until_changed`).
+        rounding as this copy's, so the samples do not change (tested); for a 15 M-weight
+        network that cast was a sixth of the time one sample took. The norms keep their
+        float32 parameters, which autocast runs in float32
+        (:func:`~physgen.surrogates._common.cached_until_changed`).
         """
         def build() -> nn.Module:
             net = copy.deepcopy(self.net).requires_grad_(False).eval()
@@ -335,4 +300,4 @@ class DiffusionSurrogate(Surrogate):
 
     def evaluations_per_sample(self) -> int:
         """Network evaluations the sampler spends per sample."""
-        return 2 * self.steps - 1 if self.config["sampler"] == "heun" else self.steps
+        return 2 * self.steps - 1 if self.options.sampler == "heun" else self.steps

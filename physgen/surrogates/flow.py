@@ -1,4 +1,4 @@
-"""RealNVP normalising flow on nflows, conditional on the (preprocessed) incident energy.
+"""Conditional normalising flows on nflows: RealNVP, spline couplings and masked autoregressive splines.
 
     z = f(y; c),  log p(y | c) = log N(z; 0, I) + log |det ∂f/∂y|
 
@@ -19,8 +19,9 @@ Two traps of nflows 0.14 (its last release) are avoided here:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,17 +39,42 @@ from nflows.transforms import (
 from nflows.utils import torchutils
 from torch.nn import functional as F
 
-from physgen.errors import InvalidDataError
-from physgen.surrogates.base import Capabilities, Surrogate, cached_until_changed
+from physgen.errors import ConfigError
+from physgen.options import option
+from physgen.surrogates._common import cached_until_changed
+from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
+from physgen.surrogates.structure import FeatureStructure
 
 __all__ = [
-    "AutoregressiveSpline", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_bounds", "point_mass_floor",
-    "cached_sampling_plan", "realnvp", "rq_spline_forward", "rq_spline_inverse", "sample_inverse", "sampling_plan", "sample_feature_major", "spread_point_masses",
+    "AutoregressiveSpline", "FlowOptions", "FlowSurrogate", "ExpAffineCoupling", "LULinearSolve", "SplineCoupling", "point_mass_bounds",
+    "point_mass_floor", "cached_sampling_plan", "realnvp", "rq_spline_forward", "rq_spline_inverse", "sample_inverse", "sampling_plan",
+    "sample_feature_major", "spread_point_masses", "standard_normal_log_prob",
 ]
 
-#: showers per pass of :func:`sample_feature_major` on a CPU: a W/Si block's state
-#: (6,480 × 512 floats) stays near the cache; 512 beat 256, 1,024 and 2,000 on both sets
+#: rows per pass of :func:`sample_feature_major` on a CPU: a block's state (6,480 features × 512 rows)
+#: stays near the cache; 512 beat 256, 1,024 and 2,000 on both calorimeter data sets
 FLOW_CPU_SAMPLE_BLOCK = 512
+
+COUPLINGS = ("affine", "spline", "autoregressive")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowOptions(SurrogateOptions):
+    """Options of the conditional normalising flow (``create("flow", ...)``)."""
+
+    n_layers: int = option(8, "coupling layers (each followed by a mixing map)", ge=1)
+    hidden: int = option(256, "width of each coupling's network (nflows ResidualNet)", ge=1)
+    n_blocks: int = option(2, "residual blocks per coupling network", ge=1)
+    mixing: Literal["permutation", "lu"] = option("permutation", "between couplings: a fixed random permutation (fast, cannot amplify) or a learned LU-parametrised linear map")
+    clamp: float = option(2.0, "soft bound on |log scale| per affine coupling (2: up to e² stretch per layer)", gt=0)
+    dropout: float = option(0.0, "dropout in the coupling networks", ge=0, lt=1)
+    coupling: Literal["affine", "spline", "autoregressive"] = option(
+        "affine", "RealNVP affine couplings, rational-quadratic spline couplings, or masked autoregressive splines (CaloFlow's; slow to sample in high dimension)",
+    )
+    bins: int = option(8, "knots of the spline couplings", ge=1)
+    tail_bound: float = option(6.0, "the splines cover [−tail_bound, tail_bound]; identity outside", gt=0)
+    floor_noise: float = option(0.0, "width (standardised units) over which training spreads each column's point mass at its minimum (empty voxels); 0: off", ge=0)
+    temperature: float = option(1.0, "scale of the base noise when sampling (below 1: fewer outliers, less diversity)", gt=0, le=10)
 
 
 class ExpAffineCoupling(AffineCouplingTransform):
@@ -387,9 +413,6 @@ class LULinearSolve(LULinear):
         return torch.linalg.solve_triangular(upper, lower_inv, upper=True)
 
 
-COUPLINGS = ("affine", "spline", "autoregressive")
-
-
 def realnvp(
     dim: int,
     cond_dim: int,
@@ -413,9 +436,9 @@ def realnvp(
     the architecture, so save/load and every rank of a DDP run build the same flow.
     """
     if coupling not in COUPLINGS:
-        raise InvalidDataError(f"coupling must be one of {', '.join(map(repr, COUPLINGS))}; got {coupling!r}")
+        raise ConfigError(f"coupling must be one of {', '.join(map(repr, COUPLINGS))}; got {coupling!r}", key="coupling")
     if mixing not in ("lu", "permutation"):
-        raise InvalidDataError(f"mixing must be 'lu' or 'permutation'; got {mixing!r}")
+        raise ConfigError(f"mixing must be 'lu' or 'permutation'; got {mixing!r}", key="mixing")
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(12345)
     try:
@@ -471,6 +494,8 @@ def sampling_plan(transform: CompositeTransform) -> SamplingPlan | None:
         return None
     pairs = list(zip(layers[0::2], layers[1::2], strict=True))
     for coupling, perm in pairs:
+        if type(coupling) is not ExpAffineCoupling:
+            return None
         net = coupling.transform_net
         if (type(coupling) is not ExpAffineCoupling or not isinstance(perm, Permutation) or perm._dim != 1
                 or coupling.unconditional_transform is not None or not isinstance(net, ResidualNet)
@@ -487,8 +512,7 @@ def sampling_plan(transform: CompositeTransform) -> SamplingPlan | None:
 
 def cached_sampling_plan(transform: CompositeTransform) -> SamplingPlan | None:
     """:func:`sampling_plan`, kept on ``transform`` until one of its buffers (the permutations and
-    coupling masks) changes storage or version: its 15 argsorts of 6,480 indices took 3.6 ms, a
-    third of the time to sample one W/Si shower."""
+    coupling masks) changes storage or version: its argsorts were a third of the time to sample one event."""
     return cached_until_changed(transform, "_sampling_plan", transform.buffers(), lambda: sampling_plan(transform))
 
 
@@ -512,8 +536,8 @@ class _NetWeights:
     def cached(cls, coupling: ExpAffineCoupling, dtype: torch.dtype) -> _NetWeights:
         """``coupling``'s weights in ``dtype``, kept on the coupling until a parameter changes.
 
-        Casting a W/Si flow's 7.7 M conditioner weights to bf16 took several ms, most of
-        a single shower's sampling time (:func:`~physgen.surrogates.base.cached_until_changed`).
+        Casting 7.7 M conditioner weights to bf16 took several ms, most of the time to
+        sample one event (:func:`~physgen.surrogates._common.cached_until_changed`).
         """
         net = coupling.transform_net
         return cached_until_changed(
@@ -550,18 +574,16 @@ def sample_feature_major(
     networks run in the autocast dtype, their weights cast once per call.
 
     Every large tensor is one of a few buffers reused from block to block, and the
-    result is written into one preallocated ``[n, features]`` tensor. Fresh 6–13 MB
+    result is written into one preallocated ``[n, features]`` tensor: fresh 6–13 MB
     tensors cost their page faults on every block, and autocast's casts and mixed-dtype
-    updates made such tensors several times per layer: with these changes and session 17's
-    faster preprocessing, the W/Si flow samples at 409 µs a shower instead of 543 (bf16, one
-    core, batch 10,000).
+    updates made such tensors several times per layer (a quarter of the sampling time).
     """
     steps, final = plan
     features = int(final.numel())
     if z is not None:
         n, device, dtype = z.shape[0], z.device, z.dtype
     elif n is None:
-        raise InvalidDataError("sample_feature_major needs z or n")
+        raise ValueError("sample_feature_major needs z or n")
     else:
         device, dtype = final.device, next(steps[0][0].parameters()).dtype
     net_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else dtype
@@ -656,92 +678,38 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 
 class FlowSurrogate(Surrogate):
-    """Conditional RealNVP with an exact ``log_prob``.
+    """Conditional normalising flow with an exact ``log_prob`` (options: :class:`FlowOptions`).
 
-    Args:
-        n_layers: coupling layers (each followed by a linear mixing map).
-        hidden: width of each coupling network (nflows ``ResidualNet``).
-        n_blocks: residual blocks per coupling network.
-        mixing: ``"permutation"`` (a fixed random permutation; the default: on ~800
-            voxel dimensions it trains 4× faster and its inverse cannot amplify) or
-            ``"lu"`` (a learned LU-parametrised linear map).
-        clamp: soft bound on |log scale| per coupling (2: up to e² stretch per layer).
-        dropout: dropout in the coupling networks.
-        coupling: ``"affine"`` (RealNVP), ``"spline"`` (rational-quadratic spline couplings) or
-            ``"autoregressive"`` (masked autoregressive splines, CaloFlow's; slow to sample in high dimension).
-        bins, tail_bound: the spline couplings' knots and the interval they cover.
-        floor_noise: width (standardised model units) over which training spreads each
-            column's point mass at its floor (the empty voxels), drawn afresh every batch;
-            0 switches it off. Samples that land below the floor map back to empty voxels.
-            Default ``None``: 0.5 for calorimeter data, off otherwise (the lowest value of a
-            discrete event column is not an empty voxel, and nothing maps its spread back).
-        temperature: scale of the base noise when sampling (1: the fitted density). Below 1
-            it trades diversity for fewer outliers. With two stages it cools the voxel flow
-            only; the layer energies are still drawn at 1. The readout cuts fitted at the end of
-            ``fit`` use it, so after changing it on a fitted model call ``calibrate_readout``.
+    ``floor_noise`` spreads each column's point mass at its minimum (where at least 0.5 % of
+    the training rows sit, as empty voxels do) uniformly below it, drawn afresh every batch;
+    samples that land below map back to the minimum. ``temperature`` cools the sampler; a
+    calibration fitted to samples (a shower model's) must be refitted after changing it.
     """
 
     family = "flow"
-    checkpoint_defaults: ClassVar[dict[str, Any]] = {"floor_noise": 0.0}  # models saved before it existed
-    energy_steps = 8  # first-stage steps per (slower) family step
+    Options = FlowOptions
+    options: FlowOptions
     capabilities = Capabilities(exact_density=True, conditional=True, gradient_trained=True)
 
-    def __init__(
-        self,
-        n_layers: int = 8,
-        hidden: int = 256,
-        n_blocks: int = 2,
-        mixing: str = "permutation",
-        clamp: float = 2.0,
-        dropout: float = 0.0,
-        coupling: str = "affine",
-        bins: int = 8,
-        tail_bound: float = 6.0,
-        floor_noise: float | None = None,
-        temperature: float = 1.0,
-        **config: Any,
-    ):
-        if mixing not in ("lu", "permutation"):
-            raise InvalidDataError(f"mixing must be 'lu' or 'permutation'; got {mixing!r}")
-        if coupling not in COUPLINGS:
-            raise InvalidDataError(f"coupling must be one of {', '.join(map(repr, COUPLINGS))}; got {coupling!r}")
-        if floor_noise is not None and not floor_noise >= 0:
-            raise InvalidDataError(f"floor_noise must be ≥ 0 (a width in standardised model units); got {floor_noise}")
-        if not 0 < temperature <= 10:
-            raise InvalidDataError(f"temperature must be in (0, 10] (it scales the base noise); got {temperature}")
-        if n_layers < 1 or hidden < 1 or bins < 1 or tail_bound <= 0:
-            raise InvalidDataError(f"n_layers, hidden, bins and tail_bound must be positive; got {n_layers}, {hidden}, {bins}, {tail_bound}")
-        super().__init__(
-            n_layers=int(n_layers), hidden=int(hidden), n_blocks=int(n_blocks), mixing=mixing, clamp=float(clamp),
-            dropout=float(dropout), coupling=coupling, bins=int(bins), tail_bound=float(tail_bound),
-            floor_noise=None if floor_noise is None else float(floor_noise), temperature=float(temperature), **config,
-        )
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         self._floor: torch.Tensor | None = None
 
-    def prepare(self, data: Any, preprocessing: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, c = super().prepare(data, preprocessing)
-        self._floor = point_mass_floor(y[:, : self.dims["dim"]])
-        return y, c
-
-    def _floor_width(self) -> float:
-        w = self.config.get("floor_noise")
-        if w is None:  # auto: showers, whose floor is the empty voxel
-            return 0.5 if self.schema is not None and self.schema.kind == "calorimeter" else 0.0
-        return float(w)
+    def initialise(self, y: torch.Tensor, cond: torch.Tensor | None) -> None:
+        self._floor = point_mass_floor(y)
 
     def _dequantise_floor(self, x: torch.Tensor) -> torch.Tensor:
         """Spread each dimension's point mass at its floor uniformly over ``[floor − floor_noise, floor]``."""
-        w = self._floor_width()
+        w = self.options.floor_noise
         if not w or self._floor is None:
             return x
         return spread_point_masses(x, self._floor, None, w)
 
-    def build(self, dim: int, cond_dim: int) -> None:
-        cfg = self.config
+    def build(self, dim: int, cond_dim: int, structure: FeatureStructure | None = None) -> None:
+        o = self.options
         self.transform = realnvp(
-            dim, cond_dim, n_layers=cfg["n_layers"], hidden=cfg["hidden"], n_blocks=cfg["n_blocks"],
-            mixing=cfg["mixing"], clamp=cfg["clamp"], dropout=cfg["dropout"], coupling=cfg["coupling"],
-            bins=cfg["bins"], tail_bound=cfg["tail_bound"],
+            dim, cond_dim, n_layers=o.n_layers, hidden=o.hidden, n_blocks=o.n_blocks, mixing=o.mixing, clamp=o.clamp,
+            dropout=o.dropout, coupling=o.coupling, bins=o.bins, tail_bound=o.tail_bound,
         )
 
     def _context(self, cond: torch.Tensor | None) -> torch.Tensor | None:
@@ -755,12 +723,12 @@ class FlowSurrogate(Surrogate):
         return -self.log_prob_model(self._dequantise_floor(x), cond).mean() / x.shape[1], {}
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        temperature = self.config.get("temperature", 1.0)
+        temperature = self.options.temperature
         plan = None if self.training else cached_sampling_plan(self.transform)
         if plan is not None:
-            block = FLOW_CPU_SAMPLE_BLOCK if self._device().type == "cpu" else n
+            block = FLOW_CPU_SAMPLE_BLOCK if self.device().type == "cpu" else n
             return sample_feature_major(plan, None, self._context(cond), block, n=n, generator=generator, temperature=temperature)
-        z = torch.randn(n, self.dims["dim"], generator=generator, device=self._device()) * temperature
-        x, _ = self.transform.inverse(z, context=self._context(cond))
-        return x
-
+        z = torch.randn(n, self.dims["dim"], generator=generator, device=self.device())
+        if temperature != 1.0:
+            z = z * temperature
+        return sample_inverse(self.transform, z, self._context(cond))

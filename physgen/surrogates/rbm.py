@@ -19,18 +19,21 @@ n ≤ 20 (capabilities say so) and the unnormalised −F(v) beyond.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from physgen.data import Data
-from physgen.errors import InvalidDataError
-from physgen.surrogates.base import Capabilities, Surrogate
+from physgen.data import Data, Pipeline
+from physgen.errors import ConfigError, InvalidDataError
+from physgen.options import option
+from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
+from physgen.surrogates.structure import FeatureStructure
 
-__all__ = ["RBMSurrogate", "MAX_EXACT_SPINS"]
+__all__ = ["RBMOptions", "RBMSurrogate", "MAX_EXACT_SPINS"]
 
 MAX_EXACT_SPINS = 20
 
@@ -40,57 +43,47 @@ def _all_configs(n: int, device: torch.device) -> torch.Tensor:
     return ((k[:, None] >> torch.arange(n - 1, -1, -1, device=device)) & 1).to(torch.float32)
 
 
-class RBMSurrogate(Surrogate):
-    """Binary–binary RBM with exact or contrastive-divergence training.
+@dataclasses.dataclass(frozen=True)
+class RBMOptions(SurrogateOptions):
+    """Options of the binary restricted Boltzmann machine (``create("rbm", ...)``)."""
 
-    Args:
-        n_hidden: hidden units (default: ``alpha`` × visible).
-        alpha: hidden-unit density used when ``n_hidden`` is not given.
-        gradient: ``"exact"`` (n ≤ 20; the default where possible), ``"cd"`` or ``"pcd"``.
-        k: Gibbs steps per gradient estimate (CD/PCD).
-        n_chains: persistent chains (PCD).
-        burn_in, thin: Gibbs sampling for n > 20.
-        init_std: standard deviation of the initial weights.
-    """
+    n_hidden: int | None = option(None, "hidden units (None: alpha × visible)", ge=1)
+    alpha: float = option(1.0, "hidden-unit density when n_hidden is not given", gt=0)
+    gradient: Literal["exact", "cd", "pcd"] | None = option(None, "exact log Z (n ≤ 20), contrastive divergence or persistent CD (None: exact where possible, else pcd)")
+    k: int = option(10, "Gibbs steps per gradient estimate (CD/PCD)", ge=1)
+    n_chains: int = option(256, "persistent chains (PCD)", ge=1)
+    burn_in: int = option(500, "Gibbs sweeps before sampling (n > 20)", ge=0)
+    thin: int = option(10, "Gibbs sweeps between samples (n > 20)", ge=1)
+    init_std: float = option(0.1, "standard deviation of the initial weights", gt=0)
+
+
+class RBMSurrogate(Surrogate):
+    """Binary–binary RBM with exact or contrastive-divergence training (options: :class:`RBMOptions`)."""
 
     family = "rbm"
+    Options = RBMOptions
+    options: RBMOptions
     capabilities = Capabilities(exact_density=True, conditional=False, gradient_trained=True)
-    supports_two_stage = False
     data_kinds = ("spins",)
     train_defaults: ClassVar[dict[str, Any]] = {"grad_clip": None}
 
-    def __init__(
-        self,
-        n_hidden: int | None = None,
-        alpha: float = 1.0,
-        gradient: str | None = None,
-        k: int = 10,
-        n_chains: int = 256,
-        burn_in: int = 500,
-        thin: int = 10,
-        init_std: float = 0.1,
-        **config: Any,
-    ):
-        if gradient not in (None, "exact", "cd", "pcd"):
-            raise InvalidDataError(f"gradient must be 'exact', 'cd' or 'pcd'; got {gradient!r}")
-        super().__init__(n_hidden=n_hidden, alpha=float(alpha), gradient=gradient, k=int(k), n_chains=int(n_chains),
-                         burn_in=int(burn_in), thin=int(thin), init_std=float(init_std), **config)
+    def default_preprocessing(self, data: Data) -> Pipeline:
+        return Pipeline()
 
-    def build(self, dim: int, cond_dim: int) -> None:
+    def build(self, dim: int, cond_dim: int, structure: FeatureStructure | None = None) -> None:
         if cond_dim:
             raise InvalidDataError("the RBM is unconditional; read spin data without conditions")
-        c = self.config
-        n_hidden = int(c["n_hidden"] or max(1, round(c["alpha"] * dim)))
-        c["n_hidden"] = n_hidden
-        if c["gradient"] is None:
-            c["gradient"] = "exact" if dim <= MAX_EXACT_SPINS else "pcd"
-        if c["gradient"] == "exact" and dim > MAX_EXACT_SPINS:
-            raise InvalidDataError(f"gradient='exact' enumerates 2ⁿ states, n ≤ {MAX_EXACT_SPINS}; got n = {dim}; use 'pcd'")
+        o = self.options
+        n_hidden = int(o.n_hidden or max(1, round(o.alpha * dim)))
+        gradient = o.gradient or ("exact" if dim <= MAX_EXACT_SPINS else "pcd")
+        if gradient == "exact" and dim > MAX_EXACT_SPINS:
+            raise ConfigError(f"gradient='exact' enumerates 2ⁿ states, n ≤ {MAX_EXACT_SPINS}; got n = {dim}; use 'pcd'", where=self.family, key="gradient")
+        self.resolved.update(n_hidden=n_hidden, gradient=gradient)
         # the global generator, which the training loop seeds before build(), like every family
-        self.W = nn.Parameter(torch.randn(n_hidden, dim) * c["init_std"])
+        self.W = nn.Parameter(torch.randn(n_hidden, dim) * o.init_std)
         self.b = nn.Parameter(torch.zeros(dim))
         self.c = nn.Parameter(torch.zeros(n_hidden))
-        self.register_buffer("chains", torch.bernoulli(torch.full((c["n_chains"], dim), 0.5)))
+        self.register_buffer("chains", torch.bernoulli(torch.full((o.n_chains, dim), 0.5)))
         self.capabilities = Capabilities(exact_density=dim <= MAX_EXACT_SPINS, unnormalised_density=dim > MAX_EXACT_SPINS, conditional=False)
 
     @property
@@ -131,14 +124,14 @@ class RBMSurrogate(Surrogate):
     # -- the family's hooks -----------------------------------------------------------------
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         n = x.shape[1]
-        mode = self.config["gradient"]
+        mode = self.resolved["gradient"]
         if mode == "exact":
             return (self.free_energy(x).mean() + self.log_z()) / n, {}
         with torch.no_grad():
             if mode == "cd":
-                model_v = self.gibbs(x, self.config["k"])
+                model_v = self.gibbs(x, self.options.k)
             else:
-                model_v = self.gibbs(self.chains, self.config["k"])
+                model_v = self.gibbs(self.chains, self.options.k)
                 if self.training:
                     self.chains.copy_(model_v)
         # its gradient is the (P)CD estimate ⟨∂F⟩_data − ⟨∂F⟩_model
@@ -162,22 +155,8 @@ class RBMSurrogate(Surrogate):
             idx = torch.multinomial(probs, n, replacement=True, generator=generator)
             return _all_configs(self.n_visible, self.b.device)[idx]
         v = torch.bernoulli(torch.full((n, self.n_visible), 0.5, device=self.b.device), generator=generator)
-        v = self.gibbs(v, self.config["burn_in"], generator)
-        return self.gibbs(v, self.config["thin"], generator)
+        v = self.gibbs(v, self.options.burn_in, generator)
+        return self.gibbs(v, self.options.thin, generator)
 
     def postprocess(self, x: torch.Tensor) -> torch.Tensor:
         return x.round()
-
-    def tomography_report(self, psi_exact: np.ndarray, samples: Data | None = None) -> dict[str, float]:
-        """Overlap, fidelity and KL against an exact positive state (and the histogram baseline)."""
-        from physgen.quantum.measurements import fidelity, histogram_state, kl_divergence, overlap
-
-        psi = self.wavefunction()
-        out = {"overlap": overlap(psi_exact, psi), "fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
-        if samples is not None:
-            hist = histogram_state(samples, self.n_visible)
-            out.update(histogram_fidelity=fidelity(psi_exact, hist), histogram_overlap=overlap(psi_exact, hist))
-        return out
-
-
-

@@ -1,4 +1,4 @@
-"""Training-set augmentation by the calorimeter's azimuthal symmetry.
+"""The calorimeter's azimuthal symmetry: the orbits of its voxels, and training-set augmentation.
 
 A particle that enters along the axis of an azimuthally symmetric calorimeter (the
 CaloChallenge sets, the Geant4 files of this project) makes showers whose distribution
@@ -16,9 +16,24 @@ import numpy as np
 import torch
 
 from physgen.data.container import Data
-from physgen.errors import InvalidDataError
+from physgen.data.geometry import CalorimeterGeometry
+from physgen.errors import ConfigError, InvalidDataError
 
-__all__ = ["azimuthal_copies"]
+__all__ = ["azimuthal_copies", "azimuthal_orbits"]
+
+
+def azimuthal_orbits(geometry: CalorimeterGeometry | None, n_voxels: int) -> torch.Tensor | None:
+    """Per voxel, the id (0…G−1, in voxel order) of its orbit under the rotations and mirrors (its ring).
+
+    None where there is no polar geometry of ``n_voxels`` voxels with more than one rotation.
+    """
+    if geometry is None or geometry.kind != "polar" or geometry.n_voxels != n_voxels or geometry.azimuthal_order < 2:
+        return None
+    perms = torch.stack([
+        torch.as_tensor(geometry.azimuthal_permutation(k, m), dtype=torch.long)
+        for k in range(geometry.azimuthal_order) for m in (False, True)
+    ])
+    return torch.unique(perms.min(0).values, return_inverse=True)[1]  # the orbit's first voxel, relabelled 0…G−1
 
 
 def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
@@ -44,7 +59,7 @@ def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
     order = geometry.azimuthal_order
     size = 2 * order  # rotations, each with and without the mirror
     if not 1 <= copies <= size:
-        raise InvalidDataError(f"augment copies must be in [1, {size}] for {order} rotations and their mirrors; got {copies}")
+        raise ConfigError(f"augment copies must be in [1, {size}] for {order} rotations and their mirrors; got {copies}", where="train", key="augment")
     perms = [torch.from_numpy(geometry.azimuthal_permutation(k % order, reflect=k >= order)) for k in range(size)]
     rng = np.random.default_rng(seed)
     # per shower, copies - 1 distinct non-identity elements (element 0 is the identity)

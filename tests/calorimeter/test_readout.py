@@ -1,153 +1,35 @@
-"""Preprocessing is invertible on real showers, zeros included, and saves as JSON."""
+"""The read-out calibration: cuts fitted to a model's samples, the layers kept, and the hit-value map."""
+
+from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from physgen.data import (
-    Dequantise,
-    LayerFractions,
-    Logit,
-    NormaliseByIncidentEnergy,
-    Pipeline,
-    ReadoutThreshold,
-    Standardise,
+from physgen.calorimeter import (
+    ReadoutCalibration,
+    ShowerModel,
+    azimuthal_orbits,
     calorimeter_pipeline,
 )
-from physgen.errors import InvalidDataError, UnknownNameError
-
-
-def _close(back, x):
-    # 1e-5 relative on every voxel; zeros must come back as (numerically) zero
-    err = (back.double() - x.double()).abs()
-    assert bool((err <= 1e-5 * x.double().abs() + 1e-9).all()), float(err.max())
-
-
-@pytest.mark.parametrize("layers", [False, True])
-def test_calorimeter_pipeline_inverts_real_showers(showers, layers):
-    sizes = [la.n_voxels for la in showers.geometry.layers] if layers else None
-    p = calorimeter_pipeline(sizes).fit(showers.x, showers.cond)
-    assert bool((showers.x == 0).any())  # the sample has empty voxels
-    y, c = p.forward(showers.x, showers.cond)
-    assert y.shape == (2000, 768 + (24 if layers else 0)) == (2000, p.output_dim(768))
-    assert abs(float(y.mean())) < 1e-3 and abs(float(y.std()) - 1) < 1e-2
-    assert abs(float(c.mean())) < 1e-5
-    _close(p.inverse(y, showers.cond), showers.x)
-
-
-def test_float32_model_space_costs_only_sub_alpha_precision(showers):
-    # a network works in float32: voxels above alpha * E_inc keep 1e-5 relative,
-    # and empty voxels come back below 1e-6 * E_inc (far below any readout threshold)
-    p = calorimeter_pipeline().fit(showers.x, showers.cond)
-    back = p.inverse(p.forward_x(showers.x, showers.cond).float(), showers.cond).double()
-    x, e = showers.x.double(), showers.cond.double()
-    big = x > 1e-6 * e
-    assert bool(((back - x).abs()[big] <= 1e-5 * x[big]).all())
-    assert bool(((back - x).abs() <= 1e-6 * e).all())
-
-
-def test_pipeline_json_round_trip(showers):
-    p = calorimeter_pipeline([32] * 24, noise=1e-2).fit(showers.x, showers.cond)
-    q = Pipeline.from_dict(json.loads(json.dumps(p.to_dict())))
-    y1, c1 = p.forward(showers.x[:50], showers.cond[:50])
-    y2, c2 = q.forward(showers.x[:50], showers.cond[:50])
-    assert torch.equal(y1, y2) and torch.equal(c1, c2)
-
-
-def test_layer_fractions_closed_form():
-    t = LayerFractions([2, 1], layer_energy="absolute")
-    x = torch.tensor([[1.0, 3.0, 0.0]])
-    y = t.forward(x, None)
-    torch.testing.assert_close(y, torch.tensor([[0.25, 0.75, 0.0, 4.0, 0.0]], dtype=torch.float64))
-    torch.testing.assert_close(t.inverse(y, None), x.double())
-
-
-@given(st.lists(st.integers(1, 4), min_size=1, max_size=8))
-@settings(max_examples=40, deadline=None)
-def test_layer_sums_and_broadcast_match_a_loop_over_layers(sizes):
-    # runs of equal sizes take the reshape path, single layers the slice path
-    from physgen.data.transforms import _Layers
-
-    layers = _Layers(sizes)
-    x = torch.rand(5, sum(sizes), dtype=torch.float64)
-    edges = np.cumsum([0, *sizes])
-    want = torch.stack([x[:, a:b].sum(1) for a, b in zip(edges[:-1], edges[1:], strict=True)], 1)
-    torch.testing.assert_close(layers.sums(x), want)
-    e = torch.rand(5, len(sizes), dtype=torch.float64)
-    torch.testing.assert_close(layers.per_voxel(e), torch.cat([e[:, i : i + 1].expand(5, s) for i, s in enumerate(sizes)], 1))
-
-
-def test_recursive_layer_energies_are_calo_flow_u_variables():
-    # layers of 1, 2, 1 voxels with energies 2, 3 (1 + 2), 5: total 10
-    t = LayerFractions([1, 2, 1])
-    x = torch.tensor([[2.0, 1.0, 2.0, 5.0]])
-    y = t.forward(x, None)
-    # fractions 1, 1/3, 2/3, 1; u0 = 10, u1 = 2/10, u2 = 3/8
-    torch.testing.assert_close(y, torch.tensor([[1.0, 1 / 3, 2 / 3, 1.0, 10.0, 0.2, 0.375]], dtype=torch.float64))
-    torch.testing.assert_close(t.inverse(y, None), x.double())
-    # any u in range gives layers that add up to the total exactly
-    u = torch.tensor([[1.0, 0.5, 0.5, 0.5, 7.0, 0.9, 0.3]], dtype=torch.float64)
-    assert float(t.inverse(u, None).sum()) == pytest.approx(7.0)
-
-
-def test_logit_closed_form():
-    t = Logit(alpha=0.1)
-    y = t.forward(torch.tensor([[0.5, 0.0]]), None)
-    # u = 0.1 + 0.8 * 0.5 = 0.5 -> 0; u = 0.1 -> log(1/9)
-    torch.testing.assert_close(y, torch.tensor([[0.0, np.log(1 / 9)]], dtype=torch.float64))
-
-
-def test_dequantise_adds_noise_only_when_training():
-    t = Dequantise(noise=1e-2, threshold=1e-2)
-    p = Pipeline(x=[t])
-    x = torch.zeros(4, 3)
-    assert torch.equal(p.forward_x(x), x)
-    noisy = p.train().forward_x(x)
-    assert bool((noisy > 0).all()) and bool((noisy < 1e-2).all())
-    assert torch.equal(p.inverse(noisy), x)
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    st.lists(st.floats(min_value=0, max_value=1e5, allow_nan=False), min_size=6, max_size=6),
-    st.floats(min_value=1.0, max_value=1e6),
-)
-def test_inverse_of_forward_property(values, energy):
-    x = torch.tensor([values], dtype=torch.float32)
-    cond = torch.tensor([[energy]], dtype=torch.float32)
-    scale = max(float(x.sum()), 1.0)
-    p = Pipeline(x=[NormaliseByIncidentEnergy(scale=scale / energy), LayerFractions([4, 2]), Logit(1e-6), Standardise(mean=[0.0] * 8, std=[2.0] * 8)])
-    _close(p.inverse(p.forward_x(x, cond), cond), x)
-
-
-def test_unfitted_and_unknown_transforms_fail_clearly():
-    with pytest.raises(InvalidDataError, match="fitted"):
-        Standardise().forward(torch.zeros(2, 2), None)
-    with pytest.raises(UnknownNameError, match="valid: .*logit"):
-        Pipeline.from_dict({"x": [{"name": "logitt"}]})
-    with pytest.raises(InvalidDataError, match="incident energy"):
-        NormaliseByIncidentEnergy().forward(torch.zeros(2, 2), None)
+from physgen.errors import ConfigError, InvalidDataError
 
 
 def test_readout_threshold_cuts_the_chosen_quantile_of_real_deposits(showers):
-    t = ReadoutThreshold(quantile=0.005).fit(showers.x, showers.cond)
+    t = ReadoutCalibration(quantile=0.005).fit_threshold(showers.x)
     nonzero = showers.x[showers.x > 0].double()
     # the cut sits where 0.5 % of Geant4's own non-zero deposits lie below it
     assert abs(float((nonzero < t.threshold).double().mean()) - 0.005) < 1e-4
     assert 1e-3 < t.threshold < 1.0  # MeV: far below a MIP's deposit in a 9 mm PbWO4 layer (~10 MeV)
-    assert torch.equal(t.forward(showers.x, None), showers.x.double())  # models train on the recorded showers
-    back = t.inverse(showers.x, None)
+    back = t.apply(showers.x, None)
     assert bool((back[showers.x < t.threshold] == 0).all())
     assert torch.equal(back[showers.x >= t.threshold], showers.x[showers.x >= t.threshold].double())
-    p = calorimeter_pipeline([32] * 24, threshold_quantile=0.005).fit(showers.x, showers.cond)
-    q = Pipeline.from_dict(json.loads(json.dumps(p.to_dict())))
-    assert q.x_transforms[0].threshold == t.threshold
+    q = ReadoutCalibration.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert q.threshold == t.threshold and not q.calibrated
     with pytest.raises(InvalidDataError, match="quantile must be in"):
-        ReadoutThreshold(quantile=1.5)
+        ReadoutCalibration(quantile=1.5)
 
 
 def _occupancy_data(n=4000, v=6, seed=0):
@@ -165,10 +47,10 @@ def test_readout_calibration_reproduces_the_training_occupancy_per_voxel_and_ene
     # a model that smears every zero: every voxel gets a continuous deposit, small ones where the data had none
     g = torch.Generator().manual_seed(1)
     gen = torch.where(x > 0, x, 0.5 * torch.rand(x.shape, generator=g, dtype=torch.float64))
-    t = ReadoutThreshold(threshold=0.01).calibrate(x, e, gen, e, bins=4)
+    t = ReadoutCalibration(threshold=0.01).calibrate(x, e, gen, e, bins=4)
     assert len(t.edges) == 3 and t.voxel_thresholds.shape == (4, 6)
     assert bool((t.voxel_thresholds >= 0.01).all())  # never below the global cut
-    back = t.inverse(gen, e)
+    back = t.apply(gen, e)
     bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(t.edges, dtype=torch.float64), right=True)
     for b in range(4):
         real, cut = (x[bins == b] > 0).double().mean(0), (back[bins == b] > 0).double().mean(0)
@@ -176,7 +58,7 @@ def test_readout_calibration_reproduces_the_training_occupancy_per_voxel_and_ene
         assert float((real - cut).abs().max()) <= 2.0 / int((bins == b).sum()), (b, real, cut)
     assert bool((back[:, -1] == 0).all())  # never hit in training → always empty
     # a single global threshold cannot do this: the occupancy differs per voxel and per energy
-    glob = ReadoutThreshold(threshold=float(torch.quantile(gen[x == 0], 0.5))).inverse(gen, e)
+    glob = ReadoutCalibration(threshold=float(torch.quantile(gen[x == 0], 0.5))).apply(gen, e)
     assert float(((glob > 0).double().mean(0) - (x > 0).double().mean(0)).abs().max()) > 0.05
 
 
@@ -184,9 +66,9 @@ def test_readout_cut_keeps_each_layers_energy_and_round_trips_through_json():
     x, e = _occupancy_data(v=8)
     g = torch.Generator().manual_seed(2)
     gen = torch.where(x > 0, x, 0.5 * torch.rand(x.shape, generator=g, dtype=torch.float64))
-    t = ReadoutThreshold(threshold=0.01, layer_sizes=[4, 0, 4]).calibrate(x, e, gen, e, bins=3)
+    t = ReadoutCalibration(threshold=0.01, layer_sizes=[4, 0, 4]).calibrate(x, e, gen, e, bins=3)
     assert t.layer_thresholds.shape == (3, 2)
-    back = t.inverse(gen, e)
+    back = t.apply(gen, e)
     bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(t.edges, dtype=torch.float64), right=True)
     for layer, sl in enumerate((slice(0, 4), slice(4, 8))):
         before, after = gen[:, sl].sum(1), back[:, sl].sum(1)
@@ -200,21 +82,19 @@ def test_readout_cut_keeps_each_layers_energy_and_round_trips_through_json():
         rescued = below.any(1)
         assert bool((below.sum(1) <= 1).all()) and bool(((gen[:, sl] >= thresholds) & read[:, None]).sum(1)[rescued].eq(0).all())
         assert torch.equal(gen[rescued, sl].argmax(1), below[rescued].double().argmax(1))
-    s = ReadoutThreshold.from_dict(json.loads(json.dumps(t.to_dict())))
-    assert torch.equal(s.inverse(gen, e), back)
-    s.active = False
-    assert torch.equal(s.inverse(gen, e), gen)
+    s = ReadoutCalibration.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert torch.equal(s.apply(gen, e), back)
     # a calibration saved before the layer thresholds existed cuts voxels only, as it did
     old = t.to_dict()
     del old["layer_thresholds"]
-    old_cut = ReadoutThreshold.from_dict(old).inverse(gen, e)
+    old_cut = ReadoutCalibration.from_dict(old).apply(gen, e)
     assert bool((old_cut[gen < t.voxel_thresholds[bins]] == 0).all())
     with pytest.raises(InvalidDataError, match="one row per energy bin"):
-        ReadoutThreshold(edges=[0.0], voxel_thresholds=[[1.0, 2.0]])
+        ReadoutCalibration(edges=[0.0], voxel_thresholds=[[1.0, 2.0]])
     with pytest.raises(InvalidDataError, match="equal V"):
         t.calibrate(x, e, gen[:, :3], e)
     with pytest.raises(InvalidDataError, match="add up to"):
-        ReadoutThreshold(layer_sizes=[4, 4]).fit(torch.ones(3, 9), None)
+        ReadoutCalibration(layer_sizes=[4, 4]).fit_threshold(torch.ones(3, 9))
 
 
 def test_readout_calibration_reproduces_each_layers_share_of_empty_showers():
@@ -231,8 +111,8 @@ def test_readout_calibration_reproduces_each_layers_share_of_empty_showers():
     one_hot = torch.nn.functional.one_hot(torch.randint(0, size, (n, 4), generator=g), size).double()
     x = (energy[:, :, None] * one_hot).reshape(n, 4 * size)
     gen = (energy[:, :, None] / size + 1e-3 * torch.rand(n, 4, size, generator=g, dtype=torch.float64)).reshape(n, 4 * size)
-    t = ReadoutThreshold(threshold=1e-4, layer_sizes=[size] * 4).calibrate(x, e, gen, e, bins=4)
-    back = t.inverse(gen, e)
+    t = ReadoutCalibration(threshold=1e-4, layer_sizes=[size] * 4).calibrate(x, e, gen, e, bins=4)
+    back = t.apply(gen, e)
     bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(t.edges, dtype=torch.float64), right=True)
     layer = lambda v: v.reshape(n, 4, size).sum(-1) > 0  # noqa: E731
     for b in range(4):
@@ -244,26 +124,24 @@ def test_readout_calibration_reproduces_each_layers_share_of_empty_showers():
     # the layers read out are those the model gave real energy, and the tiny deposits are gone
     assert float((read & (energy == 0)).double().mean()) < 0.01 and bool((back[back > 0] > 1e-2).all())
     # voxel cuts alone match each voxel's occupancy, but empty most of the layers Geant4 reads out
-    voxels_only = ReadoutThreshold(threshold=1e-4).calibrate(x, e, gen, e, bins=4).inverse(gen, e)
+    voxels_only = ReadoutCalibration(threshold=1e-4).calibrate(x, e, gen, e, bins=4).apply(gen, e)
     assert float(layer(voxels_only).double().mean() - layer(x).double().mean()) < -0.2
 
 
 def test_fit_calibrates_the_readout_so_samples_have_geant4s_hit_occupancy(showers):
-    from physgen.surrogates import create
-
     train, test = showers.split((0.5, 0.5), seed=0)
 
     def layer_occupancy(x):
         return (x > 0).double().reshape(len(x), 24, 32).mean((0, 2))
 
     real = layer_occupancy(test.x)
-    off = create("gaussian", readout_bins=0)
+    off = ShowerModel("gaussian", readout_bins=0)
     off.fit(train, seed=0)
-    on = create("gaussian")  # readout_bins=4, the default
+    on = ShowerModel("gaussian")  # readout_bins=4, the default
     on.fit(train, seed=0)
-    cut = on.preprocessing.x_transforms[0]
-    assert isinstance(cut, ReadoutThreshold) and cut.voxel_thresholds.shape == (4, 768)
-    assert off.preprocessing.x_transforms[0].voxel_thresholds is None
+    cut = on.readout
+    assert isinstance(cut, ReadoutCalibration) and cut.voxel_thresholds.shape == (4, 768)
+    assert off.readout.voxel_thresholds is None
     d_off = layer_occupancy(off.sample(test.cond, seed=1).x) - real
     d_on = layer_occupancy(on.sample(test.cond, seed=1).x) - real
     # the Gaussian smears Geant4's empty voxels into hits: 3–10 % too many in layers 0–20 …
@@ -275,91 +153,13 @@ def test_fit_calibrates_the_readout_so_samples_have_geant4s_hit_occupancy(shower
     e_off = off.sample(test.cond, seed=1).x.sum(1).mean()
     e_on = on.sample(test.cond, seed=1).x.sum(1).mean()
     assert abs(float(e_on / e_off) - 1) < 1e-3
-    with pytest.raises(InvalidDataError, match="readout_bins"):
-        create("gaussian", readout_bins=-1)
-    with pytest.raises(InvalidDataError, match="readout_events"):
-        create("diffusion", readout_events=0)
-
-
-def test_inverse_in_row_blocks_equals_the_whole_batch_at_once(showers, monkeypatch):
-    """Pipeline.inverse runs in cache-sized row blocks; every transform is row-wise, so nothing may change."""
-    import physgen.data.transforms as tr
-
-    sizes = [la.n_voxels for la in showers.geometry.layers]
-    p = calorimeter_pipeline(sizes, alpha=1e-3, noise=1e-2, threshold_quantile=0.005).fit(showers.x, showers.cond)
-    cut = next(t for t in p.x_transforms if isinstance(t, ReadoutThreshold))
-    g = torch.Generator().manual_seed(0)
-    y, _ = p.forward(showers.x, showers.cond)
-    y = y + 0.3 * torch.randn(y.shape, generator=g, dtype=torch.float64)  # a "model's" samples: smeared zeros
-    cut.active = False
-    cut.calibrate(showers.x, showers.cond, p.inverse(y, showers.cond), showers.cond, bins=3)
-    cut.active = True
-    monkeypatch.setattr(tr, "INVERSE_BLOCK", 10**9)
-    whole = p.inverse(y, showers.cond)
-    monkeypatch.setattr(tr, "INVERSE_BLOCK", 777 * 792)  # 777-row blocks: 2000 rows end in a partial block
-    blocks = p.inverse(y, showers.cond)
-    assert whole.dtype == blocks.dtype == torch.float32 and whole.shape == (2000, 768)
-    assert bool((whole == 0).any()) and bool((whole > 0).any())
-    assert torch.equal(blocks, whole)
-    # a two-stage model's voxels and layer energies, handed over unjoined (float32, as sampling does), joined block by block
-    parts = (y[:, :768].float(), y[:, 768:].float())
-    joined = p.inverse(torch.cat(parts, 1), showers.cond)
-    assert torch.equal(p.inverse(parts, showers.cond), joined)
-    monkeypatch.setattr(tr, "INVERSE_BLOCK", 10**9)
-    assert torch.equal(p.inverse(parts, showers.cond), joined)
-
-
-def test_standardise_floors_the_width_of_columns_training_hardly_moves():
-    # columns: never moved, moved by one row in 1,000 (std 5·√(1e-3·(1−1e-3)) = 0.158), wide
-    torch.manual_seed(0)
-    x = torch.zeros(1000, 3, dtype=torch.float64)
-    x[0, 1] = 5.0
-    x[:, 2] = 3 + 2 * torch.randn(1000, dtype=torch.float64)
-    plain, floored = Standardise().fit(x, None), Standardise(min_std=0.2).fit(x, None)
-    assert float(plain.std[0]) == 1e-8  # the old behaviour: a held-out 5 lands at 5e8
-    assert float(plain.std[1]) == pytest.approx(5 * (1e-3 * (1 - 1e-3)) ** 0.5, rel=1e-9)
-    assert floored.std[:2].tolist() == [0.2, 0.2]
-    assert float(floored.std[2]) == float(plain.std[2]) == pytest.approx(float(x[:, 2].std(unbiased=False)), rel=1e-12)
-    held_out = torch.tensor([[5.0, 5.0, 3.0]], dtype=torch.float64)
-    y = floored.forward(held_out, None)
-    assert float(y[0, 0]) == pytest.approx(25.0) and float(y[0, 1]) == pytest.approx((5 - 5e-3) / 0.2)
-    assert torch.allclose(floored.inverse(y, None), held_out, rtol=0, atol=1e-12)
-    # the floor is saved; states saved before it existed load with their stored widths
-    again = Standardise(**json.loads(json.dumps(floored.state())))
-    assert again.min_std == 0.2 and torch.equal(again.std, floored.std)
-    old = {k: v for k, v in plain.state().items() if k != "min_std"}
-    assert torch.equal(Standardise(**old).forward(held_out, None), plain.forward(held_out, None))
-    with pytest.raises(InvalidDataError, match="min_std"):
-        Standardise(min_std=-0.1)
-
-
-def test_width_floor_leaves_the_pbwo4_showers_alone(showers):
-    # every PbWO4 column's logit spread is well above 0.2: the default pipeline is unchanged there
-    sizes = [la.n_voxels for la in showers.geometry.layers]
-    a = calorimeter_pipeline(sizes, alpha=1e-3).fit(showers.x, showers.cond)
-    b = calorimeter_pipeline(sizes, alpha=1e-3, min_std=0.0).fit(showers.x, showers.cond)
-    assert float(b.x_transforms[-1].std.min()) > 0.2
-    assert torch.equal(a.forward_x(showers.x, showers.cond), b.forward_x(showers.x, showers.cond))
-
-
-def test_width_floor_keeps_held_out_wsi_showers_in_range(wsi_path):
-    # W/Si (6,480 voxels): some outer voxels are hit by no shower of a small training split;
-    # without the floor a held-out shower that hits one lands ~1e8 standard deviations out
-    from physgen.io import read
-
-    d = read(wsi_path, stop=1500)
-    sizes = [la.n_voxels for la in d.geometry.layers]
-    train, test = d.split((0.7, 0.3), seed=0)
-    never = (train.x == 0).all(0) & (test.x > 0).any(0)
-    assert int(never.sum()) > 0
-    for min_std, bound in [(0.0, None), (0.2, 50.0)]:
-        p = calorimeter_pipeline(sizes, alpha=1e-3, min_std=min_std).fit(train.x, train.cond)
-        worst = float(p.forward_x(test.x, test.cond).abs().max())
-        if bound is None:
-            assert worst > 1e6
-        else:
-            assert worst < bound
-            assert float(p.forward_x(train.x, train.cond).abs().max()) < bound
+    with pytest.raises(ConfigError, match="'readout_bins' must be ≥ 0"):
+        ShowerModel("gaussian", readout_bins=-1)
+    with pytest.raises(ConfigError, match="'readout_events' must be ≥ 1"):
+        ShowerModel("diffusion", readout_events=0)
+    # the model's own samples, before the read-out: smeared empties, the same layer energies
+    raw = on.sample(test.cond, seed=1, calibrated=False).x
+    assert float(layer_occupancy(raw)[:21].min() - real[:21].max()) > -1.0 and float((layer_occupancy(raw) - real)[:21].min()) > 0.02
 
 
 def _value_data(n=4000, seed=4):
@@ -389,10 +189,10 @@ def test_value_calibration_gives_each_rings_hits_geant4s_layer_shares_keeping_hi
     from scipy.stats import ks_2samp
 
     x, e, gen, rings = _value_data()
-    cuts = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2)
-    t = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings, knots=33)
+    cuts = ReadoutCalibration(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2)
+    t = ReadoutCalibration(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings, knots=33)
     assert t.value_knots.shape == (2, 4, 2, 33)
-    plain, mapped = cuts.inverse(gen, e), t.inverse(gen, e)
+    plain, mapped = cuts.apply(gen, e), t.apply(gen, e)
     # the cuts are the same, so are the hits and every layer's energy: only the hits' values move
     assert torch.equal(plain > 0, mapped > 0)
     torch.testing.assert_close(mapped.reshape(-1, 2, 8).sum(-1), plain.reshape(-1, 2, 8).sum(-1), rtol=1e-12, atol=0)
@@ -402,50 +202,48 @@ def test_value_calibration_gives_each_rings_hits_geant4s_layer_shares_keeping_hi
         # outer rings: 0.87 before, inner 0.24 (their shares are too large); 0.03-0.04 after, which is what is
         # left of the map's exactness once each layer is rescaled to its energy
         assert before > 0.2 and after < 0.06, (ring, before, after)
-    # saved and loaded as JSON, the map is the same; switched off, nothing is cut or mapped
-    s = ReadoutThreshold.from_dict(json.loads(json.dumps(t.to_dict())))
-    assert torch.equal(s.inverse(gen, e), mapped)
-    s.active = False
-    assert torch.equal(s.inverse(gen, e), gen)
+    # saved and loaded as JSON, the map is the same
+    s = ReadoutCalibration.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert torch.equal(s.apply(gen, e), mapped)
     # a refit without values drops the map
-    assert ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8], rings=rings.tolist()).calibrate(x, e, gen, e, bins=2).value_knots is None
+    assert ReadoutCalibration(threshold=1e-6, layer_sizes=[8, 8], rings=rings.tolist()).calibrate(x, e, gen, e, bins=2).value_knots is None
 
 
 def test_value_calibration_of_a_model_that_draws_geant4s_showers_is_the_identity():
     x, e, _, rings = _value_data()
-    cuts = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, x, e, bins=2)
-    t = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8], rings=rings.tolist()).calibrate(x, e, x, e, bins=2, values=True)
+    cuts = ReadoutCalibration(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, x, e, bins=2)
+    t = ReadoutCalibration(threshold=1e-6, layer_sizes=[8, 8], rings=rings.tolist()).calibrate(x, e, x, e, bins=2, values=True)
     # the same showers on both sides: every map's knots coincide, and the values come back to the map's float32
     # rounding (samples leave a surrogate as float32)
     torch.testing.assert_close(t.value_knots[:, :, 0], t.value_knots[:, :, 1], rtol=0, atol=0)
-    torch.testing.assert_close(t.inverse(x, e), cuts.inverse(x, e), rtol=1e-5, atol=0)
+    torch.testing.assert_close(t.apply(x, e), cuts.apply(x, e), rtol=1e-5, atol=0)
 
 
 def test_value_calibration_rejects_what_it_cannot_map():
     x, e, gen, rings = _value_data(n=400)
     with pytest.raises(InvalidDataError, match="rings"):
-        ReadoutThreshold(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True)
+        ReadoutCalibration(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True)
     with pytest.raises(InvalidDataError, match="layer_sizes"):
-        ReadoutThreshold().calibrate(x, e, gen, e, bins=2, values=True, rings=rings)
+        ReadoutCalibration().calibrate(x, e, gen, e, bins=2, values=True, rings=rings)
     with pytest.raises(InvalidDataError, match="ring ids"):
-        ReadoutThreshold(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings[:5])
+        ReadoutCalibration(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings[:5])
     with pytest.raises(InvalidDataError, match="knots"):
-        ReadoutThreshold(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings, knots=1)
-    t = ReadoutThreshold(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings, knots=5)
+        ReadoutCalibration(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings, knots=1)
+    t = ReadoutCalibration(layer_sizes=[8, 8]).calibrate(x, e, gen, e, bins=2, values=True, rings=rings, knots=5)
     state = t.to_dict()
     # a ring with too few hits in a bin keeps its values: in 10 showers the outer rings have about 12 (< min_hits 20)
-    few = ReadoutThreshold(layer_sizes=[8, 8]).calibrate(x[:10], e[:10], gen[:10], e[:10], bins=1, values=True, rings=rings)
+    few = ReadoutCalibration(layer_sizes=[8, 8]).calibrate(x[:10], e[:10], gen[:10], e[:10], bins=1, values=True, rings=rings)
     same = (few.value_knots[0, :, 0] == few.value_knots[0, :, 1]).all(-1)
     assert same.tolist() == [False, True, False, True]
     bad = {**state, "value_knots": np.asarray(state["value_knots"])[:, :3].tolist()}
     with pytest.raises(InvalidDataError, match="rings, 2, K"):
-        ReadoutThreshold.from_dict(bad)
+        ReadoutCalibration.from_dict(bad)
     decreasing = np.asarray(state["value_knots"])
     decreasing[..., 0, :] = decreasing[..., 0, ::-1]
     with pytest.raises(InvalidDataError, match="non-decreasing"):
-        ReadoutThreshold.from_dict({**state, "value_knots": decreasing.tolist()})
+        ReadoutCalibration.from_dict({**state, "value_knots": decreasing.tolist()})
     with pytest.raises(InvalidDataError, match="value_knots needs rings"):
-        ReadoutThreshold.from_dict({**state, "rings": None})
+        ReadoutCalibration.from_dict({**state, "rings": None})
 
 
 def test_value_calibration_gives_a_ring_short_of_hits_in_a_bin_its_map_over_all_bins():
@@ -458,15 +256,15 @@ def test_value_calibration_gives_a_ring_short_of_hits_in_a_bin_its_map_over_all_
 
     x, e, gen, rings = _value_data()
     kw = dict(bins=2, values=True, rings=rings, knots=33, min_hits=3000)
-    pooled = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, **kw)
-    alone = ReadoutThreshold(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, pool_bins=False, **kw)
+    pooled = ReadoutCalibration(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, **kw)
+    alone = ReadoutCalibration(threshold=1e-6, layer_sizes=[8, 8]).calibrate(x, e, gen, e, pool_bins=False, **kw)
     k, k0 = pooled.value_knots, alone.value_knots
     for ring in (1, 3):  # outer: the same map in both bins, not the identity; without pooling, the identity
         assert torch.equal(k[0, ring], k[1, ring]) and not torch.equal(k[0, ring, 0], k[0, ring, 1])
         assert torch.equal(k0[0, ring, 0], k0[0, ring, 1]) and torch.equal(k0[1, ring, 0], k0[1, ring, 1])
     for ring in (0, 2):  # inner: their own map per bin either way
         assert torch.equal(k[:, ring], k0[:, ring]) and not torch.equal(k[0, ring], k[1, ring])
-    mapped, kept = pooled.inverse(gen, e), alone.inverse(gen, e)
+    mapped, kept = pooled.apply(gen, e), alone.apply(gen, e)
     assert torch.equal(mapped > 0, kept > 0)
     for ring in (1, 3):
         before = ks_2samp(_log_shares_of_ring(x, rings, ring), _log_shares_of_ring(kept, rings, ring)).statistic
@@ -481,12 +279,12 @@ def test_readout_cuts_without_the_floor_give_a_voxel_of_too_small_values_geant4s
     g = torch.Generator().manual_seed(1)
     gen = torch.where(x > 0, x, 0.5 * torch.rand(x.shape, generator=g, dtype=torch.float64))
     gen[:, 0] = 0.005 * torch.rand(len(x), generator=g, dtype=torch.float64)  # voxel 0: every value under the 0.01 cut
-    floored = ReadoutThreshold(threshold=0.01).calibrate(x, e, gen, e, bins=4)
-    free = ReadoutThreshold(threshold=0.01).calibrate(x, e, gen, e, bins=4, floor=False)
+    floored = ReadoutCalibration(threshold=0.01).calibrate(x, e, gen, e, bins=4)
+    free = ReadoutCalibration(threshold=0.01).calibrate(x, e, gen, e, bins=4, floor=False)
     assert bool((floored.voxel_thresholds >= 0.01).all()) and bool((free.voxel_thresholds[:, 0] < 0.01).all())
     assert torch.equal(floored.voxel_thresholds[:, 1:-1], free.voxel_thresholds[:, 1:-1])  # the others were above it anyway
     bins = torch.bucketize(torch.log(e[:, 0]), torch.tensor(free.edges, dtype=torch.float64), right=True)
-    a, b = floored.inverse(gen, e), free.inverse(gen, e)
+    a, b = floored.apply(gen, e), free.apply(gen, e)
     assert bool((a[:, 0] == 0).all())
     for k in range(4):
         real, cut = float((x[bins == k, 0] > 0).double().mean()), float((b[bins == k, 0] > 0).double().mean())
@@ -499,17 +297,17 @@ def test_value_calibration_gives_a_surrogates_hits_the_held_out_showers_layer_sh
     shares of their layers to the held-out half's in nearly every ring, and changes no hit and no layer energy."""
     from scipy.stats import ks_2samp
 
-    from physgen.surrogates import create, load
+    from physgen.surrogates import load
 
     train, test = showers.split((0.5, 0.5), seed=0)
-    off = create("gaussian")
+    off = ShowerModel("gaussian")
     off.fit(train, seed=0)
-    on = create("gaussian", value_calibration=True)
+    on = ShowerModel("gaussian", value_calibration=True)
     on.fit(train, seed=0)
     a, b = off.sample(test.cond, seed=1).x.double(), on.sample(test.cond, seed=1).x.double()
     assert torch.equal(a > 0, b > 0)
     torch.testing.assert_close(b.reshape(-1, 24, 32).sum(-1), a.reshape(-1, 24, 32).sum(-1), rtol=1e-5, atol=1e-3)
-    rings = on.azimuthal_orbits(768)  # the rings the map pooled: 24 layers x 8 radial bins
+    rings = azimuthal_orbits(showers.geometry, 768)  # the rings the map pooled: 24 layers x 8 radial bins
     assert int(rings.max()) + 1 == 192 and torch.equal(rings.reshape(24, 4, 8)[:, 0], rings.reshape(24, 4, 8)[:, 3])
 
     def log_shares(v, ring):
@@ -522,37 +320,64 @@ def test_value_calibration_gives_a_surrogates_hits_the_held_out_showers_layer_sh
     assert ks[:, 1].mean() < 0.4 * ks[:, 0].mean() and (ks[:, 1] < ks[:, 0]).mean() > 0.9, ks.mean(0)
     on.save(tmp_path / "g")
     torch.testing.assert_close(load(tmp_path / "g").sample(test.cond, seed=1).x.double(), b, rtol=0, atol=0)
-    with pytest.raises(InvalidDataError, match="value_calibration must be true or false"):
-        create("gaussian", value_calibration="yes")
-    with pytest.raises(InvalidDataError, match="readout_bins ≥ 1"):
-        create("gaussian", value_calibration=True, readout_bins=0)
+    with pytest.raises(ConfigError, match="'value_calibration' must be true or false"):
+        ShowerModel("gaussian", value_calibration="yes")
+    with pytest.raises(ConfigError, match="readout_bins ≥ 1"):
+        ShowerModel("gaussian", value_calibration=True, readout_bins=0)
 
 
 def test_pipeline_inverse_runs_in_place_only_on_its_own_copy(showers):
     """Standardise and the E_inc scaling invert in place once a block is the pipeline's own float64 copy;
     a caller's float64 tensor is never written, and both paths give the same showers."""
     sizes = [la.n_voxels for la in showers.geometry.layers]
-    p = calorimeter_pipeline(sizes, alpha=1e-3, threshold_quantile=0.005).fit(showers.x, showers.cond)
+    p = calorimeter_pipeline(sizes, alpha=1e-3).fit(showers.x, showers.cond)
+    cut = ReadoutCalibration(quantile=0.005, layer_sizes=sizes).fit_threshold(showers.x)
     y, _ = p.forward(showers.x, showers.cond)
     y = y + 0.1 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y32 = y.float()
     y64 = y32.double()  # the same values, but the caller's float64 tensor: no copy, so no in-place step on it
     keep = y64.clone()
-    a, b = p.inverse(y32, showers.cond), p.inverse(y64, showers.cond)
+    a, b = p.inverse(y32, showers.cond, then=cut.apply), p.inverse(y64, showers.cond, then=cut.apply)
     assert torch.equal(y64, keep) and torch.equal(y32, keep.float())
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert float(a.sum()) > 0
 
 
 def test_value_calibration_maps_each_voxel_alone_without_the_azimuthal_symmetry(showers, monkeypatch):
-    from physgen.surrogates import create
+    import physgen.calorimeter.shower as shower
 
-    model = create("gaussian", value_calibration=True)
-    monkeypatch.setattr(type(model), "azimuthal_orbits", lambda self, dim: None)  # as for a geometry without the symmetry
+    model = ShowerModel("gaussian", value_calibration=True)
+    monkeypatch.setattr(shower, "azimuthal_orbits", lambda geometry, dim: None)  # as for a geometry without the symmetry
     model.fit(showers[:1000], seed=0)
-    cut = model.preprocessing.x_transforms[0]
+    cut = model.readout
     assert cut.value_knots.shape[:2] == (4, 768) and torch.equal(cut.rings, torch.arange(768))
     # 250 showers a bin: a voxel hit in most of them gets its own map, one hit in fewer than 20 keeps its values
     hits = (showers[:1000].x > 0).sum(0)
     mapped = (cut.value_knots[:, :, 0] != cut.value_knots[:, :, 1]).any(-1).any(0)
     assert bool(mapped[hits >= 400].all()) and not bool(mapped[hits < 20].any())
+
+
+def test_inverse_in_row_blocks_equals_the_whole_batch_at_once(showers, monkeypatch):
+    """Pipeline.inverse runs in cache-sized row blocks; every transform is row-wise, so nothing may change."""
+    import physgen.data.transforms as tr
+
+    sizes = [la.n_voxels for la in showers.geometry.layers]
+    p = calorimeter_pipeline(sizes, alpha=1e-3, noise=1e-2).fit(showers.x, showers.cond)
+    cut = ReadoutCalibration(quantile=0.005, layer_sizes=sizes).fit_threshold(showers.x)
+    g = torch.Generator().manual_seed(0)
+    y, _ = p.forward(showers.x, showers.cond)
+    y = y + 0.3 * torch.randn(y.shape, generator=g, dtype=torch.float64)  # a "model's" samples: smeared zeros
+    cut.calibrate(showers.x, showers.cond, p.inverse(y, showers.cond), showers.cond, bins=3)
+    monkeypatch.setattr(tr, "INVERSE_BLOCK", 10**9)
+    whole = p.inverse(y, showers.cond, then=cut.apply)
+    monkeypatch.setattr(tr, "INVERSE_BLOCK", 777 * 792)  # 777-row blocks: 2000 rows end in a partial block
+    blocks = p.inverse(y, showers.cond, then=cut.apply)
+    assert whole.dtype == blocks.dtype == torch.float32 and whole.shape == (2000, 768)
+    assert bool((whole == 0).any()) and bool((whole > 0).any())
+    assert torch.equal(blocks, whole)
+    # a two-stage model's voxels and layer energies, handed over unjoined (float32, as sampling does), joined block by block
+    parts = (y[:, :768].float(), y[:, 768:].float())
+    joined = p.inverse(torch.cat(parts, 1), showers.cond, then=cut.apply)
+    assert torch.equal(p.inverse(parts, showers.cond, then=cut.apply), joined)
+    monkeypatch.setattr(tr, "INVERSE_BLOCK", 10**9)
+    assert torch.equal(p.inverse(parts, showers.cond, then=cut.apply), joined)

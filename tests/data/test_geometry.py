@@ -5,8 +5,7 @@ import pytest
 
 from physgen.data import CalorimeterGeometry, Layer, official_binning, read_binning_xml
 from physgen.errors import GeometryError
-
-from .conftest import REFERENCE
+from tests.conftest import REFERENCE
 
 
 @pytest.mark.parametrize(

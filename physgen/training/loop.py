@@ -1,11 +1,12 @@
 """One training loop for every gradient-trained family.
 
 Each family supplies its loss (``Surrogate.forward``) and, if it needs more
-than one optimiser (a GAN), its own ``train_batch``; the loop supplies the
+than one optimiser (a GAN), its own ``train_step``; the loop supplies the
 rest: device, mixed precision, gradient clipping, validation split and early
 stopping, a learning-rate schedule, a tqdm progress bar with loss and
 throughput, a history, seeds, periodic checkpoints, resume, an EMA of the
-weights, and DistributedDataParallel under ``torchrun``.
+weights, and DistributedDataParallel under ``torchrun``. A family with a closed
+form (the Gaussian) solves instead of looping, after the same split and preparation.
 
 Reproducibility: every random draw of epoch ``e`` (shuffling, noise in the
 loss) is seeded from ``(seed, e)``, and checkpoints are taken at epoch
@@ -21,9 +22,8 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,121 +31,15 @@ import torch.distributed as dist
 from torch import nn
 
 from physgen.data import Data, Pipeline
-from physgen.data.augment import azimuthal_copies
-from physgen.errors import InvalidDataError, PhysgenError
-from physgen.surrogates import checkpoint as ckpt
+from physgen.errors import TrainingDivergedError
+from physgen.training import checkpoint as ckpt
+from physgen.training.config import TrainConfig
+from physgen.training.devices import autocast_dtype, resolve_device
 
 if TYPE_CHECKING:
     from physgen.surrogates.base import Surrogate
 
-__all__ = ["TrainConfig", "TrainContext", "TrainingDivergedError", "train", "resolve_device"]
-
-
-class TrainingDivergedError(PhysgenError, RuntimeError):
-    """The loss became NaN/inf or exploded; nothing broken was saved."""
-
-
-@dataclass
-class TrainConfig:
-    """Settings of the shared loop (every field has a sensible default).
-
-    Attributes:
-        epochs: passes over the training split.
-        batch_size: global batch size (split across ranks under torchrun).
-        lr, weight_decay: Adam(W) settings; families may use their own betas.
-        schedule: ``"cosine"`` (to 0 over the run, after ``warmup_epochs``), ``"constant"``.
-        grad_clip: clip the global gradient norm to this (``None``: off).
-        val_fraction: share of ``data`` held out for validation (0: none).
-        augment: train on this many copies of each training shower under the calorimeter's
-            azimuthal symmetry (rotations by whole angular bins and mirrors α → −α, distinct
-            per shower; 1: off); see :func:`physgen.data.augment.azimuthal_copies`. The
-            validation split is not augmented. Needs a polar geometry binned in α.
-        patience: stop after this many epochs without a better validation loss and
-            restore the best weights (``None``: train all epochs). Two-stage models
-            record their first stage's share of the validation loss as ``val_energy_nll``.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
-        precision: ``"fp32"``, ``"bf16"`` (CUDA or CPU autocast) or ``"fp16"`` (CUDA, with loss scaling).
-        seed: seeds initialisation, shuffling and every random draw.
-        ema_decay: keep an exponential moving average of the weights (decay warmed up as
-            min(ema_decay, (1 + step) / (10 + step))), validate with it and end with it.
-        checkpoint_dir: write ``epoch-NNNNNN`` checkpoints and ``LATEST`` here.
-        checkpoint_every: epochs between checkpoints.
-        resume: continue from ``checkpoint_dir``'s latest checkpoint if there is one.
-        time_budget_s: stop cleanly once this much wall time has passed (on one process within
-            the epoch, its record averaging the batches run; under DDP after the epoch); the
-            cosine schedule then anneals over the budget (such runs depend on the machine's speed,
-            so they are not bit-reproducible).
-        divergence_factor: stop if a batch's training loss exceeds this multiple of the first
-            batch's magnitude (exploding critic or likelihood), as well as on NaN/inf.
-        progress: show a tqdm bar (``None``: only on a terminal).
-        on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch's checkpoint.
-    """
-
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: int = 0
-    grad_clip: float | None = 5.0
-    val_fraction: float = 0.1
-    augment: int = 1
-    patience: int | None = None
-    device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    seed: int = 0
-    ema_decay: float | None = None
-    checkpoint_dir: str | Path | None = None
-    checkpoint_every: int = 1
-    resume: bool = False
-    time_budget_s: float | None = None
-    divergence_factor: float = 1e6
-    progress: bool | None = None
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise InvalidDataError(f"epochs and batch_size must be ≥ 1; got {self.epochs}, {self.batch_size}")
-        if not 0 <= self.val_fraction < 1:
-            raise InvalidDataError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
-        if self.augment < 1:
-            raise InvalidDataError(f"augment must be ≥ 1 (copies of each training shower); got {self.augment}")
-        autocast_dtype(self.precision)
-        if self.schedule not in ("cosine", "constant"):
-            raise InvalidDataError(f"schedule must be 'cosine' or 'constant'; got {self.schedule!r}")
-        if self.resume and self.checkpoint_dir is None:
-            raise InvalidDataError("resume=True needs checkpoint_dir")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_epoch_end"}
-        out["checkpoint_dir"] = None if self.checkpoint_dir is None else str(self.checkpoint_dir)
-        return out
-
-
-#: precision names → autocast dtypes (None: plain fp32), for training and for sampling
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_dtype(precision: Any, device: torch.device | None = None, name: str = "precision") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` ("fp32", "bf16", "fp16"); fp16 needs a CUDA ``device``.
-
-    Raises:
-        InvalidDataError: an unknown name (``name`` says which setting), or fp16 off CUDA.
-    """
-    if not isinstance(precision, str) or precision not in AUTOCAST_DTYPES:
-        raise InvalidDataError(f"{name} must be 'fp32', 'bf16' or 'fp16'; got {precision!r}")
-    if precision == "fp16" and device is not None and device.type != "cuda":
-        raise InvalidDataError(f"{name}='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-    return AUTOCAST_DTYPES[precision]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidDataError(f"device {device!r} asked for, but this machine has no CUDA device; use device='cpu'")
-    return dev
+__all__ = ["TrainContext", "train"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -216,17 +110,23 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, el
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipeline | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` on ``data`` with the shared loop; returns (and stores) the history."""
+def train(
+    model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipeline | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` on ``data`` with the shared loop (or its closed form); returns (and stores) the history.
+
+    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint.
+    """
     from tqdm.auto import tqdm
 
     rank, world, local_rank = _distributed()
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # before the work: a missing GPU fails at once
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     train_data, val_data = (data.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed) if cfg.val_fraction > 0 else (data, None))
 
-    train_data = azimuthal_copies(train_data, cfg.augment, seed=cfg.seed)
+    train_data = model.augment(train_data, cfg.augment, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     y, c = model.prepare(train_data, preprocessing)
     assert model.preprocessing is not None  # set by prepare
@@ -236,10 +136,17 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         # so its loss measures the distribution the model is fitted to
         yv64, cv64 = model.preprocessing.train(True).forward(val_data.x, val_data.cond)
         model.preprocessing.train(False)
-        yv, cv = yv64.float().to(device), None if cv64 is None else cv64.float().to(device)
+        yv, cv = yv64.float(), None if cv64 is None else cv64.float()
+    solved = model.solve(y, c, yv, cv)
+    if solved is not None:  # a closed form: no loop
+        model.history = solved
+        model.eval()
+        model.to(device)
+        return solved
+    yv, cv = None if yv is None else yv.to(device), None if cv is None else cv.to(device)
     model.to(device)
     y, c = y.to(device), None if c is None else c.to(device)
-    optimizers = model.all_optimizers(cfg)
+    optimizers = model.configure_optimizers(cfg)
     ctx = TrainContext(cfg, device, model)
     steps_per_epoch = math.ceil(((len(y) // world) if world > 1 else len(y)) / max(1, cfg.batch_size // world))
     total_steps = cfg.epochs * steps_per_epoch
@@ -335,7 +242,7 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
         record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples=n_samples * world, samples_per_s=n_samples * world / max(elapsed, 1e-9))
         if yv is not None:
             backup = swap_in_ema()
-            record.update(model.validation_parts(yv, cv))
+            record.update(model.validation_metrics(yv, cv))
             if cfg.patience is not None and record["val_loss"] < state["best"]:
                 state["best"], state["bad_epochs"] = record["val_loss"], 0
                 state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -356,14 +263,14 @@ def train(model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipelin
                 "optimizers": [opt.state_dict() for opt in optimizers],
                 "ema": None if ema is None else [e_t.detach().cpu() for e_t in ema],
                 "history": history,
-                "train_config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool | type(None))},
+                "train_config": cfg.to_dict(),
                 **{k: state[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0", "best_weights")},
             })
             ckpt.point_latest(run_dir, name)
         if world > 1:
             dist.barrier()
-        if cfg.on_epoch_end is not None:
-            cfg.on_epoch_end(epoch + 1, record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, record)
         if stop:
             break
     bar.close()

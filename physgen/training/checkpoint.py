@@ -31,7 +31,8 @@ from physgen.errors import CheckpointError
 __all__ = ["FORMAT_VERSION", "write_checkpoint", "read_config", "load_weights", "read_training_state"]
 
 #: Bumped whenever the layout changes incompatibly; loading a newer one fails clearly.
-FORMAT_VERSION = 1
+#: 2: typed options (what the user passed) apart from what was resolved from the data; calorimeter models as ShowerModel.
+FORMAT_VERSION = 2
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
 STATE = "training_state.pt"
@@ -84,12 +85,17 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"checkpoint {str(directory)!r} has format version {version}, newer than this physgen "
             f"understands ({FORMAT_VERSION}); upgrade physgen (written by {config.get('physgen_version')})"
         )
+    if version < 2:
+        raise CheckpointError(
+            f"checkpoint {str(directory)!r} has format version {version}, from physgen before typed options; "
+            "re-train it with this physgen (its suite or command line still works)"
+        )
     if not (directory / WEIGHTS).exists():
         raise CheckpointError(f"checkpoint {str(directory)!r}: no {WEIGHTS}")
     return config
 
 
-def load_weights(module: torch.nn.Module, directory: str | Path) -> None:
+def load_weights(module: torch.nn.Module, directory: str | Path, config: dict[str, Any] | None = None) -> None:
     """Load safetensors weights into ``module``; every tensor must match by name and shape."""
     try:
         missing, unexpected = load_model(module, str(Path(directory) / WEIGHTS), strict=False)

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 import physgen
-from physgen.errors import InvalidDataError
+from physgen.calorimeter import ShowerModel
+from physgen.errors import ConfigError
 from physgen.surrogates import TrainingDivergedError, create
 
 JOB = Path(__file__).with_name("train_job.py")
@@ -67,19 +68,19 @@ def test_torchrun_two_processes_match_single_process_quality(tmp_path):
 
 def test_early_stopping_restores_the_best_weights():
     data = physgen.load_default()[:600]
-    model = create("gaussian", solver="gradient")
+    model = ShowerModel("gaussian", solver="gradient")
     # a constant, too-large learning rate makes validation loss wander; patience stops it
     hist = model.fit(data, epochs=40, lr=0.05, schedule="constant", patience=2, progress=False, seed=1)
     assert len(hist) < 40
     best = min(h["val_loss"] for h in hist)
     val = data.split((0.9, 0.1), seed=1)[1]
     y, c = model.preprocessing.forward(val.x, val.cond)
-    assert math.isclose(model.validation_loss(y.float(), c.float()), best, rel_tol=1e-5)
+    assert math.isclose(model.validation_metrics(y.float(), c.float())["val_loss"], best, rel_tol=1e-5)
 
 
 def test_divergence_stops_without_saving(tmp_path):
     data = physgen.load_default()[:400]
-    model = create("gaussian", solver="gradient")
+    model = ShowerModel("gaussian", solver="gradient")
     with pytest.raises(TrainingDivergedError, match="lower lr"):
         model.fit(data, epochs=5, lr=1e4, grad_clip=None, schedule="constant", progress=False, checkpoint_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "LATEST").exists()
@@ -87,20 +88,20 @@ def test_divergence_stops_without_saving(tmp_path):
 
 def test_bad_training_settings_are_rejected():
     data = physgen.load_default()[:100]
-    with pytest.raises(InvalidDataError, match="fp16"):
-        create("gaussian", solver="gradient").fit(data, epochs=1, precision="fp16", device="cpu")
-    with pytest.raises(InvalidDataError, match="resume=True needs checkpoint_dir"):
-        create("gaussian", solver="gradient").fit(data, resume=True)
+    with pytest.raises(ConfigError, match="fp16"):
+        ShowerModel("gaussian", solver="gradient").fit(data, epochs=1, precision="fp16", device="cpu")
+    with pytest.raises(ConfigError, match="resume=True needs checkpoint_dir"):
+        ShowerModel("gaussian", solver="gradient").fit(data, resume=True)
     if not torch.cuda.is_available():
-        with pytest.raises(InvalidDataError, match="no CUDA device"):
-            create("gaussian", solver="gradient").fit(data, device="cuda")
-        with pytest.raises(InvalidDataError, match="no CUDA device"):
-            create("gaussian").fit(data, device="cuda")  # the closed form honours the device too
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            ShowerModel("gaussian", solver="gradient").fit(data, device="cuda")
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            ShowerModel("gaussian").fit(data, device="cuda")  # the closed form honours the device too
 
 
 def test_bf16_autocast_trains_on_cpu():
     data = physgen.load_default()[:400]
-    hist = create("gaussian", solver="gradient").fit(data, epochs=3, precision="bf16", progress=False)
+    hist = ShowerModel("gaussian", solver="gradient").fit(data, epochs=3, precision="bf16", progress=False)
     assert hist[-1]["val_loss"] < hist[0]["val_loss"]
 
 
@@ -122,3 +123,18 @@ def test_gaussian_scale_factor_is_cached_only_while_the_parameter_is_unchanged()
     model.scale_tril().sum().backward()
     grad = model.scale_tril_raw.grad
     torch.testing.assert_close(grad, torch.tril(torch.ones(5, 5), -1) + torch.diag((2 * raw).diagonal().exp()))
+
+
+def test_training_options_are_typed_and_name_the_nearest(showers):
+    model = ShowerModel("gaussian", solver="gradient")
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        model.fit(showers[:50], epoch=3)
+    for bad, message in (
+        ({"epochs": 0}, "'epochs' must be ≥ 1"), ({"batch_size": 0}, "'batch_size' must be ≥ 1"), ({"lr": 0.0}, "'lr' must be > 0"),
+        ({"lr": -1.0}, "'lr' must be > 0"), ({"lr": float("nan")}, "'lr' must be a finite number"), ({"patience": -1}, "'patience' must be ≥ 1"),
+        ({"time_budget_s": -5.0}, "'time_budget_s' must be > 0"), ({"checkpoint_every": 0}, "'checkpoint_every' must be ≥ 1"),
+        ({"epochs": 2.5}, "'epochs' must be an integer"), ({"schedule": "linear"}, "'schedule' must be one of"),
+        ({"val_fraction": 1.0}, "'val_fraction' must be < 1"), ({"device": "gpu0"}, "'device' must be"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            model.fit(showers[:50], **bad)

@@ -8,10 +8,9 @@ import torch
 from scipy import stats
 
 import physgen
+from physgen.calorimeter import ShowerModel, azimuthal_copies
 from physgen.data import CalorimeterGeometry, Data, Layer, Schema, official_binning
-from physgen.data.augment import azimuthal_copies
-from physgen.errors import GeometryError, InvalidDataError
-from physgen.surrogates import create
+from physgen.errors import ConfigError, GeometryError, InvalidDataError
 
 
 def _centroid(e: np.ndarray, geo: CalorimeterGeometry, layer: int) -> tuple[float, float]:
@@ -77,14 +76,14 @@ def test_copies_are_distinct_members_of_each_showers_orbit(showers):
 
 
 def test_bad_augmentation_requests_are_rejected(showers):
-    with pytest.raises(InvalidDataError, match=r"\[1, 8\]"):
+    with pytest.raises(ConfigError, match=r"\[1, 8\]"):
         azimuthal_copies(showers[:10], 9)
     events = Data(np.ones((5, 3)), Schema(kind="event", feature_names=("a", "b", "c")))
     with pytest.raises(InvalidDataError, match="polar geometry"):
         azimuthal_copies(events, 2)
     assert azimuthal_copies(events, 1) is events  # off: any data passes through
-    with pytest.raises(InvalidDataError, match="augment must be"):
-        create("gaussian", solver="gradient").fit(showers[:100], epochs=1, augment=0, progress=False)
+    with pytest.raises(ConfigError, match="'augment' must be ≥ 1"):
+        ShowerModel("gaussian", solver="gradient").fit(showers[:100], epochs=1, augment=0, progress=False)
 
 
 def test_geant4_showers_are_azimuthally_symmetric(showers):
@@ -106,26 +105,34 @@ def test_training_on_the_whole_orbit_gives_a_symmetric_fit(showers, solver):
     geo = data.geometry
     perms = [torch.from_numpy(geo.azimuthal_permutation(k % 4, k >= 4)) for k in range(8)]
     for copies, symmetric in ((1, False), (8, True)):
-        model = create("gaussian", solver=solver)
+        model = ShowerModel("gaussian", solver=solver)
         model.fit(data, epochs=1, augment=copies, progress=False)
-        mean = model.logit_standardise_tail()[1].mean[: geo.n_voxels]  # voxel columns, then layer energies
+        mean = model.preprocessing.x_transforms[-1].mean[: geo.n_voxels]  # the standardisation: voxel columns, then layer energies
         gap = max(float((mean[p] - mean).abs().max()) for p in perms)
         assert (gap < 1e-9) == symmetric, (copies, gap)
 
 
 def test_augmented_training_keeps_the_validation_split_real():
     data = physgen.load_default()[:200]
-    model = create("gaussian", solver="gradient")
+    model = ShowerModel("gaussian", solver="gradient")
     hist = model.fit(data, epochs=1, augment=4, progress=False, seed=2)
     val = data.split((0.9, 0.1), seed=2)[1]
     y, c = model.preprocessing.forward(val.x, val.cond)
-    assert math.isclose(model.validation_loss(y.float(), c.float()), hist[-1]["val_loss"], rel_tol=1e-5)
+    assert math.isclose(model.validation_metrics(y.float(), c.float())["val_loss"], hist[-1]["val_loss"], rel_tol=1e-5)
 
 
 def test_a_time_budget_ends_a_long_augmented_epoch_early(showers):
-    model = create("gaussian", solver="gradient")
+    model = ShowerModel("gaussian", solver="gradient")
     hist = model.fit(showers[:400], epochs=3, batch_size=64, augment=8, time_budget_s=1e-9, progress=False)
     # 8 × 360 training showers make 45 batches an epoch; the budget stops after the first
     assert len(hist) == 1 and hist[0]["samples"] == 64
-    full = create("gaussian", solver="gradient").fit(showers[:400], epochs=1, batch_size=64, augment=8, progress=False)
+    full = ShowerModel("gaussian", solver="gradient").fit(showers[:400], epochs=1, batch_size=64, augment=8, progress=False)
     assert full[0]["samples"] == 8 * 360
+
+
+def test_a_bare_family_has_no_symmetry_to_augment_with(zmumu_path):
+    from physgen.surrogates import create
+
+    events = physgen.read(zmumu_path, branches=["E1", "px1"], units="GeV")
+    with pytest.raises(ConfigError, match="augment=2 needs a symmetry"):
+        create("gaussian").fit(events, augment=2)
