@@ -197,6 +197,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print()
     print(leaderboard_text(payload))
     print(f"\nresults: {out / 'results.json'}\nreport:  {paths['html']}\nsummary: {paths['markdown']}")
+    if payload["failed"]:
+        print(f"physgen: error: {payload['failed']} of {len(payload['results'])} runs failed (their errors are in the results)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -38,6 +38,6 @@ def options_markdown() -> str:
     sections["Calorimeter shower model (`physgen.calorimeter.ShowerModel`)"] = ShowerOptions
     for name in available():
         cls = get(name)
-        if cls.Options is not ShowerOptions:
+        if cls.Options is not ShowerOptions and cls.__module__.startswith("physgen."):  # physgen's own families
             sections[f"Family `{name}` (`create(\"{name}\", ...)`)"] = cls.Options
     return INTRO + "\n" + options_reference(sections)

@@ -138,3 +138,13 @@ def test_training_options_are_typed_and_name_the_nearest(showers):
     ):
         with pytest.raises(ConfigError, match=message):
             model.fit(showers[:50], **bad)
+
+
+def test_an_environment_variable_caps_every_runs_epochs(monkeypatch, showers):
+    """``PHYSGEN_MAX_EPOCHS`` turns any script or suite into a smoke test (how CI runs the documentation's examples)."""
+    monkeypatch.setenv("PHYSGEN_MAX_EPOCHS", "2")
+    hist = ShowerModel("gaussian", solver="gradient").fit(showers[:200], epochs=50, progress=False)
+    assert len(hist) == 2
+    monkeypatch.setenv("PHYSGEN_MAX_EPOCHS", "zero")
+    with pytest.raises(ConfigError, match="PHYSGEN_MAX_EPOCHS must be a positive integer; got 'zero'"):
+        ShowerModel("gaussian", solver="gradient").fit(showers[:200], epochs=5, progress=False)

@@ -61,9 +61,11 @@ class ReadoutCalibration:
         threshold: the global threshold (MeV).
         quantile: fit the global threshold as this quantile of the non-zero training voxels.
         layer_sizes: voxels per layer, to keep each layer's energy through the cut.
-        edges, voxel_thresholds, layer_thresholds: a calibration (:meth:`calibrate`), as saved.
-        rings, value_knots: the ring of each voxel and the hit-value map
-            (``[bins, rings, 2, K]``: the model's and Geant4's knots in log share), as saved.
+        edges: the incident-energy bin edges of a calibration (:meth:`calibrate`), as saved.
+        voxel_thresholds: one threshold per energy bin and voxel, as saved.
+        layer_thresholds: one threshold per energy bin and layer, as saved.
+        rings: the ring of each voxel.
+        value_knots: the hit-value map (``[bins, rings, 2, K]``: the model's and Geant4's knots in log share), as saved.
     """
 
     def __init__(
@@ -155,9 +157,10 @@ class ReadoutCalibration:
         """Fit per-voxel thresholds so that ``generated`` (pre-cut samples) has ``x``'s occupancy.
 
         Args:
-            x, cond: training showers (MeV) and their conditions.
-            generated, generated_cond: the model's samples *before* any cut, at
-                (a subset of) the training conditions.
+            x: training showers (MeV).
+            cond: their conditions.
+            generated: the model's samples *before* any cut, at (a subset of) the training conditions.
+            generated_cond: their conditions.
             bins: incident-energy bins (equal-population in log of ``cond[:, 0]``);
                 fewer are used when a bin would hold under ``min_per_bin`` showers.
             values: also fit the hit-value map (needs ``layer_sizes`` and ``rings``):

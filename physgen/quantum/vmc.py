@@ -213,7 +213,9 @@ def optimise_ground_state(
     Args:
         chain: the Hamiltonian.
         alpha: hidden-unit density (filters per site when translation-invariant).
-        iterations, lr, diag_shift: SR steps, step size η and shift λ of S + λ𝟙.
+        iterations: SR steps.
+        lr: the step size η.
+        diag_shift: the shift λ of S + λ𝟙.
         translation_invariant: share weights across translations (periodic chains).
         exact_energy: if given, relative errors are recorded in the history.
         time_budget_s: stop once this much wall time has passed.

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from physgen.data import Data, Pipeline
-from physgen.errors import TrainingDivergedError
+from physgen.errors import ConfigError, TrainingDivergedError
 from physgen.training import checkpoint as ckpt
 from physgen.training.config import TrainConfig
 from physgen.training.devices import autocast_dtype, resolve_device
@@ -39,7 +39,25 @@ from physgen.training.devices import autocast_dtype, resolve_device
 if TYPE_CHECKING:
     from physgen.surrogates.base import Surrogate
 
-__all__ = ["TrainContext", "train"]
+__all__ = ["MAX_EPOCHS_ENV", "TrainContext", "capped", "train"]
+
+
+#: environment variable that caps every run's epochs (a smoke test of a whole script, suite or pipeline)
+MAX_EPOCHS_ENV = "PHYSGEN_MAX_EPOCHS"
+
+
+def capped(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its epochs capped at ``$PHYSGEN_MAX_EPOCHS`` where that is set (CI runs the docs' examples so)."""
+    value = os.environ.get(MAX_EPOCHS_ENV)
+    if not value:
+        return cfg
+    try:
+        cap = int(value)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ConfigError(f"{MAX_EPOCHS_ENV} must be a positive integer; got {value!r}", where="environment", key=MAX_EPOCHS_ENV)
+    return cfg if cfg.epochs <= cap else cfg.replace(where="train", epochs=cap)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -120,6 +138,7 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    cfg = capped(cfg)
     rank, world, local_rank = _distributed()
     device = resolve_device(cfg.device)  # before the work: a missing GPU fails at once
     if device.type == "cuda" and world > 1:
