@@ -75,7 +75,7 @@ def _check_keys(table: Any, allowed: tuple[str, ...], where: str, path: Path) ->
         raise SuiteError(f"{where} must be a table; got {table!r}", where=str(path))
     for key in table:
         if key not in allowed:
-            exc = ConfigError.unknown(where, key, allowed)
+            exc = ConfigError.unknown(where, key, allowed, what="key")
             raise SuiteError(str(exc), where=str(path), key=key, nearest=exc.nearest)
     return table
 
@@ -395,7 +395,7 @@ def run_suite(
         known = {spec["family"] for spec in suite["surrogates"]} | {spec["label"] for spec in suite["surrogates"] if "label" in spec}
         missing = [name for name in only if name not in known]
         if missing:
-            exc = ConfigError.unknown("--only", missing[0], known)
+            exc = ConfigError.unknown("--only", missing[0], known, what="family or label")
             raise SuiteError(str(exc), where=suite.get("_path"), key=missing[0], nearest=exc.nearest)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from physgen.errors import InvalidDataError, PhysgenError
+from physgen.errors import DataFileError, InvalidDataError, PhysgenError
 
 __all__ = ["main", "build_parser"]
 
@@ -33,7 +34,8 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--binning", help="CaloChallenge: binning XML")
 
 
-def _read(path: str, args: argparse.Namespace) -> Any:
+def _read(path: str, args: argparse.Namespace, describe: bool = False) -> Any:
+    from physgen.io import describe as describe_file
     from physgen.io import read
 
     kwargs: dict[str, Any] = {}
@@ -44,6 +46,8 @@ def _read(path: str, args: argparse.Namespace) -> Any:
         kwargs["branches"] = args.branches.split(",")
     if getattr(args, "cond_branches", None):
         kwargs["cond_branches"] = args.cond_branches.split(",")
+    if describe:
+        return describe_file(path, format=getattr(args, "format", None), **kwargs)
     return read(path, format=getattr(args, "format", None), **kwargs)
 
 
@@ -65,7 +69,8 @@ def _key_values(items: Sequence[str] | None, what: str) -> dict[str, Any]:
 
 
 def _fmt_summary(path: str, s: dict[str, Any]) -> str:
-    lines = [f"{path}", f"  format     {s.get('format')} ({s['kind']})", f"  events     {s['n_events']}"]
+    shown = f" (summary of the first {s['summarised_events']:,})" if "summarised_events" in s else ""
+    lines = [f"{path}", f"  format     {s.get('format')} ({s['kind']})", f"  events     {s['n_events']}{shown}"]
     lines.append(f"  shape      {s['event_shape']}  [{s['units'] or '-'}]")
     if "features" in s:
         feats = s["features"]
@@ -92,7 +97,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from physgen.data import default_path
 
     path = args.file or str(default_path())
-    s = _read(path, args).summary()
+    s = _read(path, args, describe=True)
     print(json.dumps(s, indent=2) if args.json else _fmt_summary(path, s))
     return 0
 
@@ -103,9 +108,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     get(args.model)  # unknown names fail before the data is read
     spec = {"family": args.model, "preset": args.preset, "config": _key_values(args.config, "--config")}
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataFileError("--out names an existing file; give a directory for the run", file=out)
     data = _read(args.data, args)
     model = build_model(spec, data.schema.kind)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_cfg: dict[str, Any] = {
         "checkpoint_dir": out / "run",
@@ -121,8 +128,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             train_cfg[key] = value
     train_cfg.update(_key_values(args.train, "--train"))
     history = model.fit(data, **train_cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 saves and reports
+        return 0
     model.save(out / "model")
-    (out / "history.json").write_text(json.dumps(history, indent=1, default=str))
+    from physgen.io._common import atomic_path
+
+    with atomic_path(out / "history.json") as tmp:
+        tmp.write_text(json.dumps(history, indent=1, default=str))
     last = history[-1]
     print(
         f"trained {args.model} on {len(data)} events: {len(history)} epochs, "
@@ -150,16 +162,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise InvalidDataError(f"--cond file {args.cond!r} holds no conditions")
         cond = src.cond
     elif args.energies:
-        energies = torch.tensor([float(e) for e in args.energies.split(",")])
-        cond = energies.repeat((args.n or len(energies)) // len(energies) + 1)[: args.n or len(energies)][:, None]
+        try:
+            energies = torch.tensor([float(e) for e in args.energies.split(",")], dtype=torch.float64)
+        except ValueError as exc:
+            raise InvalidDataError(f"--energies takes comma-separated numbers (MeV); got {args.energies!r}") from exc
+        if not bool(torch.isfinite(energies).all()) or bool((energies <= 0).any()):
+            raise InvalidDataError(f"--energies must be finite and > 0 (MeV); got {args.energies!r}")
+        n = args.n if args.n is not None else len(energies)
+        cond = energies.repeat(n // len(energies) + 1)[:n][:, None].float()
     if model.is_conditional:
         if cond is None:
             raise InvalidDataError("this surrogate is conditional: give --cond FILE or --energies E1,E2,... (MeV)")
-        if args.n and args.cond:
+        if args.n is not None and args.cond:
             cond = cond[torch.arange(args.n) % len(cond)]
         out = model.sample(cond, seed=args.seed, batch_size=args.batch_size, precision=args.precision)
     else:
-        if not args.n:
+        if args.n is None:
             raise InvalidDataError("this surrogate is unconditional: give --n N")
         out = model.sample(n=args.n, seed=args.seed, batch_size=args.batch_size, precision=args.precision)
     path = write(out, args.out, format=args.out_format)
@@ -217,10 +235,28 @@ def _cmd_options(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``physgen: error: ...``, exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("physgen").strip()
+        self.exit(2, f"physgen: error: {command + ': ' if command else ''}{message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="physgen", description="Physics-focused generative surrogates.")
+    ap = _Parser(prog="physgen", description="Physics-focused generative surrogates.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     info = sub.add_parser("info", help="what a data file holds (default: the embedded Geant4 sample)")
     info.add_argument("file", nargs="?", help="HDF5 (CaloChallenge, CaloGAN, generic), ROOT or spin text")
@@ -255,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = sample.add_mutually_exclusive_group()
     src.add_argument("--cond", help="take the conditions (e.g. incident energies) from this data file")
     src.add_argument("--energies", help="comma-separated incident energies in MeV (cycled up to --n)")
-    sample.add_argument("--n", type=int, help="number of events")
+    sample.add_argument("--n", type=_positive_int, help="number of events")
     sample.add_argument("--out", required=True, help="output file")
     sample.add_argument("--out-format", help="override the output format (calochallenge, hdf5, root, spins)")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=10_000)
+    sample.add_argument("--batch-size", type=_positive_int, default=10_000)
     sample.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="the networks' precision (default: the model's sample_precision)")
     _add_read_options(sample)
     sample.set_defaults(func=_cmd_sample)
@@ -291,10 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return int(args.func(args))
-    except PhysgenError as exc:
+    except (PhysgenError, OSError) as exc:
         if args.debug:
             raise
-        print(f"physgen: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the library's message held
+        print(f"physgen: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("physgen: interrupted", file=sys.stderr)

@@ -125,14 +125,14 @@ class ConfigError(PhysgenError, ValueError):
         return str(self.args[0])
 
     @classmethod
-    def unknown(cls, where: str, key: str, valid: Iterable[str], renamed: dict[str, str] | None = None) -> ConfigError:
-        """The error for an unknown option ``key``: the nearest valid names, or the new name of a renamed one."""
+    def unknown(cls, where: str, key: str, valid: Iterable[str], renamed: dict[str, str] | None = None, what: str = "option") -> ConfigError:
+        """The error for an unknown ``what`` (an option, a key, a family): the nearest valid names, or the new name of a renamed one."""
         valid = sorted(valid)
         if renamed and key in renamed:
-            return cls(f"option {key!r} is now called {renamed[key]!r}", where=where, key=key, nearest=[renamed[key]])
+            return cls(f"{what} {key!r} is now called {renamed[key]!r}", where=where, key=key, nearest=[renamed[key]])
         near = closest(key, valid)
         hint = f"did you mean {' or '.join(repr(k) for k in near)}? " if near else ""
-        return cls(f"unknown option {key!r}; {hint}(valid: {', '.join(valid)})", where=where, key=key, nearest=near)
+        return cls(f"unknown {what} {key!r}; {hint}(valid: {', '.join(valid)})", where=where, key=key, nearest=near)
 
 
 class TrainingDivergedError(PhysgenError, RuntimeError):

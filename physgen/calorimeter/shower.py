@@ -186,6 +186,10 @@ class ShowerModel(Surrogate):
 
     # -- the data and the two stages --------------------------------------------------------
     @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"shower({self.family_cls.family})"
+
+    @property
     def two_stage(self) -> bool:
         return self.dims.get("energy_dim", 0) > 0
 

@@ -19,11 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from physgen.data.container import Data
-from physgen.errors import FileFormatError, UnknownNameError
+from physgen.errors import ConfigError, FileFormatError, UnknownNameError
 from physgen.io._common import InvalidContentError, atomic_path, sniff
 from physgen.io.calochallenge import iter_calochallenge, read_calochallenge, write_calochallenge
 from physgen.io.calogan import iter_calogan, read_calogan, write_calogan
-from physgen.io.hdf5 import dataset_paths, iter_hdf5, open_hdf5, read_hdf5, write_hdf5
+from physgen.io.hdf5 import (
+    dataset_paths,
+    get_dataset,
+    iter_hdf5,
+    open_hdf5,
+    read_hdf5,
+    visit_safely,
+    write_hdf5,
+)
 from physgen.io.root import iter_root, read_root, write_root
 from physgen.io.spins import read_spins, write_spins
 
@@ -50,6 +58,7 @@ __all__ = [
     "InvalidContentError",
     "atomic_path",
     "load_default",
+    "describe",
 ]
 
 FORMATS = ("calochallenge", "calogan", "hdf5", "root", "spins")
@@ -70,9 +79,9 @@ def detect_format(path: str | Path) -> str:
     from physgen.io.calogan import is_calogan
 
     with open_hdf5(path) as h5:
-        if is_calochallenge(h5):
+        if visit_safely(path, lambda: is_calochallenge(h5)):
             return "calochallenge"
-        if is_calogan(h5):
+        if visit_safely(path, lambda: is_calogan(h5)):
             return "calogan"
         if not dataset_paths(h5):
             raise FileFormatError("the HDF5 file holds no datasets", file=path)
@@ -100,6 +109,7 @@ def read(path: str | Path, format: str | None = None, **kwargs: Any) -> Data:
     """
     fmt = format or detect_format(path)
     _check_format(fmt)
+    _check_options(fmt, kwargs, path)
     if fmt == "calochallenge":
         return read_calochallenge(path, **kwargs)
     if fmt == "calogan":
@@ -121,6 +131,7 @@ def iter_chunks(path: str | Path, chunk_size: int = 10_000, format: str | None =
     """Stream a file as ``Data`` chunks of at most ``chunk_size`` events (for files larger than memory)."""
     fmt = format or detect_format(path)
     _check_format(fmt)
+    _check_options(fmt, kwargs, path)
     if fmt == "calochallenge":
         return iter_calochallenge(path, chunk_size=chunk_size, **kwargs)
     if fmt == "calogan":
@@ -130,6 +141,57 @@ def iter_chunks(path: str | Path, chunk_size: int = 10_000, format: str | None =
     if fmt == "spins":
         return read_spins(path, **kwargs).iter_batches(chunk_size)
     return iter_hdf5(path, chunk_size=chunk_size, **kwargs)
+
+
+_READERS = {"calochallenge": iter_calochallenge, "calogan": iter_calogan, "root": iter_root, "spins": read_spins, "hdf5": iter_hdf5}
+
+
+def _check_options(fmt: str, kwargs: dict[str, Any], path: str | Path) -> None:
+    """Reader options meant for another format fail with the valid ones named, not a TypeError."""
+    import inspect
+
+    valid = [n for n, p in inspect.signature(_READERS[fmt]).parameters.items() if n not in ("path", "chunk_size") and p.kind != p.VAR_KEYWORD]
+    for key in kwargs:
+        if key not in valid:
+            exc = ConfigError.unknown(f"reading {str(path)!r} as {fmt}", key, valid)
+            raise ConfigError(str(exc), where=exc.where, key=key, nearest=exc.nearest)
+
+
+def describe(path: str | Path, format: str | None = None, max_events: int = 2_000, **kwargs: Any) -> dict[str, Any]:
+    """What a file holds (``physgen info``), from its metadata and its first ``max_events`` events only.
+
+    The number of events comes from the file's metadata, so a file far larger than memory (or one
+    declaring an absurd size) is described without being read.
+    """
+    fmt = format or detect_format(path)
+    _check_format(fmt)
+    _check_options(fmt, kwargs, path)
+    total = _count_events(path, fmt, kwargs)
+    if fmt == "hdf5" and "x_key" not in kwargs:
+        return read(path, format=fmt, **kwargs).summary()  # raises, naming the datasets
+    first = next(iter(iter_chunks(path, chunk_size=max_events, format=fmt, **kwargs)))
+    summary = first.summary()
+    summary["n_events"] = total
+    if total > len(first):
+        summary["summarised_events"] = len(first)
+    return summary
+
+
+def _count_events(path: str | Path, fmt: str, kwargs: dict[str, Any]) -> int:
+    if fmt in ("calochallenge", "calogan", "hdf5"):
+        key = {"calochallenge": "showers", "calogan": "energy"}.get(fmt, kwargs.get("x_key"))
+        if key is None:
+            return 0
+        with open_hdf5(path) as h5:
+            ds = get_dataset(h5, key, path)
+            return int(ds.shape[0]) if ds.ndim else 0
+    if fmt == "root":
+        from physgen.io.root import _open_tree
+
+        f, t, _ = _open_tree(path, kwargs.get("tree"))
+        with f:
+            return int(t.num_entries)
+    return len(read_spins(path))
 
 
 def write(data: Data, path: str | Path, format: str | None = None, **kwargs: Any) -> Path:

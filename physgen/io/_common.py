@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,22 +65,94 @@ def sniff(path: str | Path) -> str:
     )
 
 
+#: the mark in the names of temporary files and directories physgen writes before renaming them into place
+TMP_MARK = ".physgen-tmp-"
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden temporary name beside ``path`` that says who made it: ``.NAME.physgen-tmp-PID-XXXXXXXX``."""
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files or directories a killed writer of ``path`` left (its process is gone)."""
+    prefix = f".{path.name}{TMP_MARK}"
+    for leftover in path.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """:class:`DataFileError` when the file system of ``path`` has less than ``needed`` bytes free (plus a margin)."""
+    if needed <= 0:
+        return
+    free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
+    if free < needed + (1 << 20):
+        raise DataFileError(f"not enough disk space: {needed / 2**20:.1f} MB to write, {free / 2**20:.1f} MB free; nothing was written", file=path)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, needed: int = 0) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    A failed write leaves neither a partial ``path`` nor the temporary file.
+    A failed write (a full disk included) raises :class:`DataFileError` naming ``path`` and leaves
+    neither a partial ``path`` nor the temporary file; an existing ``path`` is kept. ``needed``
+    bytes are checked against the free space first. Temporaries a killed writer left are removed.
     """
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise DataFileError("the output directory does not exist", file=path.parent)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    if path.is_dir():
+        raise DataFileError("is a directory; expected a file name to write", file=path)
+    remove_stale_temporaries(path)
+    check_free_space(path, needed)
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except DataFileError:
+        raise
+    except OSError as exc:
+        raise DataFileError(f"cannot write ({exc.strerror or exc}); nothing was written", file=path) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def write_hdf5_image(path: str | Path, build: Any) -> Path:
+    """Write an HDF5 file atomically: ``build(h5)`` fills an in-memory file, whose bytes then go to disk.
+
+    h5py writing straight to a full disk raises and then crashes the interpreter when the file is
+    closed (an upstream bug); building the file in memory and writing its bytes with Python's own
+    I/O turns a full disk into a clean :class:`DataFileError`.
+    """
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
+        build(h5)
+    image = buffer.getbuffer()
+    path = Path(path)
+    with atomic_path(path, needed=len(image)) as tmp, open(tmp, "wb") as fh:
+        fh.write(image)
+    return path
 
 
 def check_values(
@@ -117,3 +191,26 @@ def chunk_bounds(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
         raise InvalidDataError(f"chunk_size must be ≥ 1; got {chunk_size}")
     for start in range(0, n, chunk_size):
         yield start, min(start + chunk_size, n)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits_in_memory(nbytes: int, *, file: str | Path, key: str) -> None:
+    """:class:`DataFileError` before reading ``nbytes`` that this machine's free memory cannot hold."""
+    free = available_memory()
+    if free is not None and nbytes > 0.8 * free:
+        raise DataFileError(
+            f"reading it whole needs {nbytes / 2**30:.1f} GiB, more than this machine's {free / 2**30:.1f} GiB free; "
+            "stream it with physgen.io.iter_chunks (or read part of it with start=/stop=)",
+            file=file, key=key,
+        )

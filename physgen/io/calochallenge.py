@@ -18,8 +18,8 @@ import numpy as np
 
 from physgen.data.container import Data, Schema
 from physgen.data.geometry import CalorimeterGeometry, official_binning, read_binning_xml
-from physgen.errors import GeometryError, InvalidDataError
-from physgen.io._common import InvalidContentError, atomic_path, check_values, chunk_bounds
+from physgen.errors import FileFormatError, GeometryError, InvalidDataError
+from physgen.io._common import InvalidContentError, check_values, chunk_bounds, write_hdf5_image
 from physgen.io.hdf5 import _build, _n_rows, get_dataset, open_hdf5, read_rows
 
 __all__ = ["read_calochallenge", "iter_calochallenge", "write_calochallenge", "is_calochallenge"]
@@ -41,15 +41,21 @@ def _geometry(
     elif binning is not None:
         geo = read_binning_xml(binning)
     elif "physgen_schema" in h5.attrs:
-        stored = json.loads(h5.attrs["physgen_schema"])
-        geo = CalorimeterGeometry.from_dict(stored["geometry"]) if stored.get("geometry") else None
+        try:
+            stored = json.loads(h5.attrs["physgen_schema"])
+            geo = CalorimeterGeometry.from_dict(stored["geometry"]) if stored.get("geometry") else None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise FileFormatError(f"the stored physgen_schema attribute is not valid ({exc}); pass binning= to read the showers", file=path, key="physgen_schema") from exc
     elif "aux" in h5 and "r_edges_mm" in h5["aux"].attrs:
-        a = h5["aux"].attrs
-        z = np.asarray(a["z_edges_mm"]) if "z_edges_mm" in a else None
-        n_layers = len(z) - 1 if z is not None else n_voxels // ((len(a["r_edges_mm"]) - 1) * int(a["n_alpha"]))
-        geo = CalorimeterGeometry.polar(
-            a["r_edges_mm"], int(a["n_alpha"]), n_layers, z, particle=_text(a.get("particle"))
-        )
+        try:
+            a = h5["aux"].attrs
+            z = np.asarray(a["z_edges_mm"], dtype=np.float64) if "z_edges_mm" in a else None
+            per_layer = (len(a["r_edges_mm"]) - 1) * int(a["n_alpha"])
+            n_layers = len(z) - 1 if z is not None else n_voxels // per_layer
+            geo = CalorimeterGeometry.polar(a["r_edges_mm"], int(a["n_alpha"]), n_layers, z, particle=_text(a.get("particle")))
+        except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+            raise FileFormatError(f"the aux group's binning attributes (r_edges_mm, n_alpha, z_edges_mm) are not valid ({exc}); pass binning=",
+                                  file=path, key="aux") from exc
     else:
         geo = official_binning(n_voxels)
     if geo is not None and geo.n_voxels != n_voxels:
@@ -115,6 +121,8 @@ def iter_calochallenge(
             meta={"particle": particle} if particle else {},
         )
         stop = n if stop is None else min(stop, n)
+        if not 0 <= start < stop:
+            raise InvalidContentError(f"no events in start:stop = {start}:{stop} of the file's {n}", file=path, key=SHOWER_KEY)
         for s0, s1 in chunk_bounds(stop - start, chunk_size):
             a, b = start + s0, start + s1
             showers = read_rows(sds, a, b, path, SHOWER_KEY)
@@ -147,9 +155,9 @@ def write_calochallenge(data: Data, path: str | Path, *, compression: str | None
         raise InvalidDataError(f"CaloChallenge files hold calorimeter showers [N, n_voxels]; got {data!r}")
     if data.cond is None or data.cond.shape[1] < 1:
         raise InvalidDataError("CaloChallenge files need the incident energy as cond[:, 0] (MeV); cond is missing")
-    path = Path(path)
     opts = {"compression": compression, "shuffle": True} if compression else {}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+
+    def build(h5: h5py.File) -> None:
         h5.create_dataset(ENERGY_KEY, data=data.cond[:, :1].numpy().astype(np.float32), **opts)
         h5.create_dataset(SHOWER_KEY, data=data.x.numpy().astype(np.float32), **opts)
         h5.attrs["physgen_schema"] = json.dumps(data.schema.to_dict())
@@ -157,4 +165,5 @@ def write_calochallenge(data: Data, path: str | Path, *, compression: str | None
             grp = h5.create_group("aux")
             for k, v in data.aux.items():
                 grp.create_dataset(k, data=v)
-    return path
+
+    return write_hdf5_image(path, build)

@@ -18,7 +18,7 @@ import numpy as np
 from physgen.data.container import Data, Schema
 from physgen.data.geometry import CalorimeterGeometry, Layer
 from physgen.errors import InvalidDataError
-from physgen.io._common import InvalidContentError, atomic_path, check_values, chunk_bounds
+from physgen.io._common import InvalidContentError, check_values, chunk_bounds, write_hdf5_image
 from physgen.io.hdf5 import _build, _n_rows, get_dataset, open_hdf5, read_rows
 
 __all__ = ["read_calogan", "iter_calogan", "write_calogan", "is_calogan"]
@@ -84,9 +84,9 @@ def write_calogan(data: Data, path: str | Path) -> Path:
         raise InvalidDataError("CaloGAN files need a cartesian 3-layer geometry (as read from a CaloGAN file)")
     if data.cond is None:
         raise InvalidDataError("CaloGAN files need the incident energy as cond[:, 0] (MeV); cond is missing")
-    path = Path(path)
     x = data.x.numpy()
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+
+    def build(h5: h5py.File) -> None:
         for i, (key, layer) in enumerate(zip(LAYER_KEYS, geo.layers, strict=True)):
             rows, cols = layer.shape  # type: ignore[misc]
             h5.create_dataset(key, data=x[:, geo.layer_slice(i)].reshape(-1, rows, cols), compression="gzip")
@@ -95,4 +95,5 @@ def write_calogan(data: Data, path: str | Path) -> Path:
         if len(ov) == 3:
             h5.create_dataset("overflow", data=np.stack(ov, axis=1).astype(np.float32))
         h5.attrs["physgen_schema"] = json.dumps(data.schema.to_dict())
-    return path
+
+    return write_hdf5_image(path, build)

@@ -14,7 +14,13 @@ import numpy as np
 
 from physgen.data.container import Data, Kind, Schema
 from physgen.errors import FileFormatError, InvalidDataError, MissingKeyError
-from physgen.io._common import InvalidContentError, atomic_path, check_values, chunk_bounds
+from physgen.io._common import (
+    InvalidContentError,
+    check_fits_in_memory,
+    check_values,
+    chunk_bounds,
+    write_hdf5_image,
+)
 
 __all__ = ["read_hdf5", "write_hdf5", "iter_hdf5", "open_hdf5", "dataset_paths"]
 
@@ -23,21 +29,27 @@ def open_hdf5(path: str | Path) -> h5py.File:
     """Open read-only; a truncated or corrupt file becomes :class:`FileFormatError`."""
     try:
         return h5py.File(path, "r")
-    except OSError as exc:
-        raise FileFormatError(
-            f"cannot open as HDF5 (truncated or corrupt?): {exc}", file=path
-        ) from exc
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise FileFormatError(f"cannot open as HDF5 (truncated or corrupt?): {exc}", file=path) from exc
+
+
+def visit_safely(path: str | Path, action: Any) -> Any:
+    """``action()`` on an open file, with h5py's errors on corrupt metadata turned into :class:`FileFormatError`."""
+    try:
+        return action()
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise FileFormatError(f"cannot read the file's structure (corrupt metadata?): {exc}", file=path) from exc
 
 
 def dataset_paths(h5: h5py.File) -> list[str]:
     """Every dataset's path inside the file, e.g. ``["aux/geant4_cpu_s", "showers"]``."""
     found: list[str] = []
-    h5.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+    visit_safely(h5.filename, lambda: h5.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None))
     return found
 
 
 def get_dataset(h5: h5py.File, key: str, path: str | Path) -> h5py.Dataset:
-    obj = h5.get(key)
+    obj = visit_safely(path, lambda: h5.get(key))
     if not isinstance(obj, h5py.Dataset):
         raise MissingKeyError(file=path, key=key, available=dataset_paths(h5))
     return obj
@@ -47,9 +59,10 @@ def read_rows(ds: h5py.Dataset, start: int, stop: int, path: str | Path, key: st
     """Rows ``start:stop`` converted to float32 during the read (no float64 copy)."""
     if ds.dtype.kind not in "biuf":
         raise InvalidContentError(f"expected a numeric dataset; got dtype {ds.dtype}", file=path, key=key)
+    check_fits_in_memory((stop - start) * int(np.prod(ds.shape[1:], dtype=np.int64)) * 4, file=path, key=key)
     try:
         return ds.astype(np.float32)[start:stop]
-    except OSError as exc:  # chunks past the end of a truncated file
+    except (OSError, RuntimeError) as exc:  # chunks past the end of a truncated file, corrupt chunk indices
         raise FileFormatError(f"cannot read rows {start}:{stop} (truncated or corrupt?): {exc}", file=path, key=key) from exc
 
 
@@ -118,15 +131,16 @@ def _build(path: str | Path, key: str, x: np.ndarray, schema: Schema, cond: Any 
 
 def write_hdf5(data: Data, path: str | Path, x_key: str = "x", cond_key: str = "cond") -> Path:
     """Write ``x`` (and ``cond``, ``mask``) as float32 datasets, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+
+    def build(h5: h5py.File) -> None:
         h5.create_dataset(x_key, data=data.x.numpy(), compression="gzip", shuffle=True)
         if data.cond is not None:
             h5.create_dataset(cond_key, data=data.cond.numpy())
         if data.mask is not None:
             h5.create_dataset("mask", data=data.mask.numpy())
         h5.attrs["physgen_schema"] = _schema_json(data.schema)
-    return path
+
+    return write_hdf5_image(path, build)
 
 
 def _schema_json(schema: Schema) -> str:

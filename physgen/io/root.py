@@ -18,21 +18,31 @@ import numpy as np
 import uproot
 
 from physgen.data.container import Data, Kind, Schema
-from physgen.errors import FileFormatError, InvalidDataError, MissingKeyError
+from physgen.errors import DataFileError, FileFormatError, InvalidDataError, MissingKeyError
 from physgen.io._common import InvalidContentError, atomic_path, check_values
 
 __all__ = ["read_root", "iter_root", "write_root"]
+
+#: the most memory padding jagged lists may take without ``max_length`` (bytes)
+PADDING_LIMIT = 2 * 2**30
 
 
 def _open_tree(path: str | Path, tree: str | None) -> tuple[Any, Any, str]:
     try:
         f = uproot.open(path)
+        classes = f.classnames()
     except Exception as exc:  # uproot raises several types for broken files
         raise FileFormatError(f"cannot open as ROOT (truncated or corrupt?): {exc}", file=path) from exc
-    trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c in ("TTree", "TNtuple")})
+    trees = sorted({k.split(";")[0] for k, c in classes.items() if c in ("TTree", "TNtuple")})
+    ntuples = sorted({k.split(";")[0] for k, c in classes.items() if "RNTuple" in c})
     if tree is None:
         if len(trees) != 1:
             f.close()
+            if not trees and ntuples:
+                raise FileFormatError(
+                    f"holds RNTuple(s) {', '.join(ntuples)} and no TTree; physgen reads TTrees (write one with "
+                    "uproot.recreate(...).mktree, or ROOT's RDataFrame Snapshot to a TTree)", file=path, key=ntuples[0],
+                )
             raise MissingKeyError(file=path, key="<tree>", available=trees, what="single TTree (name one with tree=)")
         tree = trees[0]
     if tree not in trees:
@@ -53,6 +63,22 @@ def _numeric(branch: Any) -> bool:
     interp = branch.interpretation
     inner = interp.content if isinstance(interp, uproot.interpretation.jagged.AsJagged) else interp
     return isinstance(inner, uproot.interpretation.numerical.AsDtype)
+
+
+def _width(branch: Any) -> int:
+    """Values per event of a flat branch: 1 for a scalar, k for a fixed-size array ``float[k]``."""
+    if _is_jagged(branch):
+        return 1
+    return int(np.prod(getattr(branch.interpretation, "inner_shape", ()) or (1,)))
+
+
+def _columns(t: Any, branches: Sequence[str]) -> list[str]:
+    """Feature names: a branch's own, or ``name[i]`` for each value of a fixed-size array branch."""
+    out = []
+    for b in branches:
+        w = _width(t[b])
+        out += [b] if w == 1 and not getattr(t[b].interpretation, "inner_shape", ()) else [f"{b}[{i}]" for i in range(w)]
+    return out
 
 
 def _resolve(
@@ -78,8 +104,8 @@ def _resolve(
             "the flat ones as cond_branches"
         )
     for b in cond_branches:
-        if _is_jagged(t[b]):
-            raise InvalidContentError("condition branches must be flat (one value per event)", file=path, key=b)
+        if _is_jagged(t[b]) or _width(t[b]) != 1:
+            raise InvalidContentError("condition branches must hold one value per event", file=path, key=b)
     return list(branches), all(jagged)
 
 
@@ -104,7 +130,14 @@ def _to_data(
                     file=path,
                     key=b,
                 )
-        length = int(max_length) if max_length is not None else max(int(counts[0].max(initial=0)), 1)
+        longest = max(int(counts[0].max(initial=0)), 1)
+        if max_length is None and len(counts[0]) * longest * len(branches) * 4 > PADDING_LIMIT:
+            raise InvalidContentError(
+                f"its longest list has {longest:,} entries: padding every event to it would take "
+                f"{len(counts[0]) * longest * len(branches) * 4 / 2**30:.1f} GiB; pass max_length= to clip the lists "
+                "(the schema counts the events clipped)", file=path, key=branches[0],
+            )
+        length = int(max_length) if max_length is not None else longest
         cols = []
         for b in branches:
             padded = ak.fill_none(ak.pad_none(arrays[b], length, axis=1, clip=True), 0)
@@ -117,10 +150,10 @@ def _to_data(
     else:
         cols = []
         for b in branches:
-            col = np.asarray(arrays[b], dtype=np.float32)
+            col = np.asarray(arrays[b], dtype=np.float32).reshape(len(arrays[b]), -1)  # a fixed-size array: its values as columns
             check_values(col, file=path, key=b)
             cols.append(col)
-        x = np.stack(cols, axis=1)
+        x = np.concatenate(cols, axis=1)
     cond = None
     if cond_branches:
         cond = np.stack([np.asarray(arrays[b], dtype=np.float32) for b in cond_branches], axis=1)
@@ -163,7 +196,7 @@ def iter_root(
         names, jagged = _resolve(path, t, branches, tuple(cond_branches))
         base = {
             "kind": kind,
-            "feature_names": tuple(names),
+            "feature_names": tuple(names) if jagged else tuple(_columns(t, names)),
             "units": units if isinstance(units, str) else tuple(units),
             "cond_names": tuple(cond_branches),
             "cond_units": tuple(cond_units),
@@ -178,8 +211,8 @@ def iter_root(
                 arrays = next(chunks)
             except StopIteration:
                 break
-            except (OSError, ValueError) as exc:  # baskets past the end of a truncated file
-                raise FileFormatError(f"cannot read the branches (truncated or corrupt?): {exc}", file=path, key=tree_name) from exc
+            except Exception as exc:  # truncated baskets, bad compression (zlib.error), uproot's deserialisation errors
+                raise FileFormatError(f"cannot read the branches (truncated or corrupt?): {type(exc).__name__}: {exc}", file=path, key=tree_name) from exc
             fields = {b: arrays[b] for b in names + list(cond_branches)}
             yield _to_data(path, fields, names, cond_branches, jagged, max_length, dict(base))
     finally:
@@ -220,8 +253,13 @@ def write_root(data: Data, path: str | Path, *, tree: str | None = None) -> Path
         cnames = data.schema.cond_names or tuple(f"cond{i}" for i in range(data.cond.shape[1]))
         branches.update({n: data.cond[:, i].numpy() for i, n in enumerate(cnames)})
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with uproot.recreate(tmp) as f:
-            f.mktree(tree, {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in branches.items()})
-            f[tree].extend(branches)
+    with atomic_path(path, needed=int(x.nbytes // 2)) as tmp:
+        try:
+            with uproot.recreate(tmp) as f:
+                f.mktree(tree, {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in branches.items()})
+                f[tree].extend(branches)
+        except OSError:
+            raise
+        except Exception as exc:  # uproot's own errors for names or types it cannot write
+            raise DataFileError(f"cannot write as a ROOT TTree ({exc}); nothing was written", file=path) from exc
     return path

@@ -83,8 +83,16 @@ def conditions(model: Surrogate, cond: Any, n: int | None) -> tuple[torch.Tensor
     if model.is_conditional:
         if cond is None:
             raise InvalidDataError(f"this {model.family} surrogate is conditional: pass cond [B, {model.dims['cond_dim']}] in physics units")
-        cond_t = torch.as_tensor(cond, dtype=torch.float32)
+        try:
+            cond_t = torch.as_tensor(cond, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InvalidDataError(f"conditions must be numbers, [B, {model.dims['cond_dim']}]; got {type(cond).__name__} ({exc})") from exc
         cond_t = cond_t[:, None] if cond_t.ndim == 1 else cond_t
+        if cond_t.ndim != 2 or cond_t.shape[1] != model.dims["cond_dim"]:
+            raise InvalidDataError(f"conditions must be [B, {model.dims['cond_dim']}] in physics units; got shape {tuple(cond_t.shape)}")
+        if not bool(torch.isfinite(cond_t).all()):
+            bad = int((~torch.isfinite(cond_t)).any(1).nonzero()[0, 0])
+            raise InvalidDataError(f"conditions must be finite; row {bad} holds {cond_t[bad].tolist()}")
         if n is not None and n != cond_t.shape[0]:
             raise InvalidDataError(f"n={n} disagrees with the {cond_t.shape[0]} condition rows; give one or the other")
         total = cond_t.shape[0]
@@ -123,4 +131,7 @@ def draw_batches(
     finally:
         for m in training:
             m.training = True
-    return parts[0] if len(parts) == 1 else torch.cat(parts)  # one batch: no copy
+    x = parts[0] if len(parts) == 1 else torch.cat(parts)  # one batch: no copy
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidDataError(f"the {model.family} surrogate produced non-finite samples (NaN/inf); its weights or preprocessing are broken")
+    return x

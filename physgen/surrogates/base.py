@@ -87,6 +87,8 @@ class Surrogate(nn.Module):
         self.schema: Schema | None = None
         self.dims: dict[str, int] = {}
         self.history: list[dict[str, Any]] = []
+        #: why the last training stopped as diverged (None: it did not); such a model is neither saved nor sampled
+        self.diverged: str | None = None
 
     # -- what a family implements -----------------------------------------------------------
     def build(self, dim: int, cond_dim: int, structure: Any = None) -> None:
@@ -164,13 +166,9 @@ class Surrogate(nn.Module):
         return x
 
     # -- shared machinery -------------------------------------------------------------------
-    @property
-    def is_fitted(self) -> bool:
-        return self.schema is not None
-
-    @property
-    def is_conditional(self) -> bool:
-        return self.dims.get("cond_dim", 0) > 0
+    is_fitted = property(lambda self: self.schema is not None, doc="Whether the surrogate was fitted or loaded.")
+    name = property(lambda self: self.family, doc="How messages name this surrogate.")
+    is_conditional = property(lambda self: self.dims.get("cond_dim", 0) > 0, doc="Whether ``sample`` takes conditions.")
 
     def device(self) -> torch.device:
         """Where the surrogate's tensors live (the CPU for one without any)."""
@@ -207,6 +205,7 @@ class Surrogate(nn.Module):
         if isinstance(train_options.get("checkpoint_dir"), Path):
             train_options["checkpoint_dir"] = str(train_options["checkpoint_dir"])
         cfg = TrainConfig.from_dict({**self.train_defaults, **train_options}, where="train")
+        self.diverged = None
         history = train(self, data, cfg, preprocessing=preprocessing, on_epoch_end=on_epoch_end)
         self.after_fit(data, seed=cfg.seed)
         return history
@@ -214,6 +213,8 @@ class Surrogate(nn.Module):
     def _require_fitted(self) -> None:
         if not self.is_fitted or self.preprocessing is None:
             raise InvalidDataError(f"{self.family} surrogate is not fitted: call fit(data) or load(dir) first")
+        if self.diverged:
+            raise InvalidDataError(f"this {self.name} surrogate's training diverged ({self.diverged}); fit it again")
 
     @torch.no_grad()
     def sample(self, cond: Any = None, n: int | None = None, *, seed: int | None = None, batch_size: int = 10_000, precision: str | None = None,
@@ -252,8 +253,8 @@ class Surrogate(nn.Module):
         """The JSON config saved next to the weights (subclasses add their parts)."""
         from physgen import __version__
 
-        if self.preprocessing is None or self.schema is None:
-            raise CheckpointError(f"cannot save an unfitted {self.family} surrogate")
+        if self.preprocessing is None or self.schema is None or self.diverged:
+            raise CheckpointError(f"cannot save an unfitted or diverged {self.name} surrogate" + (f" ({self.diverged})" if self.diverged else ""))
         return {
             "family": self.family, "class": f"{type(self).__module__}:{type(self).__qualname__}", "physgen_version": __version__,
             "options": self.user_options, "resolved": self.resolved, "dims": self.dims, "schema": self.schema.to_dict(),
@@ -295,6 +296,3 @@ class Surrogate(nn.Module):
             model.history = list(state["history"])
         model.eval()
         return model
-
-    def extra_repr(self) -> str:
-        return f"family={self.family!r}, dims={self.dims}"

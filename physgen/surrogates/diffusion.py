@@ -123,7 +123,8 @@ class DiffusionSurrogate(Surrogate):
     Options = DiffusionOptions
     options: DiffusionOptions
     capabilities = Capabilities(conditional=True, gradient_trained=True)
-    train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
+    # its loss starts near 1 and falls: a hundredfold rise is a diverging run (lr 10 gave losses in the thousands)
+    train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999, "divergence_factor": 1e2}
 
     def __init__(self, **options: Any):
         super().__init__(**options)

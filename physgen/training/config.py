@@ -34,6 +34,7 @@ class TrainConfig(Options):
     resume: bool = option(False, "continue from checkpoint_dir's latest checkpoint if there is one")
     time_budget_s: float | None = option(None, "stop cleanly after this much wall time; the cosine schedule anneals over it (None: no cap)", gt=0)
     divergence_factor: float = option(1e6, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the first batch's", gt=1)
+    divergence_median_factor: float | None = option(1e3, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the median of the last 200 (None: off)", gt=1)
     progress: bool | None = option(None, "show a tqdm progress bar (None: only on a terminal)")
 
     def check(self, where: str) -> None:

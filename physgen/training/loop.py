@@ -17,9 +17,11 @@ weights as an uninterrupted run (on CPU, same thread count).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +60,37 @@ def capped(cfg: TrainConfig) -> TrainConfig:
     if cap < 1:
         raise ConfigError(f"{MAX_EPOCHS_ENV} must be a positive integer; got {value!r}", where="environment", key=MAX_EPOCHS_ENV)
     return cfg if cfg.epochs <= cap else cfg.replace(where="train", epochs=cap)
+
+
+#: batches whose median |loss| the divergence check compares with, and how many it needs first
+MEDIAN_WINDOW, MEDIAN_MIN = 200, 20
+
+
+def _check_divergence(model: Any, cfg: TrainConfig, state: dict[str, Any], recent: collections.deque[float], loss: float, epoch: int) -> None:
+    """Raise :class:`TrainingDivergedError` (and mark ``model``) on a NaN/inf loss or one that exploded.
+
+    Exploded: above ``divergence_factor`` times the first batch's magnitude, or above
+    ``divergence_median_factor`` times the running median of the last batches' magnitudes (both at
+    least 1). The model is marked ``diverged``, so it refuses to be saved or sampled until refitted.
+    """
+    where = f"at epoch {epoch + 1}, step {state['step']}"
+    name = getattr(model, "name", model.family)
+    message = None
+    if not math.isfinite(loss):
+        message = (f"{name}: training loss became {loss} {where}; lower lr, enable grad_clip, or check the data; "
+                   "no checkpoint of the diverged model was written")
+    elif abs(loss) > cfg.divergence_factor * state["loss_scale0"]:
+        message = (f"{name}: training loss exploded to {loss:.3g} (first batch {state['loss_scale0']:.3g}) {where}; "
+                   "lower lr or raise divergence_factor; nothing was saved")
+    elif cfg.divergence_median_factor is not None and len(recent) >= MEDIAN_MIN:
+        median = max(statistics.median(recent), 1.0)
+        if abs(loss) > cfg.divergence_median_factor * median:
+            message = (f"{name}: training loss jumped to {loss:.3g}, {abs(loss) / median:.3g}x the median of the last "
+                       f"{len(recent)} batches {where}; lower lr or raise divergence_median_factor; nothing was saved")
+    if message is not None:
+        model.diverged = message
+        raise TrainingDivergedError(message)
+    recent.append(abs(loss))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -174,129 +207,129 @@ def train(
     ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best": math.inf, "bad_epochs": 0, "best_weights": None, "loss_scale0": None}
+    recent: collections.deque[float] = collections.deque(maxlen=MEDIAN_WINDOW)  # the last batches' |loss|, for the running median
     history: list[dict[str, Any]] = []
     run_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir is not None else None
-    if cfg.resume and run_dir is not None and (last := ckpt.latest_checkpoint(run_dir)) is not None:
-        ckpt.load_weights(model, last)
-        saved = ckpt.read_training_state(last) or {}
-        for opt, s in zip(optimizers, saved.get("optimizers", []), strict=False):
-            opt.load_state_dict(s)
-        if ema is not None and saved.get("ema") is not None:
-            for e_t, s_t in zip(ema, saved["ema"], strict=True):
-                e_t.copy_(s_t.to(device))
-        history = list(saved.get("history", []))
-        state.update({k: saved[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0") if k in saved})
-        state["best_weights"] = saved.get("best_weights")
-    ddp_model: nn.Module = model
-    if world > 1:
-        if ignored := model.ddp_ignored_names():
-            # DDP's hooks would fire on the first stage's own backward pass; it averages its gradients itself
-            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
-        )
-
-    def swap_in_ema() -> list[torch.Tensor] | None:
-        if ema is None:
-            return None
-        backup = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, e_t in zip(params, ema, strict=True):
-                p.copy_(e_t)
-        return backup
-
-    def restore(backup: list[torch.Tensor] | None) -> None:
-        if backup is not None:
-            with torch.no_grad():
-                for p, b in zip(params, backup, strict=True):
-                    p.copy_(b)
-
-    start_time = time.perf_counter()
-    # tqdm's disable=None shows the bar only on a terminal
-    disable = True if rank != 0 or cfg.progress is False else (None if cfg.progress is None else False)
-    bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs, desc=model.family, disable=disable, unit="epoch")
-    for epoch in bar:
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch) + rank)  # each rank draws its own noise
-        model.train()
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        n_batches = n_samples = 0
-        for idx in _batches(len(y), cfg.batch_size, cfg.seed, epoch, rank, world):
-            factor = _lr_factor(cfg, state["step"], total_steps, steps_per_epoch, time.perf_counter() - start_time)
-            for opt, lrs in zip(optimizers, base_lrs, strict=True):
-                for g, lr0 in zip(opt.param_groups, lrs, strict=True):
-                    g["lr"] = lr0 * factor
-            xb = y[idx]
-            cb = None if c is None else c[idx]
-            logs = model.train_step(ddp_model, xb, cb, optimizers, ctx)
-            loss_value = logs["loss"]
-            if state["loss_scale0"] is None:  # the first batch's loss, from the initial weights
-                state["loss_scale0"] = max(abs(loss_value), 1.0)
-            if math.isfinite(loss_value) and abs(loss_value) > cfg.divergence_factor * state["loss_scale0"]:
-                raise TrainingDivergedError(
-                    f"{model.family}: training loss exploded to {loss_value:.3g} (first batch {state['loss_scale0']:.3g}) "
-                    f"at epoch {epoch + 1}, step {state['step']}; lower lr or raise divergence_factor; nothing was saved"
-                )
-            if not math.isfinite(loss_value):
-                raise TrainingDivergedError(
-                    f"{model.family}: training loss became {loss_value} at epoch {epoch + 1}, step {state['step']}; "
-                    "lower lr, enable grad_clip, or check the data; no checkpoint of the diverged model was written"
-                )
-            if ema is not None:
-                # warm-up (TensorFlow's num_updates rule): early averages do not drag in the initial weights
-                decay = min(cfg.ema_decay, (1 + state["step"]) / (10 + state["step"]))
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            n_batches += 1
-            n_samples += len(idx)
-            state["step"] += 1
-            if world == 1 and cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s:
-                break  # long (augmented) epochs end at the budget too; ranks of a DDP run stop together at the epoch's end
-        record: dict[str, Any] = {k: v / max(n_batches, 1) for k, v in sums.items()}
-        elapsed = time.perf_counter() - t0
-        record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples=n_samples * world, samples_per_s=n_samples * world / max(elapsed, 1e-9))
-        if yv is not None:
-            backup = swap_in_ema()
-            record.update(model.validation_metrics(yv, cv))
-            if cfg.patience is not None and record["val_loss"] < state["best"]:
-                state["best"], state["bad_epochs"] = record["val_loss"], 0
-                state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            elif cfg.patience is not None:
-                state["bad_epochs"] += 1
-            restore(backup)
-        history.append(record)
-        state["epoch"] = epoch + 1
-        bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss") if k in record} | {"samples/s": f"{record['samples_per_s']:.0f}"})
-        stop = (cfg.patience is not None and state["bad_epochs"] >= cfg.patience) or (
-            cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s
-        )
-        last = stop or epoch + 1 == cfg.epochs
-        if run_dir is not None and rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-            name = f"epoch-{epoch + 1:06d}"
-            model.history = history
-            model.save(run_dir / name, training_state={
-                "optimizers": [opt.state_dict() for opt in optimizers],
-                "ema": None if ema is None else [e_t.detach().cpu() for e_t in ema],
-                "history": history,
-                "train_config": cfg.to_dict(),
-                **{k: state[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0", "best_weights")},
-            })
-            ckpt.point_latest(run_dir, name)
+    # one writer per run directory: a second trainer pointed at it is refused, not silently raced
+    lock = ckpt.RunLock(run_dir) if run_dir is not None and rank == 0 else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        if cfg.resume and run_dir is not None and (last := ckpt.latest_checkpoint(run_dir)) is not None:
+            ckpt.load_weights(model, last)
+            saved = ckpt.read_training_state(last) or {}
+            for opt, s in zip(optimizers, saved.get("optimizers", []), strict=False):
+                opt.load_state_dict(s)
+            if ema is not None and saved.get("ema") is not None:
+                for e_t, s_t in zip(ema, saved["ema"], strict=True):
+                    e_t.copy_(s_t.to(device))
+            history = list(saved.get("history", []))
+            state.update({k: saved[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0") if k in saved})
+            state["best_weights"] = saved.get("best_weights")
+        ddp_model: nn.Module = model
         if world > 1:
-            dist.barrier()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record)
-        if stop:
-            break
-    bar.close()
-    if state["best_weights"] is not None:
-        model.load_state_dict(state["best_weights"])
-    elif ema is not None:
-        swap_in_ema()
-    model.history = history
-    model.eval()
-    return history
+            if ignored := model.ddp_ignored_names():
+                # DDP's hooks would fire on the first stage's own backward pass; it averages its gradients itself
+                nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+            ddp_model = nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
+            )
+
+        def swap_in_ema() -> list[torch.Tensor] | None:
+            if ema is None:
+                return None
+            backup = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, e_t in zip(params, ema, strict=True):
+                    p.copy_(e_t)
+            return backup
+
+        def restore(backup: list[torch.Tensor] | None) -> None:
+            if backup is not None:
+                with torch.no_grad():
+                    for p, b in zip(params, backup, strict=True):
+                        p.copy_(b)
+
+        start_time = time.perf_counter()
+        # tqdm's disable=None shows the bar only on a terminal
+        disable = True if rank != 0 or cfg.progress is False else (None if cfg.progress is None else False)
+        bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs, desc=model.family, disable=disable, unit="epoch")
+        for epoch in bar:
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch) + rank)  # each rank draws its own noise
+            model.train()
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            n_batches = n_samples = 0
+            for idx in _batches(len(y), cfg.batch_size, cfg.seed, epoch, rank, world):
+                factor = _lr_factor(cfg, state["step"], total_steps, steps_per_epoch, time.perf_counter() - start_time)
+                for opt, lrs in zip(optimizers, base_lrs, strict=True):
+                    for g, lr0 in zip(opt.param_groups, lrs, strict=True):
+                        g["lr"] = lr0 * factor
+                xb = y[idx]
+                cb = None if c is None else c[idx]
+                logs = model.train_step(ddp_model, xb, cb, optimizers, ctx)
+                loss_value = logs["loss"]
+                if state["loss_scale0"] is None:  # the first batch's loss, from the initial weights
+                    state["loss_scale0"] = max(abs(loss_value), 1.0)
+                _check_divergence(model, cfg, state, recent, loss_value, epoch)
+                if ema is not None:
+                    # warm-up (TensorFlow's num_updates rule): early averages do not drag in the initial weights
+                    decay = min(cfg.ema_decay, (1 + state["step"]) / (10 + state["step"]))
+                    with torch.no_grad():
+                        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+                for k, v in logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_batches += 1
+                n_samples += len(idx)
+                state["step"] += 1
+                if world == 1 and cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s:
+                    break  # long (augmented) epochs end at the budget too; ranks of a DDP run stop together at the epoch's end
+            record: dict[str, Any] = {k: v / max(n_batches, 1) for k, v in sums.items()}
+            elapsed = time.perf_counter() - t0
+            record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples=n_samples * world, samples_per_s=n_samples * world / max(elapsed, 1e-9))
+            if yv is not None:
+                backup = swap_in_ema()
+                record.update(model.validation_metrics(yv, cv))
+                if cfg.patience is not None and record["val_loss"] < state["best"]:
+                    state["best"], state["bad_epochs"] = record["val_loss"], 0
+                    state["best_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                elif cfg.patience is not None:
+                    state["bad_epochs"] += 1
+                restore(backup)
+            history.append(record)
+            state["epoch"] = epoch + 1
+            bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss") if k in record} | {"samples/s": f"{record['samples_per_s']:.0f}"})
+            stop = (cfg.patience is not None and state["bad_epochs"] >= cfg.patience) or (
+                cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s
+            )
+            last = stop or epoch + 1 == cfg.epochs
+            if run_dir is not None and rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+                name = f"epoch-{epoch + 1:06d}"
+                model.history = history
+                model.save(run_dir / name, training_state={
+                    "optimizers": [opt.state_dict() for opt in optimizers],
+                    "ema": None if ema is None else [e_t.detach().cpu() for e_t in ema],
+                    "history": history,
+                    "train_config": cfg.to_dict(),
+                    **{k: state[k] for k in ("epoch", "step", "best", "bad_epochs", "loss_scale0", "best_weights")},
+                })
+                ckpt.point_latest(run_dir, name)
+            if world > 1:
+                dist.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+            if stop:
+                break
+        bar.close()
+        if state["best_weights"] is not None:
+            model.load_state_dict(state["best_weights"])
+        elif ema is not None:
+            swap_in_ema()
+        model.history = history
+        model.eval()
+        return history
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
