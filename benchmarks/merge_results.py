@@ -16,7 +16,7 @@ A run of another suite file can be merged when it read the same data (its ``data
 summary of every merged data set equals the committed one: same file, events,
 energies and occupancy) with ``--labels NEW=OLD``, which replaces the committed
 entry ``OLD`` by the re-run's ``NEW`` under the committed label: a variant tried in
-its own suite file and then adopted (session 17's narrower W/Si flow)::
+its own suite file and then adopted (a narrower W/Si flow)::
 
     python benchmarks/merge_results.py calo_wsi runs/wsi_flow128/results.json --labels flow_h128=flow
 

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="run a benchmark suite (default: the quick suite on the embedded data)")
-    bench.add_argument("suite", nargs="?", default="quick", help="suite name (benchmarks/suites/NAME.toml) or path")
+    bench.add_argument("suite", nargs="?", default="quick", help="a packaged suite's name (quick) or a suite file (TOML)")
     bench.add_argument("--out", default="runs/bench", help="output directory (results.json, report.html, report.md)")
     bench.add_argument("--only", help="comma-separated families or labels to run")
     bench.set_defaults(func=_cmd_bench)

@@ -134,3 +134,11 @@ def test_the_site_builds_strictly(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "site" / "reference" / "api" / "index.html").exists()
+
+
+def test_every_docs_path_named_in_the_project_exists():
+    named = re.compile(r"\bdocs/[\w/.-]+\.md\b")
+    files = [*(ROOT / "physgen").rglob("*.py"), *(ROOT / "physgen").rglob("*.toml"), *(ROOT / "benchmarks").rglob("*.py"),
+             *(ROOT / "benchmarks").rglob("*.sh"), *(ROOT / "benchmarks").rglob("*.toml"), *PAGES]
+    missing = {f"{f.relative_to(ROOT)}: {m}" for f in files for m in named.findall(f.read_text()) if not (ROOT / m).exists()}
+    assert not missing, sorted(missing)
