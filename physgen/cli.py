@@ -190,6 +190,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from physgen.report import evaluation_plots, write_json
 
     real, generated = _read(args.real, args), _read(args.generated, args)
+    if args.calochallenge:  # before the long evaluation: the geometry must be the data set's
+        from physgen.metrics.calochallenge import check_showers
+
+        check_showers(real, args.calochallenge, f"{args.real}")
+        check_showers(generated, args.calochallenge, f"{args.generated}")
     report = evaluate(real, generated, seed=args.seed, classifier=not args.no_classifier)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +206,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"mean separation power {report['mean_separation_power']:.4f} (floor {report['mean_separation_power_floor']:.4f}); "
           f"worst feature {report['worst_feature']['name']}")
     print(f"wrote {out / 'metrics.json'} and {len(plots)} plots in {out / 'plots'}")
+    if args.calochallenge:
+        from physgen.metrics.calochallenge import ClassifierProtocol, calochallenge_evaluate
+
+        cc = calochallenge_evaluate(real, generated, args.calochallenge, protocol=ClassifierProtocol(epochs=args.cls_epochs),
+                                    seed=args.seed, device=args.device)
+        write_json(out / "calochallenge.json", cc)
+        print(f"CaloChallenge evaluator protocol, data set {args.calochallenge} ({cc['n_compared']} events each):")
+        for mode in ("cls-low", "cls-high"):
+            print(f"  {mode:9s} AUC {cc[mode]['auc']['value']:.4f} ± {cc[mode]['auc']['error']:.4f}, JSD {cc[mode]['jsd']['value']:.4f}")
+        print(f"  FPD (x10^3) {cc['fpd']['value'] * 1e3:.4f} ± {cc['fpd']['error'] * 1e3:.4f}; "
+              f"KPD (x10^3) {cc['kpd']['value'] * 1e3:.4f} ± {cc['kpd']['error'] * 1e3:.4f}")
+        print(f"wrote {out / 'calochallenge.json'}")
     return 0
 
 
@@ -306,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-classifier", action="store_true", help="skip the classifier two-sample test")
+    evaluate.add_argument("--calochallenge", choices=["1-photons", "1-pions", "2", "3"],
+                          help="also run the CaloChallenge evaluator's protocol for this data set (cls-low, cls-high, FPD/KPD)")
+    evaluate.add_argument("--cls-epochs", type=_positive_int, default=50, help="epochs of the evaluator's classifier (its default: 50)")
+    evaluate.add_argument("--device", default="cpu", help="where the evaluator's classifier trains (cpu, cuda)")
     _add_read_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 

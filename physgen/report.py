@@ -70,7 +70,7 @@ def _label(name: str) -> str:
     for prefix, unit in (("E_layer_", "energy in layer {} [MeV]"), ("EC_r_", "centre of energy in r, layer {} [mm]"),
                          ("width_r_", "width in r, layer {} [mm]"), ("EC_x_", "centre of energy in x, layer {} [mm]"),
                          ("EC_y_", "centre of energy in y, layer {} [mm]"), ("width_x_", "width in x, layer {} [mm]"),
-                         ("width_y_", "width in y, layer {} [mm]"), ("sparsity_", "non-empty voxel fraction, layer {}")):
+                         ("width_y_", "width in y, layer {} [mm]"), ("sparsity_", "sparsity (empty-voxel fraction), layer {}")):
         if name.startswith(prefix):
             return unit.format(name[len(prefix):])
     return name
@@ -293,7 +293,7 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"physgen {m['physgen']}{', GPU ' + m['cuda'] if m.get('cuda') else ''}); matmul {payload['matmul_gflops']:.0f} GFLOP/s; "
         f"{payload['seconds']:.0f} s in all.",
         "",
-        "Floors are truth vs truth: two disjoint halves of the held-out data. AUC 0.5 means indistinguishable.",
+        "Floors are truth vs truth: two disjoint halves of the held-out data. AUC: physgen's quick classifier (not the CaloChallenge evaluator's protocol); 0.5 means indistinguishable.",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
@@ -336,7 +336,7 @@ th {{ background: #eee; }} td:first-child, td:nth-child(2) {{ text-align: left; 
 <h1>physgen benchmark — suite <code>{suite}</code></h1>
 <p>{meta}</p>
 <p>Every metric is shown with its truth-vs-truth floor (two disjoint halves of the held-out data): a perfect surrogate
-reaches the floor. Classifier AUC 0.5 means indistinguishable from the reference (Geant4 or data).</p>
+reaches the floor. AUC: physgen's quick classifier, not the CaloChallenge evaluator's protocol (<code>physgen evaluate --calochallenge</code>); 0.5 means indistinguishable from the reference (Geant4 or data).</p>
 <h2>Leaderboard</h2>
 {table}
 {notes}

@@ -121,6 +121,14 @@ def test_wasserstein_equals_scipy_and_closed_forms():
     # N(0,1) vs N(δ,1): W1 = δ
     big = wasserstein1(rng.normal(size=200000), 0.4 + rng.normal(size=200000))
     assert abs(big.value - 0.4) < 0.01 and big.error < 0.01
+    # the bootstrap error: the spread of scipy's W1 over the same resamples (ties included)
+    a, b = np.round(a, 1), np.round(b, 1)
+    draw = np.random.default_rng(5)
+    boots = []
+    for _ in range(20):
+        i, j = draw.integers(0, len(a), len(a)), draw.integers(0, len(b), len(b))
+        boots.append(wasserstein_distance(a[i], b[j]))
+    assert wasserstein1(a, b, n_bootstrap=20, seed=5).error == pytest.approx(np.std(boots, ddof=1), rel=1e-12)
 
 
 def test_sliced_wasserstein_is_seeded_and_sees_shifts():
@@ -160,6 +168,19 @@ def test_separation_power_limits():
     edges = np.linspace(0, 1.5, 16)
     grid = (np.arange(10000) + 0.5) / 10000
     assert separation_power(grid, grid + 0.5, bins=edges, n_bootstrap=0).value == pytest.approx(0.5, abs=1e-3)
+    # value and bootstrap error against numpy's histograms over the same resamples, values on the edges included
+    x, y = np.round(rng.exponential(size=900), 1), np.round(rng.exponential(1.2, size=600), 1)
+    edges = np.linspace(0, 3, 31)
+
+    def sp(u, v):
+        h1, h2 = (np.histogram(np.clip(w, 0, 3), edges)[0] / len(w) for w in (u, v))
+        s = h1 + h2
+        return 0.5 * ((h1 - h2)[s > 0] ** 2 / s[s > 0]).sum()
+
+    draw = np.random.default_rng(2)
+    boots = [sp(x[draw.integers(0, len(x), len(x))], y[draw.integers(0, len(y), len(y))]) for _ in range(20)]
+    res = separation_power(x, y, bins=edges, n_bootstrap=20, seed=2)
+    assert res.value == pytest.approx(sp(x, y), rel=1e-12) and res.error == pytest.approx(np.std(boots, ddof=1), rel=1e-12)
 
 
 def test_roc_auc_against_pair_counting_and_classifier_limits():
@@ -191,7 +212,8 @@ def test_high_level_features_by_hand():
     # width_y = sqrt((1·1 + 3·9)/4 − 2²) = sqrt(3)
     assert f["width_y_0"][0] == pytest.approx(math.sqrt(3))
     assert f["EC_r_0"][0] == pytest.approx(2.5) and f["width_r_0"][0] == pytest.approx(math.sqrt(7 - 6.25))
-    assert f["sparsity_0"][0] == pytest.approx(0.5) and f["sparsity_1"][1] == pytest.approx(1.0)
+    # sparsity as the evaluator defines it: the fraction of a layer's voxels without energy
+    assert f["sparsity_0"][0] == pytest.approx(0.5) and f["sparsity_1"][1] == 0.0 and f["sparsity_0"][1] == 1.0
     # an empty layer: centre and width 0, as the evaluator's +1e-16 gives
     assert f["EC_y_0"][1] == 0.0 and f["width_y_0"][1] == 0.0
     assert "EC_x_1" not in f and f["EC_r_1"][0] == pytest.approx(5.0)

@@ -6,6 +6,7 @@
 1.0
 """
 
+from physgen.metrics.calochallenge import calochallenge_evaluate
 from physgen.metrics.calorimeter import high_level_features, layer_profiles, voxel_spectrum
 from physgen.metrics.classifier import classifier_two_sample, roc_auc
 from physgen.metrics.distances import (
@@ -24,6 +25,7 @@ from physgen.metrics.histograms import chi2_two_sample, separation_power, shared
 
 __all__ = [
     "MetricResult",
+    "calochallenge_evaluate",
     "mmd2",
     "median_bandwidth",
     "kpd",

@@ -1,15 +1,17 @@
 """Calorimeter high-level features, from the geometry in the schema.
 
-Definitions follow the CaloChallenge evaluator's ``HighLevelFeatures``:
+Definitions follow the CaloChallenge evaluator's ``HighLevelFeatures`` (``physgen.metrics.calochallenge``
+has its protocol, with its names: ``EC_eta``/``EC_phi`` for ``EC_x``/``EC_y`` here):
 
 * ``E_ratio``: total deposited energy over incident energy, E_tot / E_inc.
 * ``E_layer_{l}``: energy in layer ``l`` (MeV).
 * ``EC_x_{l}``, ``EC_y_{l}``: centre of energy, Σ xᵥ Eᵥ / (Σ Eᵥ + 10⁻¹⁶), with xᵥ = r cos α,
   yᵥ = r sin α at the bin centres (the evaluator's ``eta``/``phi``); only for layers binned in α.
 * ``width_x_{l}``, ``width_y_{l}``: √max(Σ x² E / Σ E − EC², 0), same layers.
-* ``EC_r_{l}``, ``width_r_{l}``: the same in r, for every layer (physgen's addition; the
-  only transverse moments a layer with one angular bin has).
-* ``sparsity_{l}``: fraction of the layer's voxels with energy above ``threshold`` (0 by default).
+* ``EC_r_{l}``, ``width_r_{l}``: the same in r, for every layer (the evaluator's ``EC_r``/``width_r``;
+  the only transverse moments a layer with one angular bin has).
+* ``sparsity_{l}``: fraction of the layer's voxels with energy at or below ``threshold`` (0 by
+  default): the evaluator's sparsity, 1 for an empty layer.
 * ``shower_depth``: energy-weighted mean layer index (longitudinal centre of gravity).
 
 ``voxel_spectrum`` gives the energies of all non-empty voxels.
@@ -67,7 +69,7 @@ def high_level_features(data: Data, threshold: float = 0.0) -> dict[str, np.ndar
         for name in names:
             feats[f"EC_{name}_{ell}"] = moments[name][0][:, ell].numpy()
             feats[f"width_{name}_{ell}"] = moments[name][1][:, ell].numpy()
-        feats[f"sparsity_{ell}"] = (count[:, ell] / sizes[ell]).numpy()
+        feats[f"sparsity_{ell}"] = (1.0 - count[:, ell] / sizes[ell]).numpy()
     depth = (e_layer * torch.arange(n_layers, dtype=torch.float64)).sum(1) / (e_tot + _EPS)
     feats["shower_depth"] = depth.numpy()
     return feats

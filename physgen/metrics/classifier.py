@@ -1,9 +1,10 @@
-"""Classifier two-sample test: can a small MLP tell real from generated?
+"""physgen's quick classifier two-sample test: can a small MLP tell real from generated?
 
-As in the CaloChallenge evaluator: a classifier is trained to separate the two
-samples; on a held-out split its ROC AUC (0.5: indistinguishable, 1: perfectly
-separable) and JSD = ln 2 − BCE (in nats; 0: indistinguishable, ln 2: separable)
-are reported.
+A classifier is trained to separate the two samples; on a held-out split its ROC AUC
+(0.5: indistinguishable, 1: perfectly separable) and JSD = ln 2 − BCE (in nats; 0:
+indistinguishable, ln 2: separable) are reported. It is smaller and faster than the
+CaloChallenge evaluator's (``physgen.metrics.calochallenge``), whose protocol gives numbers
+comparable with published ones.
 """
 
 from __future__ import annotations

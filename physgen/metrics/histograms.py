@@ -42,18 +42,27 @@ def separation_power(a: Any, b: Any, bins: int | np.ndarray = 50, n_bootstrap: i
     x, y = as_2d(a, "a")[:, 0], as_2d(b, "b")[:, 0]
     edges = shared_bins(x, y, bins) if np.isscalar(bins) else np.asarray(bins, dtype=np.float64)
 
-    def sp(u: np.ndarray, v: np.ndarray) -> float:
-        h1, h2 = _counts(u, edges), _counts(v, edges)
-        h1, h2 = h1 / h1.sum(), h2 / h2.sum()
-        s = h1 + h2
-        nz = s > 0
-        return float(0.5 * ((h1[nz] - h2[nz]) ** 2 / s[nz]).sum())
+    n_bins = len(edges) - 1
+    # bin of every value once (np.histogram's bins: [e_i, e_i+1), the last one closed; outside: the end bins)
+    bx, by = (np.clip(np.searchsorted(edges, np.clip(u, edges[0], edges[-1]), side="right") - 1, 0, n_bins - 1) for u in (x, y))
 
-    value = sp(x, y)
+    def sp(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+        """Separation power of count rows ``[B, bins]``."""
+        h1, h2 = cx / cx.sum(1, keepdims=True), cy / cy.sum(1, keepdims=True)
+        s = h1 + h2
+        terms = np.divide((h1 - h2) ** 2, s, out=np.zeros_like(s), where=s > 0)
+        return 0.5 * terms.sum(1)
+
+    def counts(idx: np.ndarray) -> np.ndarray:
+        rows = idx.shape[0]
+        return np.bincount((idx + n_bins * np.arange(rows)[:, None]).ravel(), minlength=rows * n_bins).reshape(rows, n_bins).astype(np.float64)
+
+    value = float(sp(counts(bx[None]), counts(by[None]))[0])
     error = float("nan")
     if n_bootstrap > 1:
         rng = np.random.default_rng(seed)
-        boots = [sp(x[rng.integers(0, len(x), len(x))], y[rng.integers(0, len(y), len(y))]) for _ in range(n_bootstrap)]
+        draws = [(rng.integers(0, len(x), len(x)), rng.integers(0, len(y), len(y))) for _ in range(n_bootstrap)]
+        boots = sp(counts(np.stack([bx[i] for i, _ in draws])), counts(np.stack([by[j] for _, j in draws])))
         error = float(np.std(boots, ddof=1))
     return MetricResult(value, error, {"bins": len(edges) - 1})
 

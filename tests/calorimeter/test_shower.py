@@ -230,7 +230,7 @@ def test_spread_point_masses_give_the_first_stage_geant4s_empty_layers(showers):
         tiny[width] = abs(float(((energies > 0) & (energies < 1e-4 * test.cond.repeat(4, 1))).double().mean()) - real_tiny)
     # measured: the share of empty layers off by 0.0053 on average against 0.0095 without the spread, the share of
     # layer energies under 1e-4 of E_inc (1.1 % in Geant4) off by 0.0013 against 0.0089; on W/Si's deep layers the
-    # smearing was far worse (docs/surrogates.md)
+    # smearing was far worse (docs/notes/empty-voxels.md)
     assert errors[0.5] < 0.75 * errors[0.0] and tiny[0.5] < 0.75 * tiny[0.0]
 
 

@@ -411,6 +411,7 @@ def test_flow_dimuon_mass_shows_the_z_peak(dimuons):
     assert _z_window(gen) > 0.35
 
 
+@pytest.mark.slow  # ~35 s; CI trains the flow to quality on the dimuon Z peak instead
 def test_flow_quality_on_a_small_real_sample(showers):
     # loose: catches regressions (a broken preprocessing, scale trap, conditioning) in seconds
     train, test = showers.split((0.75, 0.25), seed=0)
