@@ -219,7 +219,7 @@ CORPUS: dict[str, tuple[Callable[[Path], Path], dict, type, str]] = {
     "CaloGAN ragged rows": (_calogan_ragged, {}, InvalidContentError, "'layer_1'.*N=3"),
     "generic HDF5 without x_key": (_generic_unnamed, {}, FileFormatError, "x_key=.*jets"),
     "generic HDF5 wrong x_key": (_generic_unnamed, {"x_key": "jet"}, MissingKeyError, "did you mean 'jets'"),
-    "ROOT tree missing": (_root_plain, {"tree": "Events"}, MissingKeyError, "no TTree 'Events'.*'events'"),
+    "ROOT tree missing": (_root_plain, {"tree": "Events"}, MissingKeyError, "no TTree or RNTuple 'Events'.*'events'"),
     "ROOT branch missing": (_root_plain, {"branches": ["Muon_PX"]}, MissingKeyError, "no branch 'Muon_PX'.*'Muon_Px'"),
     "ROOT max_length < 1": (_root_plain, {"max_length": 0}, InvalidDataError, "max_length must be ≥ 1"),
     "binning not XML": (_binning_not_xml, {"xml": True}, GeometryError, "not a valid binning XML"),

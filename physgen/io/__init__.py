@@ -186,11 +186,9 @@ def _count_events(path: str | Path, fmt: str, kwargs: dict[str, Any]) -> int:
             ds = get_dataset(h5, key, path)
             return int(ds.shape[0]) if ds.ndim else 0
     if fmt == "root":
-        from physgen.io.root import _open_tree
+        from physgen.io.root import count_entries
 
-        f, t, _ = _open_tree(path, kwargs.get("tree"))
-        with f:
-            return int(t.num_entries)
+        return count_entries(path, kwargs.get("tree"))
     return len(read_spins(path))
 
 

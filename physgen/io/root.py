@@ -9,25 +9,93 @@ ride along as conditions with ``cond_branches``.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import awkward as ak
 import numpy as np
 import uproot
 
 from physgen.data.container import Data, Kind, Schema
-from physgen.errors import DataFileError, FileFormatError, InvalidDataError, MissingKeyError
+from physgen.errors import (
+    DataFileError,
+    FileFormatError,
+    InvalidDataError,
+    MissingKeyError,
+    PhysgenError,
+)
 from physgen.io._common import InvalidContentError, atomic_path, check_values
 
-__all__ = ["read_root", "iter_root", "write_root"]
+__all__ = ["count_entries", "read_root", "iter_root", "write_root"]
 
 #: the most memory padding jagged lists may take without ``max_length`` (bytes)
 PADDING_LIMIT = 2 * 2**30
 
 
-def _open_tree(path: str | Path, tree: str | None) -> tuple[Any, Any, str]:
+SCHEMA_KEY = "physgen_schema"
+"""A ``TObjString`` physgen writes next to a tree: JSON of the tree's schema and which branches hold what."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    """What a branch (TTree) or top-level field (RNTuple) holds per event."""
+
+    layout: Literal["scalar", "array", "jagged", "other"]
+    width: int = 1  # values per event of a scalar or fixed-size array
+    typename: str = ""
+
+
+class _Source:
+    """A TTree or an RNTuple, read through uproot with one interface."""
+
+    def __init__(self, path: str | Path, obj: Any, name: str, is_ntuple: bool):
+        self.path, self.obj, self.name, self.is_ntuple = path, obj, name, is_ntuple
+        self.num_entries = int(obj.num_entries)
+        self.fields = self._ntuple_fields() if is_ntuple else {b: self._branch_field(obj[b]) for b in obj.keys()}
+
+    @staticmethod
+    def _branch_field(branch: Any) -> _Field:
+        interp = branch.interpretation
+        if isinstance(interp, uproot.interpretation.jagged.AsJagged):
+            numeric = isinstance(interp.content, uproot.interpretation.numerical.AsDtype)
+            return _Field("jagged" if numeric else "other", 1, branch.typename)
+        if not isinstance(interp, uproot.interpretation.numerical.AsDtype):
+            return _Field("other", 1, branch.typename)
+        shape = tuple(getattr(interp, "inner_shape", ()) or ())
+        return _Field("array" if shape else "scalar", int(np.prod(shape)) if shape else 1, branch.typename)
+
+    def _ntuple_fields(self) -> dict[str, _Field]:
+        if self.num_entries == 0:
+            return {k: _Field("other") for k in self.obj.keys()}
+        try:
+            first = self.obj.arrays(entry_stop=1)
+        except Exception as exc:
+            raise FileFormatError(f"cannot read the RNTuple (truncated or corrupt?): {exc}", file=self.path, key=self.name) from exc
+        out = {}
+        for k in first.fields:
+            layout = first[k].layout
+            kind: Literal["scalar", "array", "jagged", "other"] = "other"
+            width = 1
+            if isinstance(layout, ak.contents.NumpyArray) and layout.data.dtype.kind in "biuf":
+                kind, width = ("array", int(np.prod(layout.data.shape[1:]))) if layout.data.ndim > 1 else ("scalar", 1)
+            elif isinstance(layout, ak.contents.RegularArray) and isinstance(layout.content, ak.contents.NumpyArray):
+                kind, width = "array", int(layout.size)
+            elif isinstance(layout, ak.contents.ListOffsetArray | ak.contents.ListArray) and isinstance(layout.content, ak.contents.NumpyArray):
+                kind = "jagged"
+            out[k] = _Field(kind, width, str(first[k].type.content))
+        return out
+
+    def iterate(self, names: list[str], step: int) -> Iterator[Any]:
+        if self.is_ntuple:
+            return self.obj.iterate(names, step_size=step, library="ak")
+        return self.obj.iterate(names, step_size=step, library="ak")
+
+
+def _open_tree(path: str | Path, tree: str | None) -> tuple[Any, _Source]:
     try:
         f = uproot.open(path)
         classes = f.classnames()
@@ -35,68 +103,71 @@ def _open_tree(path: str | Path, tree: str | None) -> tuple[Any, Any, str]:
         raise FileFormatError(f"cannot open as ROOT (truncated or corrupt?): {exc}", file=path) from exc
     trees = sorted({k.split(";")[0] for k, c in classes.items() if c in ("TTree", "TNtuple")})
     ntuples = sorted({k.split(";")[0] for k, c in classes.items() if "RNTuple" in c})
+    both = sorted(trees + ntuples)
     if tree is None:
-        if len(trees) != 1:
+        if len(both) != 1:
             f.close()
-            if not trees and ntuples:
-                raise FileFormatError(
-                    f"holds RNTuple(s) {', '.join(ntuples)} and no TTree; physgen reads TTrees (write one with "
-                    "uproot.recreate(...).mktree, or ROOT's RDataFrame Snapshot to a TTree)", file=path, key=ntuples[0],
-                )
-            raise MissingKeyError(file=path, key="<tree>", available=trees, what="single TTree (name one with tree=)")
-        tree = trees[0]
-    if tree not in trees:
+            if not both:
+                objects = ", ".join(f"{k.split(';')[0]} ({c})" for k, c in classes.items()) or "none"
+                raise FileFormatError(f"holds no TTree or RNTuple (objects: {objects})", file=path)
+            raise DataFileError(f"holds {len(both)} trees ({', '.join(both)}); name one with tree=", file=path, key="tree")
+        tree = both[0]
+    if tree not in both:
         f.close()
-        raise MissingKeyError(file=path, key=tree, available=trees, what="TTree")
+        raise MissingKeyError(file=path, key=tree, available=both, what="TTree or RNTuple")
     try:
-        return f, f[tree], tree
+        return f, _Source(path, f[tree], tree, tree in ntuples)
+    except PhysgenError:
+        f.close()
+        raise
     except Exception as exc:
         f.close()
-        raise FileFormatError(f"cannot read TTree (truncated or corrupt?): {exc}", file=path, key=tree) from exc
+        raise FileFormatError(f"cannot read {'RNTuple' if tree in ntuples else 'TTree'} (truncated or corrupt?): {exc}", file=path, key=tree) from exc
 
 
-def _is_jagged(branch: Any) -> bool:
-    return isinstance(branch.interpretation, uproot.interpretation.jagged.AsJagged)
+def count_entries(path: str | Path, tree: str | None = None) -> int:
+    """Entries of the file's tree (or ``tree``), from its metadata."""
+    f, src = _open_tree(path, tree)
+    with f:
+        return src.num_entries
 
 
-def _numeric(branch: Any) -> bool:
-    interp = branch.interpretation
-    inner = interp.content if isinstance(interp, uproot.interpretation.jagged.AsJagged) else interp
-    return isinstance(inner, uproot.interpretation.numerical.AsDtype)
+def _stored_schema(f: Any, path: str | Path, tree: str) -> dict[str, Any] | None:
+    """The schema physgen wrote beside ``tree``, if it did."""
+    key = f"{tree}_{SCHEMA_KEY}"
+    if key not in {k.split(";")[0] for k in f.keys()}:
+        return None
+    try:
+        stored = json.loads(str(f[key]))
+        return {"x_branch": str(stored["x_branch"]), "cond_branches": [str(c) for c in stored["cond_branches"]],
+                "schema": Schema.from_dict(stored["schema"])}
+    except Exception as exc:
+        raise FileFormatError(f"the stored {key} is not valid ({exc}); pass branches= to read the tree", file=path, key=key) from exc
 
 
-def _width(branch: Any) -> int:
-    """Values per event of a flat branch: 1 for a scalar, k for a fixed-size array ``float[k]``."""
-    if _is_jagged(branch):
-        return 1
-    return int(np.prod(getattr(branch.interpretation, "inner_shape", ()) or (1,)))
-
-
-def _columns(t: Any, branches: Sequence[str]) -> list[str]:
+def _columns(src: _Source, branches: Sequence[str]) -> list[str]:
     """Feature names: a branch's own, or ``name[i]`` for each value of a fixed-size array branch."""
     out = []
     for b in branches:
-        w = _width(t[b])
-        out += [b] if w == 1 and not getattr(t[b].interpretation, "inner_shape", ()) else [f"{b}[{i}]" for i in range(w)]
+        fld = src.fields[b]
+        out += [b] if fld.layout != "array" else [f"{b}[{i}]" for i in range(fld.width)]
     return out
 
 
-def _resolve(
-    path: str | Path, t: Any, branches: Sequence[str] | None, cond_branches: Sequence[str]
-) -> tuple[list[str], bool]:
-    names = list(t.keys())
+def _resolve(path: str | Path, src: _Source, branches: Sequence[str] | None, cond_branches: Sequence[str]) -> tuple[list[str], bool]:
+    names = list(src.fields)
     if branches is None:
-        branches = [b for b in names if _numeric(t[b]) and not _is_jagged(t[b]) and b not in cond_branches]
+        branches = [b for b in names if src.fields[b].layout in ("scalar", "array") and b not in cond_branches]
     for b in list(branches) + list(cond_branches):
         if b not in names:
             raise MissingKeyError(file=path, key=b, available=names, what="branch")
-        if not _numeric(t[b]):
-            raise InvalidContentError(
-                f"expected a numeric branch; its type is {t[b].typename}", file=path, key=b
-            )
+        if src.fields[b].layout == "other":
+            what = "RNTuple field" if src.is_ntuple else "branch"
+            raise InvalidContentError(f"expected a numeric {what} (a number, a fixed-size array of numbers or a list of numbers); "
+                                      f"its type is {src.fields[b].typename}", file=path, key=b)
     if not branches:
         raise InvalidContentError("no numeric flat branches to read; name some with branches=", file=path)
-    jagged = [_is_jagged(t[b]) for b in branches]
+    jagged = [src.fields[b].layout == "jagged" for b in branches]
     if any(jagged) and not all(jagged):
         flat = [b for b, j in zip(branches, jagged, strict=True) if not j]
         raise InvalidDataError(
@@ -104,7 +175,7 @@ def _resolve(
             "the flat ones as cond_branches"
         )
     for b in cond_branches:
-        if _is_jagged(t[b]) or _width(t[b]) != 1:
+        if src.fields[b].layout != "scalar":
             raise InvalidContentError("condition branches must hold one value per event", file=path, key=b)
     return list(branches), all(jagged)
 
@@ -191,30 +262,42 @@ def iter_root(
     """
     if max_length is not None and max_length < 1:
         raise InvalidDataError(f"max_length must be ≥ 1; got {max_length}")
-    f, t, tree_name = _open_tree(path, tree)
+    f, src = _open_tree(path, tree)
     try:
-        names, jagged = _resolve(path, t, branches, tuple(cond_branches))
-        base = {
-            "kind": kind,
-            "feature_names": tuple(names) if jagged else tuple(_columns(t, names)),
-            "units": units if isinstance(units, str) else tuple(units),
-            "cond_names": tuple(cond_branches),
-            "cond_units": tuple(cond_units),
-            "source_format": "root",
-            "meta": {"tree": tree_name, "jagged": jagged},
-        }
-        if t.num_entries == 0:
-            raise InvalidContentError("the tree holds no entries", file=path, key=tree_name)
-        chunks = t.iterate(names + list(cond_branches), step_size=chunk_size, library="ak")
+        stored = _stored_schema(f, path, src.name) if branches is None and not cond_branches else None
+        if stored is not None:
+            names, cond_names, jagged = [stored["x_branch"]], stored["cond_branches"], False
+            for b in names + cond_names:
+                if b not in src.fields:
+                    raise MissingKeyError(file=path, key=b, available=list(src.fields), what="branch (named by the stored schema)")
+            sch = stored["schema"]
+            base = {"kind": sch.kind, "feature_names": sch.feature_names, "units": sch.units, "cond_names": sch.cond_names,
+                    "cond_units": sch.cond_units, "geometry": sch.geometry, "source_format": "root",
+                    "meta": {**sch.meta, "tree": src.name, "jagged": False}}
+        else:
+            names, jagged = _resolve(path, src, branches, tuple(cond_branches))
+            cond_names = list(cond_branches)
+            base = {
+                "kind": kind,
+                "feature_names": tuple(names) if jagged else tuple(_columns(src, names)),
+                "units": units if isinstance(units, str) else tuple(units),
+                "cond_names": tuple(cond_names),
+                "cond_units": tuple(cond_units),
+                "source_format": "root",
+                "meta": {"tree": src.name, "jagged": jagged, **({"rntuple": True} if src.is_ntuple else {})},
+            }
+        if src.num_entries == 0:
+            raise InvalidContentError("the tree holds no entries", file=path, key=src.name)
+        chunks = src.iterate(names + cond_names, chunk_size)
         while True:
             try:
                 arrays = next(chunks)
             except StopIteration:
                 break
             except Exception as exc:  # truncated baskets, bad compression (zlib.error), uproot's deserialisation errors
-                raise FileFormatError(f"cannot read the branches (truncated or corrupt?): {type(exc).__name__}: {exc}", file=path, key=tree_name) from exc
-            fields = {b: arrays[b] for b in names + list(cond_branches)}
-            yield _to_data(path, fields, names, cond_branches, jagged, max_length, dict(base))
+                raise FileFormatError(f"cannot read the branches (truncated or corrupt?): {type(exc).__name__}: {exc}", file=path, key=src.name) from exc
+            fields = {b: arrays[b] for b in names + cond_names}
+            yield _to_data(path, fields, names, cond_names, jagged, max_length, dict(base))
     finally:
         f.close()
 
@@ -225,18 +308,49 @@ def read_root(path: str | Path, **kwargs: Any) -> Data:
     return parts[0]
 
 
+_ELEMENT = re.compile(r"^(?P<name>.+)\[(?P<i>\d+)\]$")
+
+
+def _array_groups(names: Sequence[str]) -> list[tuple[str, int, int]] | None:
+    """``(branch, first column, width)`` runs of ``name[0] … name[k-1]``, or None if a name breaks the pattern."""
+    out: list[tuple[str, int, int]] = []
+    i = 0
+    while i < len(names):
+        m = _ELEMENT.match(names[i])
+        if m is None or m["i"] != "0":
+            out.append((names[i], i, 0))
+            i += 1
+            continue
+        j = i
+        while j < len(names) and (mm := _ELEMENT.match(names[j])) is not None and mm["name"] == m["name"] and int(mm["i"]) == j - i:
+            j += 1
+        out.append((m["name"], i, j - i))
+        i = j
+    return out
+
+
 def write_root(data: Data, path: str | Path, *, tree: str | None = None) -> Path:
     """Write ``data`` as a TTree of float32 branches, atomically.
 
-    Flat data gives one branch per feature; padded lists give jagged branches
-    (``Muon_Px``, ...) with a counter branch (``nMuon``) as ROOT writes them,
-    so :func:`read_root` and ROOT itself read the lists back without padding.
+    Calorimeter showers become one fixed-size array branch ``showers`` (``float[n_voxels]``) beside
+    the condition branches (``incident_energy``), and the schema (geometry, names, units) is stored
+    as a ``TObjString`` ``TREE_physgen_schema``, so that :func:`read_root` gives back the same
+    ``Data``; plain uproot reads ``tree["showers"].array()`` as ``[N, n_voxels]``. Columns named
+    ``name[0]`` … ``name[k-1]`` (read from an array branch) are written back as one array branch.
+    Other flat data gives one branch per feature; padded lists give jagged branches (``Muon_Px``,
+    ...) with a counter branch (``nMuon``) as ROOT writes them.
     """
-    names = data.schema.feature_names or tuple(f"x{i}" for i in range(data.x.shape[-1]))
     tree = tree or str(data.schema.meta.get("tree", "events"))
     x = data.x.numpy()
     branches: dict[str, Any] = {}
-    if data.mask is not None:
+    stored: dict[str, Any] | None = None
+    if data.schema.kind == "calorimeter":
+        if x.ndim != 2:
+            raise InvalidDataError(f"ROOT writer needs showers as x [N, n_voxels]; got x {tuple(x.shape)}")
+        branches["showers"] = np.ascontiguousarray(x)
+        stored = {"x_branch": "showers", "cond_branches": [], "schema": data.schema.to_dict()}
+    elif data.mask is not None:
+        names = data.schema.feature_names or tuple(f"x{i}" for i in range(data.x.shape[-1]))
         counts = data.mask.sum(1).numpy()
         lists = {n: ak.unflatten(x[:, :, i][data.mask.numpy()], counts) for i, n in enumerate(names)}
         prefixes = {n.split("_", 1)[0] for n in names}
@@ -248,16 +362,22 @@ def write_root(data: Data, path: str | Path, *, tree: str | None = None) -> Path
     else:
         if x.ndim != 2:
             raise InvalidDataError(f"ROOT writer needs x [N, F] or a mask for lists; got x {tuple(x.shape)}")
-        branches.update({n: x[:, i] for i, n in enumerate(names)})
+        names = data.schema.feature_names or tuple(f"x{i}" for i in range(data.x.shape[-1]))
+        for name, first, width in _array_groups(names) or []:
+            branches[name] = np.ascontiguousarray(x[:, first : first + width]) if width else x[:, first]
     if data.cond is not None:
         cnames = data.schema.cond_names or tuple(f"cond{i}" for i in range(data.cond.shape[1]))
         branches.update({n: data.cond[:, i].numpy() for i, n in enumerate(cnames)})
+        if stored is not None:
+            stored["cond_branches"] = list(cnames)
     path = Path(path)
     with atomic_path(path, needed=int(x.nbytes // 2)) as tmp:
         try:
             with uproot.recreate(tmp) as f:
-                f.mktree(tree, {k: (v.type if isinstance(v, ak.Array) else v.dtype) for k, v in branches.items()})
+                f.mktree(tree, {k: (v.type if isinstance(v, ak.Array) else np.dtype((v.dtype, v.shape[1:]))) for k, v in branches.items()})
                 f[tree].extend(branches)
+                if stored is not None:
+                    f[f"{tree}_{SCHEMA_KEY}"] = json.dumps(stored)
         except OSError:
             raise
         except Exception as exc:  # uproot's own errors for names or types it cannot write

@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import awkward as ak
 import h5py
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import uproot
 import physgen
 from physgen.errors import ConfigError, DataFileError, FileFormatError, InvalidDataError
 from physgen.io import describe, read
+from physgen.io._common import InvalidContentError
 from tests.hostile.conftest import run_cli
 
 
@@ -175,11 +177,26 @@ def test_options_for_another_format_name_the_valid_ones(tmp_path, zmumu_path):
         read(zmumu_path, x_key="E1")
 
 
-def test_an_rntuple_without_a_ttree_is_named(tmp_path):
+def test_an_rntuple_field_physgen_cannot_use_is_named(tmp_path):
     path = tmp_path / "ntuple.root"
     with uproot.recreate(path) as f:
-        f["ntuple"] = {"E": np.arange(5, dtype=np.float32)}  # uproot 5.7 writes a dict as an RNTuple
-    if "RNTuple" not in " ".join(uproot.open(path).classnames().values()):
-        pytest.skip("this uproot wrote a TTree")
-    with pytest.raises(FileFormatError, match=r"RNTuple\(s\) ntuple and no TTree"):
+        f["ntuple"] = {"muon": ak.zip({"pt": ak.Array([[1.0], [2.0, 3.0]]), "eta": ak.Array([[0.1], [0.2, 0.3]])}), "E": np.arange(2.0)}
+    with pytest.raises(InvalidContentError, match=r"key 'muon'.*expected a numeric RNTuple field"):
+        read(path, branches=["muon"])
+    assert read(path).schema.feature_names == ("E",)  # the default takes the flat numeric fields
+
+
+def test_a_file_with_several_trees_or_none_says_so(tmp_path):
+    path = tmp_path / "two.root"
+    with uproot.recreate(path) as f:
+        f["nt"] = {"a": np.arange(3.0)}
+        f.mktree("tt", {"b": np.float64})
+        f["tt"].extend({"b": np.arange(3.0)})
+        f["note"] = "a string"
+    with pytest.raises(DataFileError, match=r"holds 2 trees \(nt, tt\); name one with tree="):
         read(path)
+    empty = tmp_path / "strings.root"
+    with uproot.recreate(empty) as f:
+        f["note"] = "only a string"
+    with pytest.raises(FileFormatError, match=r"holds no TTree or RNTuple \(objects: note \(TObjString\)\)"):
+        read(empty)
