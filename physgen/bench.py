@@ -34,6 +34,7 @@ device and its own matmul rate. Results are one JSON per run with the machine an
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import platform
@@ -54,6 +55,8 @@ __all__ = [
     "SuiteError", "build_model", "compare_to_baseline", "generation_timing", "geant4_ratio", "load_dataset", "load_suite", "machine_info",
     "matmul_gflops", "model_device", "packaged_suites", "resolve_source", "run_one", "run_suite",
 ]
+
+log = logging.getLogger(__name__)
 
 _SUITE_KEYS = ("name", "seed", "description", "metrics", "datasets", "surrogates")
 _DATASET_KEYS = ("name", "source", "split", "read", "max_events")
@@ -377,7 +380,6 @@ def run_one(
 def run_suite(
     suite: dict[str, Any],
     out_dir: str | Path | None = None,
-    log: Callable[[str], None] = print,
     only: list[str] | None = None,
     keep_samples: bool = False,
 ) -> dict[str, Any]:
@@ -386,7 +388,7 @@ def run_suite(
     With ``keep_samples`` (and an ``out_dir``), also draw each data set's
     comparison plots into ``out_dir/plots/DATASET/`` (listed in ``payload["plots"]``).
     A run that fails is recorded with its error and the others go on; ``payload["failed"]``
-    counts them.
+    counts them. Progress goes to the ``physgen.bench`` logger.
 
     Raises:
         SuiteError: ``only`` names no family or label of the suite.
@@ -420,15 +422,15 @@ def run_suite(
                 continue
             if only and spec["family"] not in only and spec.get("label") not in only:
                 continue
-            log(f"[{ds['name']}] {spec.get('label', spec['family'])}: training ...")
+            log.info("[%s] %s: training ...", ds["name"], spec.get("label", spec["family"]))
             try:
                 res, held_out, generated = run_one(ds, data, spec, seed, gflops, metrics, out)
             except (PhysgenError, RuntimeError) as exc:
-                log(f"[{ds['name']}] {spec.get('label', spec['family'])}: FAILED: {exc}")
+                log.warning("[%s] %s: FAILED: %s", ds["name"], spec.get("label", spec["family"]), exc)
                 results.append({"dataset": ds["name"], "family": spec["family"], "label": spec.get("label", spec["family"]), "error": str(exc)})
                 continue
             s = res["evaluation"]["summary"]
-            log(
+            log.info(
                 f"[{ds['name']}] {res['label']}: trained {res['train']['seconds']:.0f} s, "
                 f"AUC {s['classifier_auc']['value']:.3f} (floor {s['classifier_auc']['floor']:.3f})"
                 if "classifier_auc" in s

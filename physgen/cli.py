@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -120,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
         "precision": args.precision,
-        "progress": True if args.progress else None,
+        "progress": False if args.quiet else True if args.progress else None,
     }
     for key in ("epochs", "batch_size", "lr", "patience", "val_fraction", "time_budget_s", "checkpoint_every"):
         value = getattr(args, key)
@@ -273,15 +274,23 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="physgen", description="Physics-focused generative surrogates.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    noise = ap.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bars")
+    noise.add_argument("-v", "--verbose", action="store_true", help="also debugging messages on stderr")
+    # -q/-v also after the command (physgen train ... -q); SUPPRESS keeps a sub-command from resetting them
+    common = argparse.ArgumentParser(add_help=False)
+    noisy = common.add_mutually_exclusive_group()
+    noisy.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors on stderr, no progress bars")
+    noisy.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also debugging messages on stderr")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    info = sub.add_parser("info", help="what a data file holds (default: the embedded Geant4 sample)")
+    info = sub.add_parser("info", parents=[common], help="what a data file holds (default: the embedded Geant4 sample)")
     info.add_argument("file", nargs="?", help="HDF5 (CaloChallenge, CaloGAN, generic), ROOT or spin text")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_read_options(info)
     info.set_defaults(func=_cmd_info)
 
-    train = sub.add_parser("train", help="train a registered surrogate on a data file")
+    train = sub.add_parser("train", parents=[common], help="train a registered surrogate on a data file")
     train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, vae, wgan, rbm) or module:Class")
     train.add_argument("data", help="training data file")
     train.add_argument("--out", required=True, help="run directory: checkpoints in OUT/run, the model in OUT/model")
@@ -303,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(train)
     train.set_defaults(func=_cmd_train)
 
-    sample = sub.add_parser("sample", help="generate events with a trained surrogate, written in the input's format")
+    sample = sub.add_parser("sample", parents=[common], help="generate events with a trained surrogate, written in the input's format")
     sample.add_argument("model_dir", help="a saved model (or a train run directory)")
     src = sample.add_mutually_exclusive_group()
     src.add_argument("--cond", help="take the conditions (e.g. incident energies) from this data file")
@@ -317,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(sample)
     sample.set_defaults(func=_cmd_sample)
 
-    evaluate = sub.add_parser("evaluate", help="the metric suite with the truth-vs-truth floor, as JSON and plots")
+    evaluate = sub.add_parser("evaluate", parents=[common], help="the metric suite with the truth-vs-truth floor, as JSON and plots")
     evaluate.add_argument("real")
     evaluate.add_argument("generated")
     evaluate.add_argument("--out", required=True)
@@ -330,22 +339,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    bench = sub.add_parser("bench", help="run a benchmark suite (default: the quick suite on the embedded data)")
+    bench = sub.add_parser("bench", parents=[common], help="run a benchmark suite (default: the quick suite on the embedded data)")
     bench.add_argument("suite", nargs="?", default="quick", help="a packaged suite's name (quick) or a suite file (TOML)")
     bench.add_argument("--out", default="runs/bench", help="output directory (results.json, report.html, report.md)")
     bench.add_argument("--only", help="comma-separated families or labels to run")
     bench.set_defaults(func=_cmd_bench)
 
-    opts = sub.add_parser("options", help="every option of a family, the shower model or training, with type, default and doc")
+    opts = sub.add_parser("options", parents=[common], help="every option of a family, the shower model or training, with type, default and doc")
     opts.add_argument("name", nargs="?", help="a family (flow, vae, ...), 'shower' or 'train'; none: all, as Markdown")
     opts.add_argument("--markdown", action="store_true", help="print the whole reference as Markdown (docs/reference/options.md)")
     opts.set_defaults(func=_cmd_options)
     return ap
 
 
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"physgen: {level}{record.getMessage()}"
+
+
+def _log_to_stderr(args: argparse.Namespace) -> tuple[logging.Handler, int, bool]:
+    """Show the library's ``physgen.*`` messages on stderr at the level the flags ask for."""
+    logger = logging.getLogger("physgen")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    saved = (handler, logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    logger.propagate = False  # an application's root handler would print them twice
+    return saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    handler, level, propagate = _log_to_stderr(args)
     try:
         return int(args.func(args))
     except (PhysgenError, OSError) as exc:
@@ -357,6 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("physgen: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger = logging.getLogger("physgen")
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 if __name__ == "__main__":

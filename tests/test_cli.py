@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -170,3 +171,17 @@ def test_debug_shows_the_exception(tmp_path):
     bad.write_text("garbage")
     with pytest.raises(FileFormatError):
         main(["--debug", "info", str(bad)])
+
+
+@pytest.mark.parametrize(("flags", "shown"), [([], {"info"}), (["-q"], set()), (["--verbose"], {"info", "debug"})])
+def test_library_messages_reach_stderr_at_the_level_asked(tmp_path, small_h5, capsys, flags, shown):
+    """The library logs (``physgen.*``); the command line shows INFO by default, only warnings with -q, DEBUG with -v."""
+    rc = main(["train", "vae", str(small_h5), "--out", str(tmp_path / "run"), "--epochs", "5", "--time-budget-s", "0.001",
+               "--config", "latent=2", "hidden=8", "layers=1", *flags])
+    assert rc == 0
+    captured = capsys.readouterr()
+    info = [ln for ln in captured.err.splitlines() if ln.startswith("physgen: shower(vae): stopped after epoch 1 of 5")]
+    debug = [ln for ln in captured.err.splitlines() if ln.startswith("physgen: debug: shower(vae): epoch 1: loss")]
+    assert bool(info) == ("info" in shown) and bool(debug) == ("debug" in shown), captured.err
+    assert "trained vae on 400 events" in captured.out  # the command's result is output, whatever the flags
+    assert not logging.getLogger("physgen").handlers[1:], "the command line leaves no handler behind"

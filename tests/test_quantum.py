@@ -169,7 +169,7 @@ def test_sr_with_marshall_sign_on_a_heisenberg_ring():
     assert overlap(state_vector(result.model, chain), psi0) > 0.99
 
 
-def test_spin_chain_benchmark_suite(tmp_path):
+def test_spin_chain_benchmark_suite(tmp_path, caplog):
     from physgen.bench import run_suite
 
     suite = {
@@ -178,7 +178,9 @@ def test_spin_chain_benchmark_suite(tmp_path):
         "surrogates": [{"family": "rbm", "train": {"epochs": 200, "batch_size": 2400, "lr": 0.03, "schedule": "constant"}}],
         "metrics": {"classifier_epochs": 3},
     }
-    payload = run_suite(suite, tmp_path, log=lambda s: None)
+    with caplog.at_level("INFO", logger="physgen"):
+        payload = run_suite(suite, tmp_path)
+    assert [r.getMessage() for r in caplog.records if r.name == "physgen.bench"][0] == "[tfim6] rbm: training ..."
     q = payload["results"][0]["quantum"]
     assert q["fidelity"] > 0.98 and q["kl"] < 0.05
     assert payload["data"]["tfim6"]["kind"] == "spins"

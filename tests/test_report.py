@@ -31,7 +31,7 @@ def bench_dir(tmp_path_factory) -> Path:
         "surrogates": [{"family": "gaussian"}, {"family": "flow", "config": {"n_layers": 2, "hidden": 16, "n_blocks": 1}, "train": {"epochs": 2}}],
         "metrics": {"classifier_epochs": 2},
     }
-    payload = run_suite(suite, out, log=lambda s: None, keep_samples=True)
+    payload = run_suite(suite, out, keep_samples=True)
     write_report(payload, out)
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import struct
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from physgen.errors import DataFileError, FileFormatError, InvalidDataError
+
+log = logging.getLogger(__name__)
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -90,6 +93,7 @@ def remove_stale_temporaries(path: Path) -> None:
     for leftover in path.parent.glob(f"{prefix}*"):
         pid = leftover.name[len(prefix):].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            log.info("removing %s, left by a killed writer (process %s)", leftover, pid)
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:

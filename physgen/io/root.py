@@ -10,6 +10,7 @@ ride along as conditions with ``cond_branches``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from physgen.errors import (
 from physgen.io._common import InvalidContentError, atomic_path, check_values
 
 __all__ = ["count_entries", "read_root", "iter_root", "write_root"]
+
+log = logging.getLogger(__name__)
 
 #: the most memory padding jagged lists may take without ``max_length`` (bytes)
 PADDING_LIMIT = 2 * 2**30
@@ -218,6 +221,8 @@ def _to_data(
         x = np.stack(cols, axis=-1)
         mask = np.arange(length)[None, :] < counts[0][:, None]
         meta.update(max_length=length, n_clipped=int((counts[0] > length).sum()))
+        if meta["n_clipped"]:
+            log.warning("%s: max_length=%d clipped the lists of %d of %d events (longest: %d)", path, length, meta["n_clipped"], len(counts[0]), longest)
     else:
         cols = []
         for b in branches:

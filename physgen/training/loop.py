@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
 import os
 import statistics
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from physgen.surrogates.base import Surrogate
 
 __all__ = ["MAX_EPOCHS_ENV", "TrainContext", "capped", "train"]
+
+log = logging.getLogger(__name__)
 
 
 #: environment variable that caps every run's epochs (a smoke test of a whole script, suite or pipeline)
@@ -299,6 +302,7 @@ def train(
                     state["bad_epochs"] += 1
                 restore(backup)
             history.append(record)
+            log.debug("%s: epoch %d: %s", model.name, epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))
             state["epoch"] = epoch + 1
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss") if k in record} | {"samples/s": f"{record['samples_per_s']:.0f}"})
             stop = (cfg.patience is not None and state["bad_epochs"] >= cfg.patience) or (
@@ -321,6 +325,11 @@ def train(
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
             if stop:
+                if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+                    reason = f"no better validation loss in {cfg.patience} epochs"
+                else:
+                    reason = f"its time budget of {cfg.time_budget_s:.3g} s ran out"
+                log.info("%s: stopped after epoch %d of %d: %s", model.name, epoch + 1, cfg.epochs, reason)
                 break
         bar.close()
         if state["best_weights"] is not None:
