@@ -188,7 +188,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from physgen.metrics import evaluate
-    from physgen.report import evaluation_plots, write_json
+    from physgen.report import evaluation_plots, write_evaluation_report, write_json
 
     real, generated = _read(args.real, args), _read(args.generated, args)
     if args.calochallenge:  # before the long evaluation: the geometry must be the data set's
@@ -206,7 +206,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{name:24s} {entry['value']:12.5g} {entry['error'] or float('nan'):10.3g} {entry['floor']:12.5g}")
     print(f"mean separation power {report['mean_separation_power']:.4f} (floor {report['mean_separation_power_floor']:.4f}); "
           f"worst feature {report['worst_feature']['name']}")
-    print(f"wrote {out / 'metrics.json'} and {len(plots)} plots in {out / 'plots'}")
+    cc = None
     if args.calochallenge:
         from physgen.metrics.calochallenge import ClassifierProtocol, calochallenge_evaluate
 
@@ -218,7 +218,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {mode:9s} AUC {cc[mode]['auc']['value']:.4f} ± {cc[mode]['auc']['error']:.4f}, JSD {cc[mode]['jsd']['value']:.4f}")
         print(f"  FPD (x10^3) {cc['fpd']['value'] * 1e3:.4f} ± {cc['fpd']['error'] * 1e3:.4f}; "
               f"KPD (x10^3) {cc['kpd']['value'] * 1e3:.4f} ± {cc['kpd']['error'] * 1e3:.4f}")
-        print(f"wrote {out / 'calochallenge.json'}")
+    page = write_evaluation_report(report, plots, out, real=args.real, generated=args.generated, calochallenge=cc)
+    print(f"wrote {out / 'metrics.json'}{', ' + str(out / 'calochallenge.json') if cc else ''}, {page} and {len(plots)} plots (PNG and PDF) in {out / 'plots'}")
     return 0
 
 

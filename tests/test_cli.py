@@ -71,7 +71,9 @@ def test_train_sample_evaluate_calorimeter(tmp_path, small_h5):
     report = json.loads((ev / "metrics.json").read_text())
     assert report["summary"]["fpd"]["floor"] is not None and "mean separation power" in r.stdout
     assert (ev / "plots" / "feature_E_ratio.png").stat().st_size > 1000
-    assert (ev / "plots" / "mean_showers.png").exists() and (ev / "plots" / "profiles.png").exists()
+    assert (ev / "plots" / "mean_showers.png").exists() and (ev / "plots" / "profiles.pdf").read_bytes()[:5] == b"%PDF-"
+    page = (ev / "report.html").read_text()  # one page with the summary and every plot, images embedded
+    assert "truth-vs-truth floor" in page and page.count('<img src="data:image/png;base64,') == len(list((ev / "plots").glob("*.png")))
 
 
 def test_train_and_sample_events_to_root(tmp_path, zmumu_path):

@@ -37,25 +37,44 @@ def bench_dir(tmp_path_factory) -> Path:
 
 
 def test_report_files_and_leaderboard(bench_dir):
-    html = (bench_dir / "report.html").read_text()
-    imgs = re.findall(r'<img src="([^"]+)"', html)
-    assert len(imgs) >= 10
-    for src in imgs:  # every image the page names exists and is a PNG
-        assert (bench_dir / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import base64
+
+    page = (bench_dir / "report.html").read_text()
+    imgs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(imgs) >= 15
+    for src in imgs:  # every image is embedded: the page shows them wherever it is moved
+        assert src.startswith("data:image/png;base64,") and base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    payload = json.loads((bench_dir / "results.json").read_text())
+    plots = [bench_dir / p for p in payload["plots"]["small"]]
+    for p in plots:  # figures for slides also as vector graphics, linked from the page
+        if not p.stem.startswith("all_"):
+            assert p.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-" and f'href="{p.with_suffix(".pdf").relative_to(bench_dir)}"' in page
+    # every high-level feature has a page: the groups of the pages cover them all
+    from physgen.metrics import high_level_features
+    from physgen.report import feature_groups
+
+    names = list(high_level_features(physgen.load_default()[:50]))
+    groups = feature_groups(names)
+    assert sorted(n for g in groups.values() for n in g) == sorted(names)
+    assert {f"all_{p.rstrip('_') or 'other'}" for p in groups} <= {p.stem for p in plots}
+    assert {"energy_ranges", "feature_E_ratio", "profiles", "voxel_spectrum", "mean_showers"} <= {p.stem for p in plots}
     md = (bench_dir / "report.md").read_text()
     assert "| dataset | surrogate | AUC (floor)" in md and "Floors are truth vs truth" in md
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
-    page = (bench_dir / "report.html").resolve().as_uri()
+    moved = tmp_path / "elsewhere" / "report.html"  # the page alone, away from its plots: every image still loads
+    moved.parent.mkdir()
+    shutil.copy(bench_dir / "report.html", moved)
+    page = moved.resolve().as_uri()
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
     dom = subprocess.run([CHROMIUM, *FLAGS, *profile, "--virtual-time-budget=5000", "--dump-dom", page],
                          capture_output=True, text=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", dom.stdout)
     assert title is not None, dom.stderr[-2000:]
     ok, total = map(int, re.search(r"images ok: (\d+)/(\d+)", title.group(1)).groups())
-    assert total >= 10 and ok == total
+    assert total >= 15 and ok == total
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *FLAGS, *profile, "--window-size=1280,2400", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120, check=True)
@@ -64,6 +83,29 @@ def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[0] >= 1000
     assert float(np.std(pixels[..., :3])) > 0.05  # not a blank page
+
+
+def test_histogram_panels_show_fractions_errors_and_off_scale_ratios():
+    from physgen.report import HistogramPanel
+
+    edges = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    ref = np.array([0.5] * 50 + [1.5] * 30 + [2.5] * 20)  # 50 / 30 / 20 / 0
+    gen = np.array([0.5] * 10 + [1.5] * 29 + [2.5] * 20 + [3.5] * 1 + [9.0] * 0)  # 10 / 29 / 20 / 1 of 60
+    p = HistogramPanel(edges, {"ref": ref, "gen": gen}, "ref")
+    np.testing.assert_allclose(p.fractions["ref"], [0.5, 0.3, 0.2, 0.0])
+    np.testing.assert_allclose(p.errors["ref"], np.sqrt([50, 30, 20, 0]) / 100)
+    np.testing.assert_allclose(p.fractions["gen"], np.array([10, 29, 20, 1]) / 60)
+    r = np.array([10 / 60 / 0.5, 29 / 60 / 0.3, 20 / 60 / 0.2])
+    np.testing.assert_allclose(p.ratios["gen"][:3], r)
+    np.testing.assert_allclose(p.ratio_errors["gen"][:3], r * np.sqrt(1 / np.array([10, 29, 20]) + 1 / np.array([50, 30, 20])))
+    assert p.ratios["gen"][3] == np.inf  # entries where the reference has none: an arrow up
+    assert p.below["gen"].tolist() == [0] and p.above["gen"].tolist() == [1, 2, 3]  # 0.33 below 0.5; 1.61, 1.67 and ∞ above 1.5
+    np.testing.assert_allclose(p.ref_band[:3], 1 / np.sqrt([50, 30, 20]))
+    assert not p.log_y
+    wide = HistogramPanel(edges, {"ref": np.array([0.5] * 999 + [3.5]), "gen": gen}, "ref")
+    assert wide.log_y  # fractions over three decades: a log axis
+    clipped = HistogramPanel(edges, {"ref": np.array([-5.0, 0.5, 9.0]), "gen": gen}, "ref")
+    assert clipped.counts["ref"].tolist() == [2, 0, 0, 1]  # the end bins hold what lies beyond them
 
 
 def test_leaderboard_text_lists_every_surrogate(bench_dir):
@@ -76,7 +118,7 @@ def test_leaderboard_text_lists_every_surrogate(bench_dir):
 
 def test_baseline_comparison_separates_losses_beyond_the_bootstrap_errors():
     from physgen.bench import compare_to_baseline
-    from physgen.report import _significance
+    from physgen.report.pages import _significance
 
     def result(family, sp):
         feats = {f: {"separation_power": {"value": v, "error": e}} for f, (v, e) in sp.items()}
@@ -99,7 +141,7 @@ def test_baseline_comparison_separates_losses_beyond_the_bootstrap_errors():
 
 def test_baseline_comparison_names_losses_where_both_sit_at_the_truth_floor():
     from physgen.bench import compare_to_baseline
-    from physgen.report import _significance
+    from physgen.report.pages import _significance
 
     def result(family, sp):
         feats = {f: {"separation_power": {"value": v, "error": 0.001, "floor": fl, "floor_error": 0.001}} for f, (v, fl) in sp.items()}
