@@ -14,6 +14,10 @@ metric next to its floor, the comparison with the Gaussian) on them::
 Several run folders may be given: a label's model is taken from the last one that has
 it (the order of ``merge_results.py``). Writes ``benchmarks/results/OUT.{json,md}``.
 
+``--calochallenge 2`` adds the CaloChallenge evaluator's protocol (``cls-low``, ``cls-high``,
+its FPD and KPD) for each model, with the classifiers' truth-vs-truth floor from two halves
+of the held-out showers.
+
 ``--events test`` judges on the suite's own test split instead (its split and seed, as
 ``physgen bench`` drew it): for models whose calibration was re-fitted after the suite ran
 (``recalibrate.py``, which fits on the training split only), at the suite's statistics.
@@ -29,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from physgen.bench import compare_to_baseline, load_dataset, load_suite
+from physgen.errors import PhysgenError
 from physgen.metrics import evaluate
+from physgen.metrics.calochallenge import DATASETS, ClassifierProtocol, calochallenge_evaluate
 from physgen.surrogates import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,6 +77,22 @@ def markdown(payload: dict) -> str:
             f"({r['evaluation']['mean_separation_power_floor']:.4f}) | {beats} | {sig} |"
         )
     lines.append("")
+    if any("calochallenge" in r for r in payload["results"]):
+        lines += [
+            "The CaloChallenge evaluator's protocol (its classifier, split and isotonic calibration; floors: two halves of the held-out showers):",
+            "",
+            "| dataset | surrogate | cls-low AUC (floor) | cls-high AUC (floor) | cls-low JSD | FPD (evaluator) | KPD (evaluator) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in payload["results"]:
+            c = r.get("calochallenge")
+            if c is None:
+                continue
+            floor = payload["calochallenge_floor"][r["dataset"]]
+            cls = [f"{c[m]['auc']['value']:.3f} ± {c[m]['auc']['error']:.3f} ({floor[m]['auc']['value']:.3f})" for m in ("cls-low", "cls-high")]
+            lines.append(f"| {r['dataset']} | {r['label']} | {cls[0]} | {cls[1]} | {c['cls-low']['jsd']['value']:.4f} "
+                         f"| {c['fpd']['value']:.4g} ± {c['fpd']['error']:.2g} | {c['kpd']['value']:.3g} ± {c['kpd']['error']:.2g} |")
+        lines.append("")
     for r in payload["results"]:
         v = r.get("vs_gaussian")
         if v and v["worse_than_gaussian"]:
@@ -86,7 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="suite run folders (holding models/DATASET__LABEL)")
     ap.add_argument("--events", required=True, type=_events, help="START:STOP, the events of each data file to judge on, or 'test' (the suite's test split)")
     ap.add_argument("--out", required=True, help="result name: writes benchmarks/results/OUT.{json,md}")
+    ap.add_argument("--calochallenge", choices=list(DATASETS), help="also the CaloChallenge evaluator's protocol for this data set")
+    ap.add_argument("--cls-epochs", type=int, default=ClassifierProtocol.epochs, help="its classifiers' epochs (the evaluator's: 50)")
     args = ap.parse_args(argv)
+    if args.cls_epochs < 1:
+        raise SystemExit(f"--cls-epochs must be at least 1; got {args.cls_epochs}")
+    protocol = ClassifierProtocol(epochs=args.cls_epochs)
+    floors: dict[str, Any] = {}
     suite = load_suite(args.suite)
     base = Path(suite["_path"]).parent
     seed, metrics = int(suite.get("seed", 0)), dict(suite.get("metrics", {}))
@@ -103,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
             held = data[args.events]
             if len(held) < args.events.stop - args.events.start:
                 raise SystemExit(f"{ds['name']}: the file has {len(data)} events, fewer than --events asks for")
+        if args.calochallenge:
+            half = len(held) // 2  # the classifiers' floor: two halves of the held-out showers, as the suite's floors
+            try:
+                floors[ds["name"]] = calochallenge_evaluate(held[:half], held[half:2 * half], args.calochallenge,
+                                                            modes=("cls-low", "cls-high"), protocol=protocol, seed=seed)
+            except PhysgenError as exc:
+                raise SystemExit(f"{ds['name']}: {exc}") from None
         for spec in suite["surrogates"]:
             label = spec.get("label", spec["family"])
             paths = [run / "models" / f"{ds['name']}__{label}" for run in args.runs]
@@ -110,24 +145,35 @@ def main(argv: list[str] | None = None) -> int:
             if not found:
                 print(f"{ds['name']} / {label}: no saved model in {', '.join(map(str, args.runs))}; skipped", file=sys.stderr)
                 continue
-            results.append(judge(load(found[-1]), held, seed, metrics, dataset=ds["name"], family=spec["family"], label=label, model=str(found[-1])))
+            cc = (args.calochallenge, protocol) if args.calochallenge else None
+            results.append(judge(load(found[-1]), held, seed, metrics, calochallenge=cc, dataset=ds["name"], family=spec["family"],
+                                 label=label, model=str(found[-1])))
     payload = {
         "suite": suite.get("name"), "suite_file": str(args.suite), "runs": [str(r) for r in args.runs],
         "events": args.events if args.events == "test" else f"{args.events.start}:{args.events.stop}", "n_events": len(held),
         "suite_events": used, "machine": machine(), "seconds": time.perf_counter() - t0, "results": results,
     }
+    if floors:
+        payload["calochallenge_floor"] = floors
     finish(args.out, payload)
     return 0
 
 
-def judge(surrogate: Any, held: Any, seed: int, metrics: dict, **entry: Any) -> dict:
-    """One result row: ``surrogate`` sampled at ``held``'s conditions (or as many), judged by the suite's evaluation."""
+def judge(surrogate: Any, held: Any, seed: int, metrics: dict, calochallenge: tuple[str, ClassifierProtocol] | None = None,
+          **entry: Any) -> dict:
+    """One result row: ``surrogate`` sampled at ``held``'s conditions (or as many), judged by the suite's evaluation
+    (and by the CaloChallenge evaluator's protocol for ``calochallenge = (dataset, protocol)``)."""
     generated = surrogate.sample(held.cond, seed=seed) if surrogate.is_conditional else surrogate.sample(n=len(held), seed=seed)
     report = evaluate(held, generated, seed=seed, **metrics)
     s = report["summary"]["classifier_auc"]
-    print(json.dumps({"model": f"{entry['dataset']}__{entry['label']}", "auc": round(s["value"], 3), "floor": round(s["floor"], 3),
-                      "mean_separation_power": round(report["mean_separation_power"], 4)}), flush=True)
-    return {**entry, "evaluation": report}
+    line = {"model": f"{entry['dataset']}__{entry['label']}", "auc": round(s["value"], 3), "floor": round(s["floor"], 3),
+            "mean_separation_power": round(report["mean_separation_power"], 4)}
+    row = {**entry, "evaluation": report}
+    if calochallenge is not None:
+        row["calochallenge"] = cc = calochallenge_evaluate(held, generated, calochallenge[0], protocol=calochallenge[1], seed=seed)
+        line |= {"cls-low": round(cc["cls-low"]["auc"]["value"], 3), "cls-high": round(cc["cls-high"]["auc"]["value"], 3)}
+    print(json.dumps(line), flush=True)
+    return row
 
 
 def finish(out: str, payload: dict, title: str = "Held-out evaluation") -> None:

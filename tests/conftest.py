@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,25 @@ def showers():
     from physgen.io import load_default
 
     return load_default()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n``: a module's tests share a worker (its module fixtures are built once), the
+    documentation pages, each minutes of work, spread over the workers."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            path = item.path.relative_to(config.rootpath).as_posix()
+            item.add_marker(pytest.mark.xdist_group(item.nodeid if path == "tests/test_docs.py" else path))
+
+
+def pytest_configure(config):
+    # each worker gets its share of the cores, and so do the commands it starts (OpenMP threads spin
+    # while they wait: more threads than cores burn the time the other worker needs)
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)

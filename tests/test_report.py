@@ -277,3 +277,26 @@ def test_step_ops_splits_a_step_into_the_family_and_its_first_stage_steps(shower
     assert one["cpu_ms_per_step"] > 0
 
 
+
+
+def test_heldout_evaluation_adds_the_calochallenge_protocol_with_its_floor(tmp_path, monkeypatch):
+    from physgen.calorimeter import ShowerModel
+    from tests.test_calochallenge import _showers
+
+    mod = _bench_script("heldout_eval", tmp_path, monkeypatch)
+    physgen.write(_showers("1-photons", 600, seed=4), tmp_path / "photons.h5")
+    suite = tmp_path / "cc.toml"
+    suite.write_text('name = "cc"\nseed = 0\n[metrics]\nclassifier_epochs = 2\n[[datasets]]\nname = "ph"\nsource = "photons.h5"\n'
+                     'max_events = 200\n[[surrogates]]\nfamily = "gaussian"\n')
+    model = ShowerModel("gaussian")
+    model.fit(physgen.read(tmp_path / "photons.h5", stop=200), progress=False)
+    model.save(tmp_path / "run" / "models" / "ph__gaussian")
+    args = [str(suite), str(tmp_path / "run"), "--events", "200:600", "--out", "cc"]
+    with pytest.raises(SystemExit, match="6480 voxels"):  # the wrong data set named: its voxel count, before any training
+        mod.main([*args, "--calochallenge", "2"])
+    assert mod.main([*args, "--calochallenge", "1-photons", "--cls-epochs", "2"]) == 0
+    payload = json.loads((tmp_path / "cc.json").read_text())
+    floor, row = payload["calochallenge_floor"]["ph"], payload["results"][0]["calochallenge"]
+    assert floor["n_compared"] == 200 and row["n_compared"] == 400  # the floor: two halves of the 400 held-out showers
+    assert row["cls-low"]["auc"]["n_evaluated"] == 160 and "fpd" in row and "fpd" not in floor
+    assert 0.0 <= row["cls-high"]["auc"]["value"] <= 1.0 and "| ph | gaussian |" in (tmp_path / "cc.md").read_text().split("cls-low AUC")[1]

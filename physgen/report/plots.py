@@ -176,7 +176,8 @@ def _feature_figure(stem: Path, name: str, real: np.ndarray, gens: dict[str, np.
     fig, (ax, rax) = plt.subplots(2, 1, figsize=(5.2, 4.8), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05})
     histogram_panel(ax, rax, panel, log_x=log_x)
     rax.set_xlabel(label(name) + (" (values > 0)" if log_x else ""))
-    return _save(fig, stem, formats)
+    fig.subplots_adjust(left=0.15, right=0.97, top=0.98, bottom=0.1)  # fixed margins: one drawing per format, not two
+    return _save(fig, stem, formats, tight=False)
 
 
 def _group_page(stem: Path, prefix: str, names: list[str], f_real: dict[str, np.ndarray], f_gens: dict[str, dict[str, np.ndarray]],
