@@ -54,6 +54,10 @@ def _events(text: str) -> slice | str:
     return slice(start, stop)
 
 
+def _width(payload: dict) -> int:
+    return next(r["calochallenge"]["protocol"]["n_hidden"] for r in payload["results"] if "calochallenge" in r)
+
+
 def markdown(payload: dict) -> str:
     lines = [
         f"# Held-out evaluation of suite `{payload['suite']}`",
@@ -79,7 +83,8 @@ def markdown(payload: dict) -> str:
     lines.append("")
     if any("calochallenge" in r for r in payload["results"]):
         lines += [
-            "The CaloChallenge evaluator's protocol (its classifier, split and isotonic calibration; floors: two halves of the held-out showers):",
+            f"The CaloChallenge evaluator's protocol (its classifier, {_width(payload)} wide, its split and isotonic calibration; "
+            "floors: two halves of the held-out showers):",
             "",
             "| dataset | surrogate | cls-low AUC (floor) | cls-high AUC (floor) | cls-low JSD | FPD (evaluator) | KPD (evaluator) |",
             "|---|---|---|---|---|---|---|",
@@ -110,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="result name: writes benchmarks/results/OUT.{json,md}")
     ap.add_argument("--calochallenge", choices=list(DATASETS), help="also the CaloChallenge evaluator's protocol for this data set")
     ap.add_argument("--cls-epochs", type=int, default=ClassifierProtocol.epochs, help="its classifiers' epochs (the evaluator's: 50)")
+    ap.add_argument("--cls-hidden", type=int, default=ClassifierProtocol.n_hidden, help="its classifiers' width (the evaluator's: 2048)")
     args = ap.parse_args(argv)
-    if args.cls_epochs < 1:
-        raise SystemExit(f"--cls-epochs must be at least 1; got {args.cls_epochs}")
-    protocol = ClassifierProtocol(epochs=args.cls_epochs)
+    if min(args.cls_epochs, args.cls_hidden) < 1:
+        raise SystemExit(f"--cls-epochs and --cls-hidden must be at least 1; got {args.cls_epochs} and {args.cls_hidden}")
+    protocol = ClassifierProtocol(epochs=args.cls_epochs, n_hidden=args.cls_hidden)
     floors: dict[str, Any] = {}
     suite = load_suite(args.suite)
     base = Path(suite["_path"]).parent

@@ -16,6 +16,10 @@ for suite in dimuon calo_pbwo4 calo_wsi spins; do
 done
 # the W/Si models judged on the 10,000 showers the suite never uses
 python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --events 8000:18000 --out calo_wsi_heldout
+# the Gaussian and the VAE of a fresh W/Si run under the CaloChallenge evaluator's protocol (512 wide on a CPU)
+python -m physgen.cli bench benchmarks/suites/calo_wsi.toml --only gaussian,vae --out runs/calo_wsi_evaluator
+python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_evaluator --events 8000:18000 \
+  --calochallenge 2 --cls-hidden 512 --out calo_wsi_evaluator
 # operations per training step (CPU), and the GPU time per operation of the GPU run
 python benchmarks/step_ops.py benchmarks/suites/calo_wsi_gpu.toml --gpu-result calo_wsi_gpu --out step_ops_wsi
 # re-time the saved models on their own (the suites time them right after training)

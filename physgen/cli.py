@@ -210,7 +210,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.calochallenge:
         from physgen.metrics.calochallenge import ClassifierProtocol, calochallenge_evaluate
 
-        cc = calochallenge_evaluate(real, generated, args.calochallenge, protocol=ClassifierProtocol(epochs=args.cls_epochs),
+        cc = calochallenge_evaluate(real, generated, args.calochallenge, protocol=ClassifierProtocol(epochs=args.cls_epochs, n_hidden=args.cls_hidden),
                                     seed=args.seed, device=args.device)
         write_json(out / "calochallenge.json", cc)
         print(f"CaloChallenge evaluator protocol, data set {args.calochallenge} ({cc['n_compared']} events each):")
@@ -336,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--calochallenge", choices=["1-photons", "1-pions", "2", "3"],
                           help="also run the CaloChallenge evaluator's protocol for this data set (cls-low, cls-high, FPD/KPD)")
     evaluate.add_argument("--cls-epochs", type=_positive_int, default=50, help="epochs of the evaluator's classifier (its default: 50)")
+    evaluate.add_argument("--cls-hidden", type=_positive_int, default=2048,
+                          help="width of the evaluator's classifier (its default: 2048; narrower runs faster on a CPU)")
     evaluate.add_argument("--device", default="cpu", help="where the evaluator's classifier trains (cpu, cuda)")
     _add_read_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)

@@ -169,12 +169,22 @@ def test_the_classifier_is_the_evaluators_dnn_and_tells_apart_what_differs():
     # two unit Gaussians 1.5 apart: no classifier beats the likelihood ratio's AUC, Φ(1.5/√2) = 0.856
     auc = shifted["auc"]
     assert 0.80 < auc.value < 0.856 + 3 * auc.error and auc.extra["n_evaluated"] == 1200
-    # the evaluator's DNN: 512-wide input layer, two hidden 512 layers, one logit: its parameter count
+    # the evaluator's DNN (its defaults since November 2023): a 2048-wide input layer, two hidden 2048 layers, one logit
     from physgen.metrics.calochallenge import _dnn
 
     net = _dnn(368 + 1, ClassifierProtocol())
-    assert sum(q.numel() for q in net.parameters()) == 369 * 512 + 512 + 2 * (512 * 512 + 512) + 512 + 1
-    assert ClassifierProtocol() == ClassifierProtocol(n_layer=2, n_hidden=512, batch_size=1000, epochs=50, lr=2e-4, dtype=torch.float64)
+    assert sum(q.numel() for q in net.parameters()) == 369 * 2048 + 2048 + 2 * (2048 * 2048 + 2048) + 2048 + 1
+    assert ClassifierProtocol() == ClassifierProtocol(n_layer=2, n_hidden=2048, batch_size=1000, epochs=50, lr=2e-4, dtype=torch.float64)
+
+
+def test_samples_as_large_as_the_evaluators_are_split_by_its_event_counts():
+    """Its counts where the samples hold them (the rest goes to the test part, as np.split does); fractions below."""
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(130, 2)), rng.normal(size=(130, 2))
+    p = ClassifierProtocol(n_hidden=4, epochs=1, split_events=(70, 20, 30))
+    assert evaluator_classifier(a, b, protocol=p)["auc"].extra["n_evaluated"] == 2 * 40  # 130 - 70 - 20 per sample
+    assert evaluator_classifier(a[:100], b[:100], protocol=p)["auc"].extra["n_evaluated"] == 2 * 20  # 20 % of 100
+    assert evaluator_classifier(a[:119], b[:119], protocol=p)["auc"].extra["n_evaluated"] == 2 * 25  # 119 - 71 - 23 (fractions)
 
 
 def test_bad_input_is_refused_with_the_expected_voxel_count():
@@ -192,12 +202,14 @@ def test_the_command_line_runs_the_protocol_and_refuses_the_wrong_geometry(tmp_p
     physgen.write(real, tmp_path / "real.h5")
     physgen.write(gen, tmp_path / "gen.h5")
     rc = main(["evaluate", str(tmp_path / "real.h5"), str(tmp_path / "gen.h5"), "--out", str(tmp_path / "ev"),
-               "--no-classifier", "--calochallenge", "1-photons", "--cls-epochs", "3"])
+               "--no-classifier", "--calochallenge", "1-photons", "--cls-epochs", "3", "--cls-hidden", "64"])
     assert rc == 0
     import json
 
     cc = json.loads((tmp_path / "ev" / "calochallenge.json").read_text())
     assert cc["dataset"] == "1-photons" and cc["n_compared"] == 300
+    assert cc["protocol"] == {"n_layer": 2, "n_hidden": 64, "dropout": 0.0, "batch_size": 1000, "epochs": 3, "lr": 2e-4,
+                              "split": [0.6, 0.2, 0.2], "split_events": [80_000, 20_000, 21_000], "dtype": "float64"}
     assert cc["cls-low"]["auc"]["n_evaluated"] == 120 and 0 <= cc["cls-high"]["auc"]["value"] <= 1
     assert cc["fpd"]["value"] > 10 * cc["fpd"]["error"]  # FPD needs no training to see showers 30 % too energetic
     physgen.write(physgen.load_default()[:100], tmp_path / "pbwo4.h5")

@@ -294,9 +294,10 @@ def test_heldout_evaluation_adds_the_calochallenge_protocol_with_its_floor(tmp_p
     args = [str(suite), str(tmp_path / "run"), "--events", "200:600", "--out", "cc"]
     with pytest.raises(SystemExit, match="6480 voxels"):  # the wrong data set named: its voxel count, before any training
         mod.main([*args, "--calochallenge", "2"])
-    assert mod.main([*args, "--calochallenge", "1-photons", "--cls-epochs", "2"]) == 0
+    assert mod.main([*args, "--calochallenge", "1-photons", "--cls-epochs", "2", "--cls-hidden", "32"]) == 0
     payload = json.loads((tmp_path / "cc.json").read_text())
     floor, row = payload["calochallenge_floor"]["ph"], payload["results"][0]["calochallenge"]
     assert floor["n_compared"] == 200 and row["n_compared"] == 400  # the floor: two halves of the 400 held-out showers
     assert row["cls-low"]["auc"]["n_evaluated"] == 160 and "fpd" in row and "fpd" not in floor
-    assert 0.0 <= row["cls-high"]["auc"]["value"] <= 1.0 and "| ph | gaussian |" in (tmp_path / "cc.md").read_text().split("cls-low AUC")[1]
+    assert 0.0 <= row["cls-high"]["auc"]["value"] <= 1.0 and row["protocol"]["n_hidden"] == 32
+    assert "32 wide" in (md := (tmp_path / "cc.md").read_text()) and "| ph | gaussian |" in md.split("cls-low AUC")[1]

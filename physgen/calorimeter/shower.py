@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -53,7 +54,7 @@ from physgen.surrogates.flow import (
     point_mass_bounds,
     spread_point_masses,
 )
-from physgen.surrogates.registry import get
+from physgen.surrogates.registry import checkpoint_class, get
 from physgen.surrogates.structure import FeatureStructure
 from physgen.training import TrainConfig, TrainContext
 
@@ -150,7 +151,7 @@ class ShowerModel(Surrogate):
         shower_user = {k: v for k, v in options.items() if k in shower_keys}
         shower, _ = _resolve(ShowerOptions, shower_preset, shower_user, where)
         super().__init__(**shower.to_dict())
-        self.user_options = {"family": name if isinstance(family, str) else f"{family_cls.__module__}:{family_cls.__qualname__}", "preset": preset,
+        self.user_options = {"family": family if isinstance(family, str) else f"{family_cls.__module__}:{family_cls.__qualname__}", "preset": preset,
                              **{k: v for k, v in self.Options.from_dict(shower_user, where=where).to_dict().items() if k in shower_user}}
         self.family_cls = family_cls
         self.capabilities = Capabilities(**{**dataclasses.asdict(family_cls.capabilities), "conditional": True})
@@ -216,13 +217,7 @@ class ShowerModel(Surrogate):
         self.readout = None
         if o.readout_quantile is not None:
             self.readout = ReadoutCalibration(quantile=o.readout_quantile, layer_sizes=self._layer_sizes(data.schema)).fit_threshold(data.x)
-        self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing(data)
-        self.preprocessing.fit(data.x, data.cond)
-        # training-only steps (dequantisation noise) apply to the training tensor, drawn from the seeded global generator
-        y, c = self.preprocessing.train(True).forward(data.x, data.cond)
-        self.preprocessing.train(False)
-        self.schema = data.schema
-        y, c = y.float(), None if c is None else c.float()
+        y, c = self.fit_preprocessing(data, preprocessing)
         n_energy = self._energy_dim(c)
         self.resolved["two_stage"] = n_energy > 0
         self.dims = {"event_dim": int(data.x.shape[1]), "dim": int(y.shape[1]), "cond_dim": 0 if c is None else int(c.shape[1]), "energy_dim": n_energy}
@@ -477,6 +472,13 @@ class ShowerModel(Surrogate):
         return x.clamp_min_(0)  # in place: x is the inverse's fresh output
 
     # -- persistence ------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, config: dict[str, Any], directory: str | Path) -> Surrogate:
+        family = config.get("options", {}).get("family")
+        if isinstance(family, str) and ":" in family:
+            checkpoint_class({"class": family}, directory)  # the inner family's module, imported only where allowed
+        return super().from_checkpoint(config, directory)
+
     def checkpoint_config(self) -> dict[str, Any]:
         assert self.inner is not None
         config = super().checkpoint_config()

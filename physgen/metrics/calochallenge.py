@@ -9,11 +9,15 @@ Geant4 with
   (``min_samples=10000``; ``batch_size=10000``).
 
 Every voxel below the data set's readout threshold (1 MeV for data set 1, 0.5 keV / 0.033 for
-data sets 2 and 3) is set to zero first. The classifier is the evaluator's ``DNN``: a 512-wide
-input layer and two 512-wide hidden layers with LeakyReLU, in float64; Adam at lr 2e-4, batch
-1000, 50 epochs on 60 % of the events, the epoch of best accuracy on the next 20 % kept, and
-the AUC and JSD measured on the last 20 % after an isotonic calibration fitted on the 20 %
-used for selection. Labels: 1 for Geant4, 0 for generated. The JSD is the evaluator's,
+data sets 2 and 3) is set to zero first. The classifier is the evaluator's ``DNN``: a 2048-wide
+input layer and two 2048-wide hidden layers with LeakyReLU, in float64 (its defaults since
+November 2023; ``--cls_n_hidden`` there, ``ClassifierProtocol(n_hidden=...)`` here); Adam at lr
+2e-4, batch 1000, 50 epochs on the training events, the epoch of best accuracy on the selection
+events kept, and the AUC and JSD measured on the last part after an isotonic calibration fitted
+on the selection events. The parts are the evaluator's event counts for the data set (data set
+2: 60,000 / 20,000 / 20,000 of each sample) where the samples hold that many, otherwise 60 / 20 /
+20 % (the evaluator's split without a data set; its fixed counts leave smaller samples nothing
+to test on). Labels: 1 for Geant4, 0 for generated. The JSD is the evaluator's,
 normalised to ln 2 (0: indistinguishable, 1: separable).
 
 The high-level features carry the evaluator's names and definitions: ``E_tot``,
@@ -26,6 +30,7 @@ The evaluator shuffles with NumPy's global generator; physgen seeds its own, so 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -59,15 +64,17 @@ class _Dataset:
     n_voxels: int
     particle: str
     min_energy_mev: float
+    split_events: tuple[int, int, int]
 
 
 DATASETS: dict[str, _Dataset] = {
-    "1-photons": _Dataset(368, "photon", 1.0),
-    "1-pions": _Dataset(533, "pion", 1.0),
-    "2": _Dataset(6480, "electron", 0.5e-3 / 0.033),
-    "3": _Dataset(40500, "electron", 0.5e-3 / 0.033),
+    "1-photons": _Dataset(368, "photon", 1.0, (80_000, 20_000, 21_000)),
+    "1-pions": _Dataset(533, "pion", 1.0, (80_000, 20_000, 20_800)),
+    "2": _Dataset(6480, "electron", 0.5e-3 / 0.033, (60_000, 20_000, 20_000)),
+    "3": _Dataset(40500, "electron", 0.5e-3 / 0.033, (60_000, 20_000, 20_000)),
 }
-"""The four CaloChallenge data sets: voxel count, particle, readout threshold (MeV)."""
+"""The four CaloChallenge data sets: voxel count, particle, readout threshold (MeV), and the
+evaluator's train / selection / test event counts per sample."""
 
 Mode = Literal["cls-low", "cls-high", "fpd", "kpd"]
 MODES: tuple[str, ...] = ("cls-low", "cls-high", "fpd", "kpd")
@@ -78,13 +85,19 @@ class ClassifierProtocol:
     """The evaluator's classifier settings (its ``--cls_*`` options and their defaults)."""
 
     n_layer: int = 2
-    n_hidden: int = 512
+    n_hidden: int = 2048
     dropout: float = 0.0
     batch_size: int = 1000
     epochs: int = 50
     lr: float = 2e-4
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    #: train / selection / test event counts per sample, used where the samples hold that many (else ``split``)
+    split_events: tuple[int, int, int] | None = None
     dtype: torch.dtype = torch.float64
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f: getattr(self, f) for f in ("n_layer", "n_hidden", "dropout", "batch_size", "epochs", "lr", "split", "split_events")},
+                "dtype": str(self.dtype).removeprefix("torch.")}
 
 
 def _dataset(dataset: str) -> _Dataset:
@@ -237,7 +250,10 @@ def evaluator_classifier(
         raise InvalidDataError("the classifier inputs are not all finite (an incident energy ≤ 0?)")
     rng = np.random.default_rng(seed)
     n = len(ref)
-    cuts = (n * np.asarray(p.split)).astype(int).cumsum()[:-1]
+    if p.split_events is not None and n >= sum(p.split_events):
+        cuts = np.cumsum(p.split_events[:2])  # the test part takes the rest, as np.split does in the evaluator
+    else:
+        cuts = (n * np.asarray(p.split)).astype(int).cumsum()[:-1]
     if min(cuts[0], cuts[1] - cuts[0], n - cuts[1]) < 1:
         raise InvalidDataError(f"{n} events per sample are too few to split {p.split}")
     parts = []
@@ -323,11 +339,13 @@ def calochallenge_evaluate(
     n = min(len(reference), len(generated))
     ref = reference[np.sort(rng.permutation(len(reference))[:n])] if len(reference) > n else reference
     gen = generated[np.sort(rng.permutation(len(generated))[:n])] if len(generated) > n else generated
-    out: dict[str, Any] = {"dataset": dataset, "n_reference": len(reference), "n_generated": len(generated), "n_compared": n}
+    p = dataclasses.replace(protocol or ClassifierProtocol(), split_events=_dataset(dataset).split_events)
+    out: dict[str, Any] = {"dataset": dataset, "n_reference": len(reference), "n_generated": len(generated), "n_compared": n,
+                           "protocol": p.to_dict()}
     for mode in ("cls-low", "cls-high"):
         if mode in modes:
             res = evaluator_classifier(classifier_inputs(ref, dataset, mode), classifier_inputs(gen, dataset, mode),  # type: ignore[arg-type]
-                                       protocol=protocol, seed=seed, device=device)
+                                       protocol=p, seed=seed, device=device)
             out[mode] = {k: v.to_dict() for k, v in res.items()}
     if "fpd" in modes or "kpd" in modes:
         f_ref, f_gen = classifier_inputs(reference, dataset, "cls-high"), classifier_inputs(generated, dataset, "cls-high")

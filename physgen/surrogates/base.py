@@ -29,7 +29,6 @@ from physgen.training import checkpoint as ckpt
 
 if TYPE_CHECKING:
     from physgen.training import TrainContext
-
 __all__ = ["Capabilities", "Surrogate", "SurrogateOptions"]
 
 
@@ -55,9 +54,8 @@ class Capabilities:
 class SurrogateOptions(Options):
     """Options every family has."""
 
-    sample_precision: Literal["fp32", "bf16", "fp16"] = option(
-        "fp32", "precision of the networks when sampling: bf16 runs matrix products ~2.7x faster on CPUs with AVX512-BF16/AMX; fp16 on CUDA only",
-    )
+    sample_precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "precision of the networks when sampling: bf16 runs matrix products "
+                                                               "~2.7x faster on CPUs with AVX512-BF16/AMX; fp16 on CUDA only")
 
 
 class Surrogate(nn.Module):
@@ -176,16 +174,20 @@ class Surrogate(nn.Module):
             return t.device
         return torch.device("cpu")
 
-    def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fit the preprocessing on ``data``, build the networks, return model-space tensors (float32)."""
-        check_data(self, data, preprocessing)
+    def fit_preprocessing(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fit ``preprocessing`` (by default :meth:`default_preprocessing`) on ``data``; the training tensors in model space (float32)."""
         self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing(data)
         self.preprocessing.fit(data.x, data.cond)
         # training-only steps (dequantisation noise) apply to the training tensor, drawn from the seeded global generator
         y, c = self.preprocessing.train(True).forward(data.x, data.cond)
         self.preprocessing.train(False)
         self.schema = data.schema
-        y, c = y.float(), None if c is None else c.float()
+        return y.float(), None if c is None else c.float()
+
+    def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fit the preprocessing on ``data``, build the networks, return model-space tensors (float32)."""
+        check_data(self, data, preprocessing)
+        y, c = self.fit_preprocessing(data, preprocessing)
         self.dims = {"event_dim": int(data.x.shape[1])}
         self.setup(int(y.shape[1]), 0 if c is None else int(c.shape[1]))
         self.initialise(y, c)

@@ -13,17 +13,29 @@ a shower's standardised log energy).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from physgen.data.groups import FeatureGroups
+from physgen.surrogates.structure import FeatureStructure, require
 
 __all__ = [
-    "TOLERANCE", "covariate", "draw", "draw_shifted", "fit_feature_lines", "fold", "folded_normal_log_prob", "logistic_lines", "one_per_group_", "shift_logits",
+    "TOLERANCE", "build_buffers", "covariate", "draw", "draw_shifted", "fit_feature_lines", "fold", "folded_normal_log_prob", "logistic_lines", "one_per_group_", "shift_logits",
 ]
 
 #: model-space distance from the floor below which a feature counts as at its point mass
 TOLERANCE = 1e-6
+
+
+def build_buffers(model: Any, dim: int, structure: FeatureStructure | None) -> None:
+    """What the options ``one_per_group``, ``point_mass`` and ``logit_shift`` need, on ``model`` (a family's ``build``)."""
+    o = model.options
+    model.groups = require(structure, "groups", "one_per_group", model.family) if o.one_per_group else None
+    if o.point_mass:
+        model.register_buffer("floor", require(structure, "floor", "point_mass", model.family).float().clone())
+    if o.logit_shift:
+        model.register_buffer("logit_shift", torch.zeros(2, dim))  # per feature: a + b·x, fitted by a calibration
 
 
 def draw(

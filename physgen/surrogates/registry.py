@@ -10,8 +10,8 @@ to add one:
 * ``"mypkg.models:MyModel"`` wherever a family name is accepted (``create``, suites, the CLI).
 
 Loading a checkpoint imports a class only from physgen itself, from a registered class's
-module, or from a module allowed with :func:`allow_module`: a checkpoint cannot make
-physgen import arbitrary code.
+module, an installed entry point's, or a module allowed with :func:`allow_module`: a
+checkpoint cannot make physgen import arbitrary code.
 
 >>> from physgen.surrogates import available
 >>> "gaussian" in available()
@@ -145,9 +145,9 @@ def checkpoint_class(config: dict[str, Any], directory: str | Path) -> type[Surr
         if isinstance(family, str) and family in _FAMILIES:
             return get(family)
         raise CheckpointError(f"checkpoint {str(directory)!r}: names no known surrogate class (family {family!r}); valid: {', '.join(available())}")
-    for entry in _FAMILIES.values():  # a registered class, by the name it was saved under
-        if not isinstance(entry, str) and f"{entry.__module__}:{entry.__qualname__}" == spec:
-            return entry
+    for name, entry in _FAMILIES.items():  # a registered class or an installed entry point's, by the name it was saved under
+        if (entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}") == spec:
+            return get(name)
     module = spec.partition(":")[0]
     if not _allowed(module):
         raise CheckpointError(

@@ -46,7 +46,7 @@ from physgen.options import option
 from physgen.surrogates import point_mass
 from physgen.surrogates._common import in_blocks, mlp
 from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
-from physgen.surrogates.structure import FeatureStructure, require
+from physgen.surrogates.structure import FeatureStructure
 
 __all__ = ["VAEOptions", "VAESurrogate", "gaussian_kl"]
 
@@ -91,11 +91,7 @@ class VAESurrogate(Surrogate):
 
     def build(self, dim: int, cond_dim: int, structure: FeatureStructure | None = None) -> None:
         o = self.options
-        self.groups = require(structure, "groups", "one_per_group", self.family) if o.one_per_group else None
-        if o.point_mass:
-            self.register_buffer("floor", require(structure, "floor", "point_mass", self.family).float().clone())
-        if o.logit_shift:
-            self.register_buffer("logit_shift", torch.zeros(2, dim))  # per feature: a + b·x, fitted by a calibration
+        point_mass.build_buffers(self, dim, structure)
         self.encoder = mlp(dim + cond_dim, 2 * o.latent, o.hidden, o.layers)
         self.decoder = mlp(o.latent + cond_dim, dim * (2 if o.point_mass else 1), o.hidden, o.layers)
         self.log_sigma = nn.Parameter(torch.zeros(dim), requires_grad=o.likelihood == "learned")

@@ -93,11 +93,7 @@ class WGANSurrogate(Surrogate):
 
     def build(self, dim: int, cond_dim: int, structure: FeatureStructure | None = None) -> None:
         o = self.options
-        self.groups = require(structure, "groups", "one_per_group", self.family) if o.one_per_group else None
-        if o.point_mass:
-            self.register_buffer("floor", require(structure, "floor", "point_mass", self.family).float().clone())
-        if o.logit_shift:
-            self.register_buffer("logit_shift", torch.zeros(2, dim))  # per feature: a + b·x, fitted by a calibration
+        point_mass.build_buffers(self, dim, structure)
         self.generator = mlp(o.noise_dim + cond_dim, dim * (2 if o.point_mass else 1), o.hidden, o.layers, nn.SiLU)
         if o.point_mass:
             self.log_noise = nn.Parameter(torch.zeros(dim))

@@ -52,6 +52,10 @@ def test_calochallenge_round_trip_is_bit_exact(tmp_path, showers):
     with h5py.File(p) as h5:
         assert h5["showers"].shape == (2000, 768) and h5["incident_energies"].shape == (2000, 1)
         np.testing.assert_array_equal(h5["showers"][:], showers.x.numpy())
+        # in float64: the evaluator feeds them as they are to its float64 network, which refuses float32
+        assert h5["showers"].dtype == h5["incident_energies"].dtype == np.float64
+        inputs = torch.tensor(np.concatenate([np.log10(h5["incident_energies"][:]), h5["showers"][:] / h5["incident_energies"][:]], 1))
+    assert torch.nn.Linear(769, 1, dtype=torch.float64)(inputs).shape == (2000, 1)
 
 
 def test_streaming_equals_whole_read(pbwo4_path):
