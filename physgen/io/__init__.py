@@ -153,8 +153,7 @@ def _check_options(fmt: str, kwargs: dict[str, Any], path: str | Path) -> None:
     valid = [n for n, p in inspect.signature(_READERS[fmt]).parameters.items() if n not in ("path", "chunk_size") and p.kind != p.VAR_KEYWORD]
     for key in kwargs:
         if key not in valid:
-            exc = ConfigError.unknown(f"reading {str(path)!r} as {fmt}", key, valid)
-            raise ConfigError(str(exc), where=exc.where, key=key, nearest=exc.nearest)
+            raise ConfigError.unknown(f"reading {str(path)!r} as {fmt}", key, valid)
 
 
 def describe(path: str | Path, format: str | None = None, max_events: int = 2_000, **kwargs: Any) -> dict[str, Any]:

@@ -48,10 +48,6 @@ MAX_CONFIG_BYTES = 256 * 2**20
 _EPOCH = re.compile(r"^epoch-\d{6}$")
 
 
-def _temporary(path: Path) -> Path:
-    return temporary_name(path)
-
-
 _RENAME_EXCHANGE = 2
 _libc: Any = None
 
@@ -90,7 +86,7 @@ def _swap_into_place(tmp: Path, directory: Path) -> None:
         if _exchange(tmp, directory):
             shutil.rmtree(tmp, ignore_errors=True)  # now the old checkpoint
             return
-        old = _temporary(directory)  # no atomic exchange here: keep the old one until the new one is in place
+        old = temporary_name(directory)  # no atomic exchange here: keep the old one until the new one is in place
         os.rename(directory, old)
         try:
             os.rename(tmp, directory)
@@ -121,7 +117,7 @@ def write_checkpoint(directory: str | Path, module: torch.nn.Module, config: dic
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(directory)
-        tmp = _temporary(directory)
+        tmp = temporary_name(directory)
         tmp.mkdir()
     except OSError as exc:
         raise CheckpointError(f"checkpoint {str(directory)!r}: cannot write here ({exc.strerror or exc})") from exc
@@ -248,7 +244,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 def point_latest(run_dir: str | Path, name: str, keep: int = 2) -> None:
     """Atomically point ``LATEST`` at ``name`` and prune all but the ``keep`` newest checkpoints."""
     run_dir = Path(run_dir)
-    tmp = _temporary(run_dir / "LATEST")
+    tmp = temporary_name(run_dir / "LATEST")
     tmp.write_text(name + "\n")
     os.replace(tmp, run_dir / "LATEST")
     for old in sorted(p for p in run_dir.glob("epoch-*") if _EPOCH.match(p.name))[:-keep]:

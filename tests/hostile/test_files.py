@@ -171,8 +171,9 @@ def test_a_range_with_no_events_is_an_error_not_a_stop_iteration(tmp_path):
 
 def test_options_for_another_format_name_the_valid_ones(tmp_path, zmumu_path):
     physgen.write(physgen.load_default()[:10], tmp_path / "ten.h5")
-    with pytest.raises(ConfigError, match=r"as calochallenge: unknown option 'branches'.*valid: binning, start, stop"):
+    with pytest.raises(ConfigError, match=r"as calochallenge: unknown option 'branches'.*valid: binning, start, stop") as info:
         read(tmp_path / "ten.h5", branches=["E1"])
+    assert str(info.value).count("ten.h5") == 1  # the file named once, not once per wrapping
     with pytest.raises(ConfigError, match=r"as root: unknown option 'x_key'"):
         read(zmumu_path, x_key="E1")
 
