@@ -264,6 +264,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _noise_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors on stderr, no progress bars")
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help="also debugging messages on stderr")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (``physgen: error: ...``, exit status 2)."""
 
@@ -273,16 +279,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from physgen.metrics.calochallenge import DATASETS as CALOCHALLENGE_DATASETS
+
     ap = _Parser(prog="physgen", description="Physics-focused generative surrogates.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    noise = ap.add_mutually_exclusive_group()
-    noise.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr, no progress bars")
-    noise.add_argument("-v", "--verbose", action="store_true", help="also debugging messages on stderr")
+    _noise_flags(ap, default=False)
     # -q/-v also after the command (physgen train ... -q); SUPPRESS keeps a sub-command from resetting them
     common = argparse.ArgumentParser(add_help=False)
-    noisy = common.add_mutually_exclusive_group()
-    noisy.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors on stderr, no progress bars")
-    noisy.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also debugging messages on stderr")
+    _noise_flags(common, default=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     info = sub.add_parser("info", parents=[common], help="what a data file holds (default: the embedded Geant4 sample)")
@@ -333,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-classifier", action="store_true", help="skip the classifier two-sample test")
-    evaluate.add_argument("--calochallenge", choices=["1-photons", "1-pions", "2", "3"],
+    evaluate.add_argument("--calochallenge", choices=list(CALOCHALLENGE_DATASETS),
                           help="also run the CaloChallenge evaluator's protocol for this data set (cls-low, cls-high, FPD/KPD)")
     evaluate.add_argument("--cls-epochs", type=_positive_int, default=50, help="epochs of the evaluator's classifier (its default: 50)")
     evaluate.add_argument("--cls-hidden", type=_positive_int, default=2048,
