@@ -93,9 +93,7 @@ class _Source:
         return out
 
     def iterate(self, names: list[str], step: int) -> Iterator[Any]:
-        if self.is_ntuple:
-            return self.obj.iterate(names, step_size=step, library="ak")
-        return self.obj.iterate(names, step_size=step, library="ak")
+        return self.obj.iterate(names, step_size=step, library="ak")  # TTrees and RNTuples alike
 
 
 def _open_tree(path: str | Path, tree: str | None) -> tuple[Any, _Source]:
