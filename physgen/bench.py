@@ -50,6 +50,7 @@ import torch
 
 from physgen.data import Data
 from physgen.errors import ConfigError, DataFileError, PhysgenError, UnknownNameError
+from physgen.training.devices import cpu_description
 
 __all__ = [
     "SuiteError", "build_model", "compare_to_baseline", "generation_timing", "geant4_ratio", "load_dataset", "load_suite", "machine_info",
@@ -219,6 +220,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "physgen": physgen.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **cpu_description(),
     }
 
 
@@ -372,7 +374,7 @@ def run_one(
         from physgen.io import write
 
         fmt = test.schema.source_format
-        suffix = ".root" if fmt == "root" else ".h5"
+        suffix = {"root": ".root", "spins": ".txt"}.get(fmt or "", ".h5")
         write(generated, out_dir / "samples" / f"{ds['name']}__{result['label']}{suffix}")
     return result, test, generated
 

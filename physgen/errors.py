@@ -139,6 +139,10 @@ class TrainingDivergedError(PhysgenError, RuntimeError):
     """The training loss became NaN/inf or exploded; nothing broken was saved."""
 
 
+class ConditionRangeWarning(UserWarning):
+    """Sampling at conditions outside the range the model was trained on (``strict=True`` makes it an error)."""
+
+
 class UnknownNameError(PhysgenError, LookupError):
     """A name that is not in a closed registry; the message lists the valid ones."""
 

@@ -99,6 +99,7 @@ def test_bad_training_settings_are_rejected():
             ShowerModel("gaussian").fit(data, device="cuda")  # the closed form honours the device too
 
 
+@pytest.mark.filterwarnings("ignore:.*PyTorch emulates it:RuntimeWarning")  # bf16 on purpose, on any CPU
 def test_bf16_autocast_trains_on_cpu():
     data = physgen.load_default()[:400]
     hist = ShowerModel("gaussian", solver="gradient").fit(data, epochs=3, precision="bf16", progress=False)

@@ -201,7 +201,8 @@ class ShowerModel(Surrogate):
     def default_preprocessing(self, data: Data) -> Pipeline:
         """CaloFlow's split: layer energies set the total, fractions shape each layer (:func:`calorimeter_pipeline`)."""
         o = self.options
-        return calorimeter_pipeline(self._layer_sizes(data.schema), alpha=o.logit_alpha, noise=o.dequantise_mev, min_std=o.standardise_min_std)
+        return calorimeter_pipeline(self._layer_sizes(data.schema), alpha=o.logit_alpha, noise=o.dequantise_mev, min_std=o.standardise_min_std,
+                                    cond_units=data.schema.cond_units)
 
     @staticmethod
     def _layer_sizes(schema: Schema | None) -> list[int] | None:
@@ -488,12 +489,9 @@ class ShowerModel(Surrogate):
         config["readout"] = None if self.readout is None else self.readout.to_dict()
         return config
 
-    def restore(self, config: dict[str, Any]) -> None:
-        self.resolved = dict(config.get("resolved", {}))
+    def restore(self, config: dict[str, Any], build: bool = True) -> None:
+        super().restore(config, build=False)
         self.options = ShowerOptions.from_dict(self.resolved.get("shower", {}), where="shower")
-        self.schema = Schema.from_dict(config["schema"])
-        self.preprocessing = Pipeline.from_dict(config["preprocessing"])
-        self.dims = {k: int(v) for k, v in config["dims"].items()}
         self.readout = None if config.get("readout") is None else ReadoutCalibration.from_dict(config["readout"])
         self._build(dict(config["inner"]["options"]))
 

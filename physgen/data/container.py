@@ -190,8 +190,12 @@ class Data:
                     f"got {tuple(x.shape)}"
                 )
             _check_nonnegative("x (voxel energies)", x)
-            if self.cond is not None:
-                _check_nonnegative("cond (incident energies)", self.cond)
+            if self.cond is not None:  # the incident energy (column 0) and other energies; an angle may be negative
+                from physgen.units import is_energy
+
+                units = self.schema.cond_units
+                energies = [i for i in range(self.cond.shape[1]) if i == 0 or i < len(units) and is_energy(units[i])]
+                _check_nonnegative("cond (incident energies)", self.cond[:, energies])
         elif kind == "spins":
             bad = ~((x == 0) | (x == 1))
             if bool(bad.any()):

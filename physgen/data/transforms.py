@@ -318,24 +318,37 @@ class Dequantise(Transform):
 
 
 class LogCondition(Transform):
-    """``log(cond / ref)`` on conditions (e.g. incident energy in MeV → log E)."""
+    """``log(cond / ref)`` on conditions (e.g. incident energy in MeV → log E); ``columns``: only those (default: all).
+
+    A signed condition beside the energy (an angle) is left to the next step: give ``columns=[0]``.
+    """
 
     name = "log_condition"
 
-    def __init__(self, ref: float = 1.0):
+    def __init__(self, ref: float = 1.0, columns: Sequence[int] | None = None):
         self.ref = float(ref)
+        self.columns = None if columns is None else [int(c) for c in columns]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         x = _f64(x)
-        if (x <= 0).any():
-            raise InvalidDataError(f"{self.name} needs conditions > 0; got min {float(x.min())}")
-        return torch.log(x / self.ref)
+        cols = x if self.columns is None else x[:, self.columns]
+        if (cols <= 0).any():
+            raise InvalidDataError(f"{self.name} needs conditions > 0; got min {float(cols.min())}")
+        if self.columns is None:
+            return torch.log(x / self.ref)
+        out = x.clone()
+        out[:, self.columns] = torch.log(cols / self.ref)
+        return out
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        return torch.exp(_f64(y)) * self.ref
+        if self.columns is None:
+            return torch.exp(_f64(y)) * self.ref
+        out = _f64(y).clone()
+        out[:, self.columns] = torch.exp(out[:, self.columns]) * self.ref
+        return out
 
     def state(self) -> dict[str, Any]:
-        return {"ref": self.ref}
+        return {"ref": self.ref} if self.columns is None else {"ref": self.ref, "columns": self.columns}
 
 
 #: values per block of :meth:`Pipeline.inverse` (2 MB of float64)

@@ -11,6 +11,7 @@ torch.Size([4, 3])
 """
 
 from physgen.errors import TrainingDivergedError
+from physgen.surrogates._common import chunk_seed
 from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
 from physgen.surrogates.registry import allow_module, available, create, get, load, register
 from physgen.surrogates.structure import FeatureStructure
@@ -18,5 +19,5 @@ from physgen.training.config import TrainConfig
 
 __all__ = [
     "Capabilities", "FeatureStructure", "Surrogate", "SurrogateOptions", "TrainConfig", "TrainingDivergedError", "allow_module",
-    "available", "create", "get", "load", "register",
+    "available", "chunk_seed", "create", "get", "load", "register",
 ]

@@ -3,7 +3,8 @@ tensors, and the checks and batching behind ``Surrogate.fit`` and ``Surrogate.sa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,8 +16,11 @@ from physgen.errors import InvalidDataError
 if TYPE_CHECKING:
     from physgen.surrogates.base import Surrogate
 
-__all__ = ["CPU_SAMPLE_BLOCK", "cached_until_changed", "check_data", "conditions", "draw_batches", "in_blocks", "mlp"]
+__all__ = ["CPU_SAMPLE_BLOCK", "cached_until_changed", "check_data", "chunk_seed", "draw", "iter_draw", "conditions", "draw_batches", "in_blocks", "mlp"]
 
+#: conditions up to this fraction beyond a training bound count as inside it: a model trained on 400 showers drawn
+#: at 1–100 GeV has its lowest energy ~1 % above 1 GeV, and held-out showers reach below it
+RANGE_SLACK = 0.05
 #: rows per network call when sampling on a CPU (:func:`in_blocks`)
 CPU_SAMPLE_BLOCK = 256
 
@@ -63,6 +67,13 @@ def cached_until_changed(owner: Any, slot: str, tensors: Any, build: Callable[[]
     return value
 
 
+def chunk_seed(seed: int, index: int) -> int:
+    """The seed of chunk ``index`` of a run seeded ``seed``: independent streams (NumPy's ``SeedSequence``), the same on every machine."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(index)]).generate_state(1, np.uint64)[0] >> 2)
+
+
 def check_data(model: Surrogate, data: Data, preprocessing: Pipeline | None) -> None:
     """Refuse data of a kind ``model`` does not model, or not flat ``[N, D]`` events."""
     kinds = model.data_kinds + (("calorimeter",) if preprocessing is not None and "event" in model.data_kinds else ())
@@ -76,23 +87,26 @@ def check_data(model: Surrogate, data: Data, preprocessing: Pipeline | None) -> 
         )
 
 
-def conditions(model: Surrogate, cond: Any, n: int | None) -> tuple[torch.Tensor | None, int]:
-    """``sample``'s conditions as a float32 ``[B, C]`` tensor (None if unconditional) and the number of samples."""
+def conditions(model: Surrogate, cond: Any, n: int | None, strict: bool = False) -> tuple[torch.Tensor | None, int]:
+    """``sample``'s conditions as a float32 ``[B, C]`` tensor (None if unconditional) and the number of samples.
+
+    Numbers are in the model's units; text (``"5 GeV"``) is converted to them. Energy columns must be > 0;
+    values outside the training range warn (:class:`~physgen.errors.ConditionRangeWarning`), or raise with ``strict``.
+    """
     if isinstance(cond, Data):
         cond = cond.cond
     if model.is_conditional:
+        width = model.dims["cond_dim"]
         if cond is None:
-            raise InvalidDataError(f"this {model.family} surrogate is conditional: pass cond [B, {model.dims['cond_dim']}] in physics units")
-        try:
-            cond_t = torch.as_tensor(cond, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise InvalidDataError(f"conditions must be numbers, [B, {model.dims['cond_dim']}]; got {type(cond).__name__} ({exc})") from exc
+            raise InvalidDataError(f"this {model.family} surrogate is conditional: pass cond [B, {width}] in physics units")
+        cond_t = _as_tensor(model, cond, width)
         cond_t = cond_t[:, None] if cond_t.ndim == 1 else cond_t
-        if cond_t.ndim != 2 or cond_t.shape[1] != model.dims["cond_dim"]:
-            raise InvalidDataError(f"conditions must be [B, {model.dims['cond_dim']}] in physics units; got shape {tuple(cond_t.shape)}")
+        if cond_t.ndim != 2 or cond_t.shape[1] != width:
+            raise InvalidDataError(f"conditions must be [B, {width}] in physics units; got shape {tuple(cond_t.shape)}")
         if not bool(torch.isfinite(cond_t).all()):
             bad = int((~torch.isfinite(cond_t)).any(1).nonzero()[0, 0])
             raise InvalidDataError(f"conditions must be finite; row {bad} holds {cond_t[bad].tolist()}")
+        check_condition_range(model, cond_t, strict)
         if n is not None and n != cond_t.shape[0]:
             raise InvalidDataError(f"n={n} disagrees with the {cond_t.shape[0]} condition rows; give one or the other")
         total = cond_t.shape[0]
@@ -103,6 +117,79 @@ def conditions(model: Surrogate, cond: Any, n: int | None) -> tuple[torch.Tensor
     if total < 1:
         raise InvalidDataError(f"asked for {total} samples; expected at least 1")
     return cond_t, total
+
+
+def _as_tensor(model: Surrogate, cond: Any, width: int) -> torch.Tensor:
+    """Numbers as they are; quantities as text (``"5 GeV"``, one column, or rows of them) in the model's units."""
+    from physgen.units import column_units, to_unit
+
+    units = column_units(model.schema.cond_units if model.schema is not None else (), width)
+    if isinstance(cond, str):
+        cond = [cond]
+    if isinstance(cond, (list, tuple)) and any(isinstance(v, str) or isinstance(v, (list, tuple)) and any(isinstance(u, str) for u in v) for v in cond):
+        rows = [list(v) if isinstance(v, (list, tuple)) else [v] for v in cond]
+        if any(len(r) != width for r in rows):
+            raise InvalidDataError(f"conditions must be [B, {width}]; got rows of {sorted({len(r) for r in rows})} values")
+        cond = [[to_unit(v, units[i]) for i, v in enumerate(r)] for r in rows]
+    try:
+        return torch.as_tensor(cond, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InvalidDataError(f"conditions must be numbers or quantities ('5 GeV'), [B, {width}]; got {type(cond).__name__} ({exc})") from exc
+
+
+def check_condition_range(model: Surrogate, cond: torch.Tensor, strict: bool = False) -> None:
+    """Refuse energies ≤ 0; warn (or, ``strict``, raise) for conditions more than 5 % outside the range the model was trained on."""
+    from physgen.errors import ConditionRangeWarning
+    from physgen.units import UNITS, column_units, convert, is_energy
+
+    schema = model.schema
+    names = list(schema.cond_names) if schema is not None and len(schema.cond_names) == cond.shape[1] else [f"cond[{i}]" for i in range(cond.shape[1])]
+    units = column_units(schema.cond_units if schema is not None else (), cond.shape[1])
+    for i, (name, unit) in enumerate(zip(names, units, strict=True)):
+        col = cond[:, i]
+        if is_energy(unit) and bool((col <= 0).any()):
+            bad = int((col <= 0).nonzero()[0, 0])
+            raise InvalidDataError(f"condition {name!r} is an energy ({unit}) and must be > 0; row {bad} holds {float(col[bad]):g}")
+        if model.cond_range is None or len(model.cond_range) != cond.shape[1]:
+            continue
+        lo, hi = model.cond_range[i]
+        outside = (col < lo - RANGE_SLACK * abs(lo)) | (col > hi + RANGE_SLACK * abs(hi))
+        if not bool(outside.any()):
+            continue
+        value = float(col[outside][0])
+        message = (f"{int(outside.sum())} of {len(col)} values of condition {name!r} lie outside the range the {model.name} model "
+                   f"was trained on, {lo:g}–{hi:g} {unit}".rstrip() + f" (first: {value:g} {unit})".replace(" )", ")"))
+        if unit in UNITS:
+            hints = [u for u, (dim, _) in UNITS.items() if dim == UNITS[unit][0] and u != unit and lo <= convert(value, u, unit) <= hi]
+            if hints:
+                message += f"; did you mean {value:g} {hints[0]}? Give the unit, e.g. '{value:g} {hints[0]}'"
+        if strict:
+            raise InvalidDataError(message + " (strict)")
+        warnings.warn(message, ConditionRangeWarning, stacklevel=4)
+
+
+def draw(model: Surrogate, cond: torch.Tensor | None, total: int, seed: int | None, batch_size: int = 10_000, precision: str | None = None,
+         calibrated: bool = True) -> Data:
+    """``Surrogate.sample`` after its conditions were checked: ``Data`` of ``total`` samples in physics units."""
+    from physgen.training import autocast_dtype
+
+    dtype = autocast_dtype(model.options.sample_precision if precision is None else precision, model.device(), name="sample_precision")
+    x = draw_batches(model, cond, total, seed, batch_size, dtype, model.output_step(calibrated))
+    return Data(x, model.schema, cond=cond, validate=False)  # type: ignore[arg-type]
+
+
+def iter_draw(model: Surrogate, cond: torch.Tensor | None, total: int, chunk_size: int, seed: int | None, *args: Any) -> Iterator[Data]:
+    """``Surrogate.iter_sample`` after its conditions were checked: chunk ``i`` drawn with ``chunk_seed(seed, i)``."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidDataError(f"chunk_size must be a whole number ≥ 1; got {chunk_size!r}")
+    base = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
+
+    def chunks() -> Iterator[Data]:
+        for index, start in enumerate(range(0, total, chunk_size)):
+            stop = min(start + chunk_size, total)
+            yield draw(model, None if cond is None else cond[start:stop], stop - start, chunk_seed(base, index), *args)
+
+    return chunks()
 
 
 def draw_batches(

@@ -13,7 +13,7 @@ a model-space batch) and :meth:`~Surrogate.sample_model`; one with a density als
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -23,8 +23,8 @@ from torch import nn
 from physgen.data import Data, Pipeline, Schema, Standardise
 from physgen.errors import CheckpointError, ConfigError, InvalidDataError
 from physgen.options import Options, option
-from physgen.surrogates._common import check_data, conditions, draw_batches
-from physgen.training import TrainConfig, autocast_dtype, train
+from physgen.surrogates._common import check_data, conditions, draw, iter_draw
+from physgen.training import TrainConfig, train
 from physgen.training import checkpoint as ckpt
 
 if TYPE_CHECKING:
@@ -54,17 +54,13 @@ class Capabilities:
 class SurrogateOptions(Options):
     """Options every family has."""
 
-    sample_precision: Literal["fp32", "bf16", "fp16"] = option("fp32", "precision of the networks when sampling: bf16 runs matrix products "
-                                                               "~2.7x faster on CPUs with AVX512-BF16/AMX; fp16 on CUDA only")
+    sample_precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "precision of the networks when sampling: auto is bf16 where the device "
+                                                                       "runs it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32; fp16: CUDA only")
 
 
 class Surrogate(nn.Module):
-    """A generative surrogate behind one interface.
-
-    Args:
-        **options: the family's options (its ``Options`` class lists them); unknown keys,
-            wrong types and values out of range raise :class:`~physgen.errors.ConfigError`.
-    """
+    """A generative surrogate behind one interface; ``**options`` are the family's (its ``Options`` class lists them:
+    unknown keys, wrong types and values out of range raise :class:`~physgen.errors.ConfigError`)."""
 
     family: ClassVar[str] = ""
     Options: ClassVar[type[SurrogateOptions]] = SurrogateOptions
@@ -84,6 +80,8 @@ class Surrogate(nn.Module):
         self.preprocessing: Pipeline | None = None
         self.schema: Schema | None = None
         self.dims: dict[str, int] = {}
+        #: ``[[min, max], ...]`` of each condition column in the training data (physics units); sampling outside warns
+        self.cond_range: list[list[float]] | None = None
         self.history: list[dict[str, Any]] = []
         #: why the last training stopped as diverged (None: it did not); such a model is neither saved nor sampled
         self.diverged: str | None = None
@@ -182,6 +180,7 @@ class Surrogate(nn.Module):
         y, c = self.preprocessing.train(True).forward(data.x, data.cond)
         self.preprocessing.train(False)
         self.schema = data.schema
+        self.cond_range = None if data.cond is None else torch.stack([data.cond.amin(0), data.cond.amax(0)], 1).tolist()
         return y.float(), None if c is None else c.float()
 
     def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -220,21 +219,21 @@ class Surrogate(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: Any = None, n: int | None = None, *, seed: int | None = None, batch_size: int = 10_000, precision: str | None = None,
-               calibrated: bool = True) -> Data:
-        """``Data`` with ``x`` ``[B, *event_shape]`` (float32, physics units) and ``cond``.
-
-        Args:
-            cond: ``[B, C]`` conditions in physics units (or a ``Data``): one sample per row (conditional surrogates).
-            n: number of samples (unconditional surrogates).
-            seed: makes the samples reproducible; batch_size: rows per forward pass.
-            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA) for the networks; default ``sample_precision``.
-            calibrated: apply the post-fit calibrations, where the model has any (``False``: its own output).
-        """
+               calibrated: bool = True, strict: bool = False) -> Data:
+        """``Data`` with ``x`` ``[B, *event_shape]`` (float32, physics units) and ``cond``: one sample per row of ``cond`` ``[B, C]``
+        (or a ``Data``), in the model's units (``schema.cond_units``) or as text (``"5 GeV"``); ``n`` samples if unconditional.
+        ``seed`` makes them reproducible, ``batch_size`` bounds the rows per forward pass, ``precision`` ("auto", "fp32", "bf16",
+        "fp16" on CUDA) overrides ``sample_precision``, ``calibrated=False`` skips the post-fit calibrations, and ``strict``
+        makes conditions outside the training range an error instead of a warning."""
         self._require_fitted()
-        cond_t, total = conditions(self, cond, n)
-        dtype = autocast_dtype(self.options.sample_precision if precision is None else precision, self.device(), name="sample_precision")
-        x = draw_batches(self, cond_t, total, seed, batch_size, dtype, self.output_step(calibrated))
-        return Data(x, self.schema, cond=cond_t, validate=False)  # type: ignore[arg-type]
+        return draw(self, *conditions(self, cond, n, strict), seed, batch_size, precision, calibrated)
+
+    def iter_sample(self, cond: Any = None, n: int | None = None, *, chunk_size: int = 10_000, seed: int | None = None,
+                    batch_size: int = 10_000, precision: str | None = None, calibrated: bool = True, strict: bool = False) -> Iterator[Data]:
+        """:meth:`sample` in chunks of ``chunk_size`` events (memory: one chunk); chunk ``i`` is drawn with the seed
+        :func:`~physgen.surrogates.chunk_seed` ``(seed, i)``, so the chunks can be spread over processes (``physgen.generate``)."""
+        self._require_fitted()
+        return iter_draw(self, *conditions(self, cond, n, strict), chunk_size, seed, batch_size, precision, calibrated)
 
     @torch.no_grad()
     def log_prob(self, data: Data, **kwargs: Any) -> torch.Tensor:
@@ -261,19 +260,20 @@ class Surrogate(nn.Module):
             "family": self.family, "class": f"{type(self).__module__}:{type(self).__qualname__}", "physgen_version": __version__,
             "options": self.user_options, "resolved": self.resolved, "dims": self.dims, "schema": self.schema.to_dict(),
             "preprocessing": self.preprocessing.to_dict(), "capabilities": dataclasses.asdict(self.capabilities),
+            "cond_range": self.cond_range,
         }
 
     def save(self, directory: str | Path, training_state: dict[str, Any] | None = None) -> Path:
         """Save weights (safetensors) and config (JSON) to ``directory``, atomically."""
         return ckpt.write_checkpoint(directory, self, self.checkpoint_config(), training_state)
 
-    def restore(self, config: dict[str, Any]) -> None:
-        """Rebuild the fitted state from a checkpoint's ``config`` (before the weights are loaded)."""
-        self.resolved = dict(config.get("resolved", {}))
-        self.schema = Schema.from_dict(config["schema"])
-        self.preprocessing = Pipeline.from_dict(config["preprocessing"])
+    def restore(self, config: dict[str, Any], build: bool = True) -> None:
+        """Rebuild the fitted state from a checkpoint's ``config`` before the weights are loaded (``build=False``: not the networks)."""
+        self.resolved, self.cond_range = dict(config.get("resolved", {})), config.get("cond_range")
+        self.schema, self.preprocessing = Schema.from_dict(config["schema"]), Pipeline.from_dict(config["preprocessing"])
         self.dims = {k: int(v) for k, v in config["dims"].items()}
-        self.build(self.dims["dim"], self.dims["cond_dim"])
+        if build:
+            self.build(self.dims["dim"], self.dims["cond_dim"])
 
     @classmethod
     def load(cls, directory: str | Path) -> Surrogate:

@@ -184,6 +184,7 @@ def test_analog_bits_diffusion_round_trips_a_checkpoint(tmp_path, showers):
     torch.testing.assert_close(back.sample(showers.cond[:50], seed=3).x, diff.sample(showers.cond[:50], seed=3).x)
 
 
+@pytest.mark.filterwarnings("ignore:.*PyTorch emulates it:RuntimeWarning")  # bf16 on purpose, on any CPU
 def test_diffusion_keeps_its_bf16_weights_between_calls_and_samples_the_same(showers, monkeypatch):
     """bf16 sampling reuses one cast copy of the network: the same showers as autocast's own per-call cast,
     and a parameter update makes a new copy."""
