@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from physgen.errors import DataFileError, InvalidDataError, PhysgenError
+from physgen.errors import ConfigError, DataFileError, InvalidDataError, PhysgenError
 
 __all__ = ["main", "build_parser"]
 
@@ -145,44 +147,74 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _model_dir(path: str) -> Path:
+    if path.startswith("zoo:"):
+        from physgen import zoo
+
+        return zoo.path(path)
     p = Path(path)
     return p / "model" if (p / "model" / "config.json").exists() else p
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
-    import torch
+def _energy_list(text: str, model: Any) -> list[Any]:
+    """``--energies``: numbers in the model's unit (said on stderr unless it is MeV) or quantities (``1GeV,10GeV``)."""
+    from physgen.units import parse_quantity
 
-    from physgen.io import write
+    items = [e.strip() for e in text.split(",") if e.strip()]
+    if not items:
+        raise InvalidDataError(f"--energies takes comma-separated energies such as 1GeV,10GeV; got {text!r}")
+    try:
+        parsed = [parse_quantity(e) for e in items]
+    except ConfigError as exc:
+        raise InvalidDataError(f"--energies takes comma-separated energies such as 1GeV,10GeV (or numbers in the model's unit); got {text!r}") from exc
+    if any(not math.isfinite(v) or v <= 0 for v, _ in parsed):
+        raise InvalidDataError(f"--energies must be finite and > 0; got {text!r}")
+    bare = [e for e, (_, unit) in zip(items, parsed, strict=True) if unit is None]
+    unit = model.schema.cond_units[0] if model.schema is not None and model.schema.cond_units else ""
+    if bare and unit != "MeV":  # MeV is the calorimeter convention (CaloChallenge, Geant4); any other unit is said
+        print(f"physgen: --energies {','.join(bare)}: no unit given, taken in the model's unit ({unit or 'none recorded'})", file=sys.stderr)
+    return items
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from physgen.generate import generate
     from physgen.surrogates import load
 
-    model = load(str(_model_dir(args.model_dir)))
-    cond = None
-    if args.cond:
-        src = _read(args.cond, args)
-        if src.cond is None:
-            raise InvalidDataError(f"--cond file {args.cond!r} holds no conditions")
-        cond = src.cond
-    elif args.energies:
-        try:
-            energies = torch.tensor([float(e) for e in args.energies.split(",")], dtype=torch.float64)
-        except ValueError as exc:
-            raise InvalidDataError(f"--energies takes comma-separated numbers (MeV); got {args.energies!r}") from exc
-        if not bool(torch.isfinite(energies).all()) or bool((energies <= 0).any()):
-            raise InvalidDataError(f"--energies must be finite and > 0 (MeV); got {args.energies!r}")
-        n = args.n if args.n is not None else len(energies)
-        cond = energies.repeat(n // len(energies) + 1)[:n][:, None].float()
-    if model.is_conditional:
-        if cond is None:
-            raise InvalidDataError("this surrogate is conditional: give --cond FILE or --energies E1,E2,... (MeV)")
-        if args.n is not None and args.cond:
-            cond = cond[torch.arange(args.n) % len(cond)]
-        out = model.sample(cond, seed=args.seed, batch_size=args.batch_size, precision=args.precision)
-    else:
-        if args.n is None:
-            raise InvalidDataError("this surrogate is unconditional: give --n N")
-        out = model.sample(n=args.n, seed=args.seed, batch_size=args.batch_size, precision=args.precision)
-    path = write(out, args.out, format=args.out_format)
-    print(f"wrote {len(out)} generated {out.schema.kind} events to {path} ({args.out_format or out.schema.source_format or 'auto'} format)")
+    model_dir = _model_dir(args.model_dir)
+    model = load(str(model_dir))
+    if model.is_conditional and not (args.cond or args.energies):
+        raise InvalidDataError("this surrogate is conditional: give --cond FILE or --energies E1,E2,... (e.g. 1GeV,10GeV)")
+    if not model.is_conditional and args.n is None:
+        raise InvalidDataError("this surrogate is unconditional: give --n N")
+    energies = _energy_list(args.energies, model) if args.energies else None
+    result = generate(
+        model_dir, args.out, n=args.n, energies=energies, cond_file=args.cond,
+        columns=args.cond_branches.split(",") if args.cond_branches else None, keep=args.keep.split(",") if args.keep else (),
+        cond_units=args.cond_units.split(",") if args.cond_units else None, tree=args.tree, out_tree=args.out_tree,
+        format=args.out_format, chunk_size=args.chunk_size, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
+        strict=args.strict, compression=None if args.compression == "none" else args.compression, workers=args.workers,
+        scheduler=args.scheduler, threads_per_worker=args.threads_per_worker, progress=False if args.quiet else None,
+    )
+    where = f" on {result.workers} Dask worker(s)" if result.workers else ""
+    resumed = f", {result.resumed} chunk(s) found done" if result.resumed else ""
+    print(f"wrote {result.rows} generated {model.schema.kind} events to {result.path} ({result.format} format, "
+          f"{result.chunks} chunk(s){where}{resumed})")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from physgen import zoo
+
+    if args.name:
+        print(json.dumps(zoo.card(args.name), indent=1))
+        return 0
+    for name in zoo.available():
+        c = zoo.card(name)
+        m, sp = c["held_out"]["metrics"], c["speed"]
+        lo, hi = c["energy_range_gev"] or (float("nan"), float("nan"))
+        print(f"zoo:{name}  {c['description']}")
+        print(f"    {c['family']}, {c['particle']}, {c['geometry']['voxels']} voxels, {lo:g}-{hi:g} GeV, {c['weights']['megabytes']} MB; "
+              f"held-out AUC {m['classifier_auc']['value']:.3f} (floor {m['classifier_auc']['floor']:.3f}), "
+              f"FPD {m['fpd']['value']:.3g} (floor {m['fpd']['floor']:.3g}); {sp['speedup_vs_geant4']:g}x Geant4 at {sp['energies']} ({sp['cpu']})")
     return 0
 
 
@@ -318,17 +350,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     sample = sub.add_parser("sample", parents=[common], help="generate events with a trained surrogate, written in the input's format")
-    sample.add_argument("model_dir", help="a saved model (or a train run directory)")
+    sample.add_argument("model_dir", help="a saved model, a train run directory, or zoo:NAME (physgen models lists them)")
     src = sample.add_mutually_exclusive_group()
-    src.add_argument("--cond", help="take the conditions (e.g. incident energies) from this data file")
-    src.add_argument("--energies", help="comma-separated incident energies in MeV (cycled up to --n)")
+    src.add_argument("--cond", help="a ROOT or HDF5 file whose columns give the conditions (its first --n events)")
+    src.add_argument("--energies", help="comma-separated incident energies, e.g. 1GeV,10GeV (bare numbers: the model's unit), cycled up to --n")
     sample.add_argument("--n", type=_positive_int, help="number of events")
-    sample.add_argument("--out", required=True, help="output file")
-    sample.add_argument("--out-format", help="override the output format (calochallenge, hdf5, root, spins)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", required=True, help="output file; its suffix picks the format: .h5/.hdf5 (the model's HDF5 flavour), .root, .txt")
+    sample.add_argument("--out-format", help="force the output format (calochallenge, calogan, hdf5, root, spins); must agree with the suffix")
+    sample.add_argument("--out-tree", help="ROOT output: the tree's name (default: the --cond file's tree, else the training data's)")
+    sample.add_argument("--seed", type=int, default=0, help="chunk i is drawn with a seed derived from (seed, i)")
+    sample.add_argument("--chunk-size", type=_positive_int, default=10_000, help="events generated and written at a time (bounds the memory)")
     sample.add_argument("--batch-size", type=_positive_int, default=10_000)
-    sample.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="the networks' precision (default: the model's sample_precision)")
-    _add_read_options(sample)
+    sample.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="the networks' precision (default: the model's sample_precision)")
+    sample.add_argument("--strict", action="store_true", help="conditions outside the model's training range are an error, not a warning")
+    sample.add_argument("--compression", choices=["gzip", "lzf", "none"], default="gzip", help="HDF5 output compression")
+    cf = sample.add_argument_group("the --cond file")
+    cf.add_argument("--cond-branches", help="comma-separated condition columns (default: the model's condition names)")
+    cf.add_argument("--cond-units", help="their units, comma-separated (default: the model's), converted to the model's")
+    cf.add_argument("--keep", help="comma-separated columns (event IDs) copied beside each generated event")
+    cf.add_argument("--tree", help="ROOT: the tree holding them")
+    dk = sample.add_argument_group("scaling out on Dask (pip install 'physgen[dask]')")
+    dk.add_argument("--workers", type=_positive_int, help="run the chunks on a local Dask cluster of this many processes")
+    dk.add_argument("--scheduler", help="run on the Dask scheduler at this address (e.g. tcp://host:8786), started by dask-jobqueue or by hand")
+    dk.add_argument("--threads-per-worker", type=_positive_int, default=1, help="torch threads each task uses")
     sample.set_defaults(func=_cmd_sample)
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="the metric suite with the truth-vs-truth floor, as JSON and plots")
@@ -352,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", help="comma-separated families or labels to run")
     bench.set_defaults(func=_cmd_bench)
 
+    models = sub.add_parser("models", parents=[common], help="the trained models shipped with physgen (load them as zoo:NAME)")
+    models.add_argument("name", nargs="?", help="one model: print its whole card as JSON")
+    models.set_defaults(func=_cmd_models)
     opts = sub.add_parser("options", parents=[common], help="every option of a family, the shower model or training, with type, default and doc")
     opts.add_argument("name", nargs="?", help="a family (flow, vae, ...), 'shower' or 'train'; none: all, as Markdown")
     opts.add_argument("--markdown", action="store_true", help="print the whole reference as Markdown (docs/reference/options.md)")
@@ -377,12 +424,19 @@ def _log_to_stderr(args: argparse.Namespace) -> tuple[logging.Handler, int, bool
     return saved
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line on stderr, as the command line prints its errors."""
+    print(f"physgen: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     handler, level, propagate = _log_to_stderr(args)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
     except (PhysgenError, OSError) as exc:
         if args.debug:
             raise

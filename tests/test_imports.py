@@ -20,8 +20,9 @@ MODULES = {
 }
 # lowest first; a module may import its own layer and the ones before it (docs/ARCHITECTURE.md)
 LAYERS = [
-    ("physgen.errors",), ("physgen.options",), ("physgen.data",), ("physgen.io",), ("physgen.metrics",), ("physgen.training",),
-    ("physgen.surrogates",), ("physgen.calorimeter", "physgen.quantum"), ("physgen.bench", "physgen.report", "physgen.reference"), ("physgen.cli",),
+    ("physgen.errors", "physgen.units"), ("physgen.options",), ("physgen.data",), ("physgen.io", "physgen.zoo"), ("physgen.metrics",),
+    ("physgen.training",), ("physgen.surrogates",), ("physgen.calorimeter", "physgen.quantum", "physgen.distributed"),
+    ("physgen.bench", "physgen.report", "physgen.reference", "physgen.generate"), ("physgen.cli",),
 ]
 FAMILIES = {f"physgen.surrogates.{f}" for f in ("gaussian", "vae", "wgan", "flow", "diffusion", "rbm")}
 

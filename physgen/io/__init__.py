@@ -34,6 +34,7 @@ from physgen.io.hdf5 import (
 )
 from physgen.io.root import iter_root, read_root, write_root
 from physgen.io.spins import read_spins, write_spins
+from physgen.io.stream import EventWriter, iter_columns, open_writer, output_format
 
 __all__ = [
     "FORMATS",
@@ -59,6 +60,10 @@ __all__ = [
     "atomic_path",
     "load_default",
     "describe",
+    "EventWriter",
+    "open_writer",
+    "output_format",
+    "iter_columns",
 ]
 
 FORMATS = ("calochallenge", "calogan", "hdf5", "root", "spins")
@@ -192,24 +197,16 @@ def _count_events(path: str | Path, fmt: str, kwargs: dict[str, Any]) -> int:
 
 
 def write(data: Data, path: str | Path, format: str | None = None, **kwargs: Any) -> Path:
-    """Write ``data`` in ``format``, by default the format it was read from.
+    """Write ``data`` to ``path`` in the format its suffix names (:func:`~physgen.io.stream.output_format`).
 
-    With neither, calorimeter data with a polar geometry go to CaloChallenge
-    HDF5, ``.root`` paths to ROOT, spins to text and anything else to generic HDF5.
+    ``.root`` writes a ROOT TTree, ``.h5``/``.hdf5`` the HDF5 format the data came from (else
+    CaloChallenge for polar showers, generic HDF5 for the rest), ``.txt`` spin rows; another suffix
+    keeps the data's own format. A ``format`` that contradicts the suffix raises :class:`ConfigError`.
     Writes are atomic: a temporary file renamed on success.
     """
-    fmt = format or data.schema.source_format
-    suffix = Path(path).suffix.lower()
-    if fmt is None or (suffix == ".root" and format is None):
-        if suffix == ".root":
-            fmt = "root"
-        elif data.schema.kind == "spins":
-            fmt = "spins"
-        elif data.schema.kind == "calorimeter" and data.geometry is not None and data.geometry.kind == "polar":
-            fmt = "calochallenge"
-        else:
-            fmt = "hdf5"
-    _check_format(fmt)
+    from physgen.io.stream import output_format
+
+    fmt = output_format(path, data.schema, format)
     writer = {
         "calochallenge": write_calochallenge,
         "calogan": write_calogan,

@@ -9,6 +9,7 @@ binnings (matched by voxel count).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +20,16 @@ import numpy as np
 from physgen.data.container import Data, Schema
 from physgen.data.geometry import CalorimeterGeometry, official_binning, read_binning_xml
 from physgen.errors import FileFormatError, GeometryError, InvalidDataError
-from physgen.io._common import InvalidContentError, check_values, chunk_bounds, write_hdf5_image
+from physgen.io._common import InvalidContentError, check_values, chunk_bounds
 from physgen.io.hdf5 import _build, _n_rows, get_dataset, open_hdf5, read_rows
+from physgen.io.layout import write_layout
 
 __all__ = ["read_calochallenge", "iter_calochallenge", "write_calochallenge", "is_calochallenge"]
 
 ENERGY_KEY = "incident_energies"
 SHOWER_KEY = "showers"
+#: (N, C) every condition, written where there is more than the incident energy
+COND_KEY = "conditions"
 
 
 def is_calochallenge(h5: h5py.File) -> bool:
@@ -66,6 +70,22 @@ def _geometry(
             key=SHOWER_KEY,
         )
     return geo
+
+
+def _conditions(h5: h5py.File, path: str | Path, n: int) -> tuple[h5py.Dataset | None, tuple[str, ...], tuple[str, ...]]:
+    """The ``conditions`` dataset physgen writes for models with more than the incident energy, and its names and units."""
+    if COND_KEY not in h5:
+        return None, ("incident_energy",), ("MeV",)
+    cds = get_dataset(h5, COND_KEY, path)
+    if cds.ndim != 2 or cds.shape[0] != n:
+        raise InvalidContentError(f"expected shape ({n}, C) to match the showers; got {cds.shape}", file=path, key=COND_KEY)
+    names, units = tuple(f"cond{i}" for i in range(cds.shape[1])), ()
+    if "physgen_schema" in h5.attrs:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            stored = json.loads(h5.attrs["physgen_schema"])
+            if len(stored["cond_names"]) == cds.shape[1]:
+                names, units = tuple(stored["cond_names"]), tuple(stored.get("cond_units") or ())
+    return cds, names, units
 
 
 def _text(v: object) -> str | None:
@@ -111,11 +131,12 @@ def iter_calochallenge(
         particle = geo.particle if geo is not None else None
         if "aux" in h5 and "particle" in h5["aux"].attrs:
             particle = _text(h5["aux"].attrs["particle"])
+        cds, cond_names, cond_units = _conditions(h5, path, n)
         schema = Schema(
             kind="calorimeter",
             units="MeV",
-            cond_names=("incident_energy",),
-            cond_units=("MeV",),
+            cond_names=cond_names,
+            cond_units=cond_units,
             geometry=geo,
             source_format="calochallenge",
             meta={"particle": particle} if particle else {},
@@ -130,6 +151,9 @@ def iter_calochallenge(
             check_values(showers, file=path, key=SHOWER_KEY, nonnegative=True)
             check_values(energies, file=path, key=ENERGY_KEY, positive=True)
             aux = {k: np.asarray(v[a:b], dtype=np.float64) for k, v in aux_ds.items()}
+            if cds is not None:
+                energies = read_rows(cds, a, b, path, COND_KEY)
+                check_values(energies, file=path, key=COND_KEY)
             yield _build(path, SHOWER_KEY, showers, schema, energies, aux=aux)
 
 
@@ -144,30 +168,28 @@ def read_calochallenge(
     return next(iter_calochallenge(path, binning=binning, chunk_size=1 << 62, start=start, stop=stop))
 
 
-def write_calochallenge(data: Data, path: str | Path, *, compression: str | None = "gzip") -> Path:
-    """Write ``incident_energies`` (N, 1) and ``showers`` (N, n_voxels) as float64, atomically.
+def calochallenge_layout(data: Data) -> dict[str, np.ndarray]:
+    """The datasets a CaloChallenge file holds for ``data``: ``incident_energies`` (N, 1) and ``showers`` as float64.
 
-    The official evaluator reads these two datasets with h5py and feeds them as they are to
-    its float64 classifier, which refuses float32 inputs; the compression keeps the empty
-    voxels' zeros cheap. physgen adds the schema (geometry included) as a JSON attribute and
-    ``aux`` arrays in a group, which other readers ignore.
+    The official evaluator reads these two with h5py and feeds them as they are to its float64 classifier,
+    which refuses float32 inputs. A model with more than one condition (e.g. the incident angle) also gets
+    ``conditions`` (N, C), named by the schema; ``aux`` arrays go to the ``aux`` group, which other readers ignore.
     """
     if data.schema.kind != "calorimeter" or data.x.ndim != 2:
         raise InvalidDataError(f"CaloChallenge files hold calorimeter showers [N, n_voxels]; got {data!r}")
     if data.cond is None or data.cond.shape[1] < 1:
         raise InvalidDataError("CaloChallenge files need the incident energy as cond[:, 0] (MeV); cond is missing")
-    opts = {"compression": compression, "shuffle": True} if compression else {}
+    cond = data.cond.numpy()
+    out = {ENERGY_KEY: cond[:, :1].astype(np.float64), SHOWER_KEY: data.x.numpy()}
+    if cond.shape[1] > 1:
+        out[COND_KEY] = cond.astype(np.float64)
+    out.update({f"aux/{k}": v for k, v in data.aux.items()})
+    return out
 
-    def build(h5: h5py.File) -> None:
-        h5.create_dataset(ENERGY_KEY, data=data.cond[:, :1].numpy().astype(np.float64), **opts)
-        x = data.x.numpy()
-        showers = h5.create_dataset(SHOWER_KEY, shape=x.shape, dtype=np.float64, chunks=(min(len(x), 1000) or 1, x.shape[1]), **opts)
-        for i in range(0, len(x), 1000):  # h5py widens each block: no float64 copy of the whole array
-            showers[i : i + 1000] = x[i : i + 1000]
-        h5.attrs["physgen_schema"] = json.dumps(data.schema.to_dict())
-        if data.aux:
-            grp = h5.create_group("aux")
-            for k, v in data.aux.items():
-                grp.create_dataset(k, data=v)
 
-    return write_hdf5_image(path, build)
+def write_calochallenge(data: Data, path: str | Path, *, compression: str | None = "gzip") -> Path:
+    """Write :func:`calochallenge_layout` atomically, the showers as float64 (the evaluator's dtype), compressed.
+
+    physgen adds the schema (geometry included) as a JSON attribute.
+    """
+    return write_layout(path, calochallenge_layout(data), data.schema, dtypes={SHOWER_KEY: np.float64}, compression=compression)

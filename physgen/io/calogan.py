@@ -8,7 +8,6 @@ the writer converts back to GeV. The optional ``overflow`` (N, 3) goes to ``aux`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,9 @@ import numpy as np
 from physgen.data.container import Data, Schema
 from physgen.data.geometry import CalorimeterGeometry, Layer
 from physgen.errors import InvalidDataError
-from physgen.io._common import InvalidContentError, check_values, chunk_bounds, write_hdf5_image
+from physgen.io._common import InvalidContentError, check_values, chunk_bounds
 from physgen.io.hdf5 import _build, _n_rows, get_dataset, open_hdf5, read_rows
+from physgen.io.layout import write_layout
 
 __all__ = ["read_calogan", "iter_calogan", "write_calogan", "is_calogan"]
 
@@ -77,23 +77,25 @@ def read_calogan(path: str | Path) -> Data:
     return next(iter_calogan(path, chunk_size=1 << 62))
 
 
-def write_calogan(data: Data, path: str | Path) -> Path:
-    """Write CaloGAN's three layer datasets and ``energy`` (GeV), atomically."""
+def calogan_layout(data: Data) -> dict[str, np.ndarray]:
+    """CaloGAN's three layer datasets, ``energy`` (GeV) and, where ``aux`` has them, ``overflow`` (N, 3)."""
     geo = data.schema.geometry
     if geo is None or geo.kind != "cartesian" or geo.n_layers != 3:
         raise InvalidDataError("CaloGAN files need a cartesian 3-layer geometry (as read from a CaloGAN file)")
     if data.cond is None:
         raise InvalidDataError("CaloGAN files need the incident energy as cond[:, 0] (MeV); cond is missing")
     x = data.x.numpy()
+    out = {}
+    for i, (key, layer) in enumerate(zip(LAYER_KEYS, geo.layers, strict=True)):
+        rows, cols = layer.shape  # type: ignore[misc]
+        out[key] = x[:, geo.layer_slice(i)].reshape(-1, rows, cols)
+    out[ENERGY_KEY] = (data.cond[:, :1].numpy() / GEV).astype(np.float32)
+    ov = [data.aux[f"overflow_{i}"] for i in range(3) if f"overflow_{i}" in data.aux]
+    if len(ov) == 3:
+        out["overflow"] = np.stack(ov, axis=1).astype(np.float32)
+    return out
 
-    def build(h5: h5py.File) -> None:
-        for i, (key, layer) in enumerate(zip(LAYER_KEYS, geo.layers, strict=True)):
-            rows, cols = layer.shape  # type: ignore[misc]
-            h5.create_dataset(key, data=x[:, geo.layer_slice(i)].reshape(-1, rows, cols), compression="gzip")
-        h5.create_dataset(ENERGY_KEY, data=(data.cond[:, :1].numpy() / GEV).astype(np.float32))
-        ov = [data.aux[f"overflow_{i}"] for i in range(3) if f"overflow_{i}" in data.aux]
-        if len(ov) == 3:
-            h5.create_dataset("overflow", data=np.stack(ov, axis=1).astype(np.float32))
-        h5.attrs["physgen_schema"] = json.dumps(data.schema.to_dict())
 
-    return write_hdf5_image(path, build)
+def write_calogan(data: Data, path: str | Path) -> Path:
+    """Write :func:`calogan_layout` atomically, the layers compressed."""
+    return write_layout(path, calogan_layout(data), data.schema)

@@ -19,7 +19,6 @@ from physgen.io._common import (
     check_fits_in_memory,
     check_values,
     chunk_bounds,
-    write_hdf5_image,
 )
 
 __all__ = ["read_hdf5", "write_hdf5", "iter_hdf5", "open_hdf5", "dataset_paths"]
@@ -129,21 +128,19 @@ def _build(path: str | Path, key: str, x: np.ndarray, schema: Schema, cond: Any 
         raise InvalidContentError(str(exc), file=path, key=key) from exc
 
 
+def hdf5_layout(data: Data, x_key: str = "x", cond_key: str = "cond") -> dict[str, np.ndarray]:
+    """Generic HDF5: ``x`` (and ``cond`` [N, C], ``mask``) as float32, ``aux`` arrays in the ``aux`` group."""
+    out = {x_key: data.x.numpy()}
+    if data.cond is not None:
+        out[cond_key] = data.cond.numpy()
+    if data.mask is not None:
+        out["mask"] = data.mask.numpy()
+    out.update({f"aux/{k}": v for k, v in data.aux.items()})
+    return out
+
+
 def write_hdf5(data: Data, path: str | Path, x_key: str = "x", cond_key: str = "cond") -> Path:
-    """Write ``x`` (and ``cond``, ``mask``) as float32 datasets, atomically."""
+    """Write :func:`hdf5_layout` atomically, ``x`` compressed."""
+    from physgen.io.layout import write_layout
 
-    def build(h5: h5py.File) -> None:
-        h5.create_dataset(x_key, data=data.x.numpy(), compression="gzip", shuffle=True)
-        if data.cond is not None:
-            h5.create_dataset(cond_key, data=data.cond.numpy())
-        if data.mask is not None:
-            h5.create_dataset("mask", data=data.mask.numpy())
-        h5.attrs["physgen_schema"] = _schema_json(data.schema)
-
-    return write_hdf5_image(path, build)
-
-
-def _schema_json(schema: Schema) -> str:
-    import json
-
-    return json.dumps(schema.to_dict())
+    return write_layout(path, hdf5_layout(data, x_key, cond_key), data.schema)

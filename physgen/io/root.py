@@ -332,18 +332,8 @@ def _array_groups(names: Sequence[str]) -> list[tuple[str, int, int]] | None:
     return out
 
 
-def write_root(data: Data, path: str | Path, *, tree: str | None = None) -> Path:
-    """Write ``data`` as a TTree of float32 branches, atomically.
-
-    Calorimeter showers become one fixed-size array branch ``showers`` (``float[n_voxels]``) beside
-    the condition branches (``incident_energy``), and the schema (geometry, names, units) is stored
-    as a ``TObjString`` ``TREE_physgen_schema``, so that :func:`read_root` gives back the same
-    ``Data``; plain uproot reads ``tree["showers"].array()`` as ``[N, n_voxels]``. Columns named
-    ``name[0]`` … ``name[k-1]`` (read from an array branch) are written back as one array branch.
-    Other flat data gives one branch per feature; padded lists give jagged branches (``Muon_Px``,
-    ...) with a counter branch (``nMuon``) as ROOT writes them.
-    """
-    tree = tree or str(data.schema.meta.get("tree", "events"))
+def root_branches(data: Data) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The branches :func:`write_root` writes for ``data``, and the schema record it stores beside calorimeter showers."""
     x = data.x.numpy()
     branches: dict[str, Any] = {}
     stored: dict[str, Any] | None = None
@@ -373,11 +363,33 @@ def write_root(data: Data, path: str | Path, *, tree: str | None = None) -> Path
         branches.update({n: data.cond[:, i].numpy() for i, n in enumerate(cnames)})
         if stored is not None:
             stored["cond_branches"] = list(cnames)
+    return branches, stored
+
+
+def branch_types(branches: Mapping[str, Any]) -> dict[str, Any]:
+    """uproot ``mktree`` types of ``branches``: fixed-size arrays keep their shape, awkward arrays their type."""
+    return {k: (v.type if isinstance(v, ak.Array) else np.dtype((v.dtype, v.shape[1:]))) for k, v in branches.items()}
+
+
+def write_root(data: Data, path: str | Path, *, tree: str | None = None) -> Path:
+    """Write ``data`` as a TTree of float32 branches, atomically.
+
+    Calorimeter showers become one fixed-size array branch ``showers`` (``float[n_voxels]``) beside
+    the condition branches (``incident_energy``), and the schema (geometry, names, units) is stored
+    as a ``TObjString`` ``TREE_physgen_schema``, so that :func:`read_root` gives back the same
+    ``Data``; plain uproot reads ``tree["showers"].array()`` as ``[N, n_voxels]``. Columns named
+    ``name[0]`` … ``name[k-1]`` (read from an array branch) are written back as one array branch.
+    Other flat data gives one branch per feature; padded lists give jagged branches (``Muon_Px``,
+    ...) with a counter branch (``nMuon``) as ROOT writes them. The tree keeps the name it was read
+    from (``events`` for data from elsewhere) unless ``tree`` is given.
+    """
+    tree = tree or str(data.schema.meta.get("tree", "events"))
+    branches, stored = root_branches(data)
     path = Path(path)
-    with atomic_path(path, needed=int(x.nbytes // 2)) as tmp:
+    with atomic_path(path, needed=int(data.x.numpy().nbytes // 2)) as tmp:
         try:
             with uproot.recreate(tmp) as f:
-                f.mktree(tree, {k: (v.type if isinstance(v, ak.Array) else np.dtype((v.dtype, v.shape[1:]))) for k, v in branches.items()})
+                f.mktree(tree, branch_types(branches))
                 f[tree].extend(branches)
                 if stored is not None:
                     f[f"{tree}_{SCHEMA_KEY}"] = json.dumps(stored)

@@ -13,7 +13,12 @@ from tests.hostile.conftest import run_cli
         (["--energies", "nan", "--n", "20"], r"--energies must be finite and > 0"),
         (["--energies", "inf", "--n", "20"], r"--energies must be finite and > 0"),
         (["--energies", "-5000", "--n", "20"], r"--energies must be finite and > 0"),
-        (["--energies", "5GeV"], r"--energies takes comma-separated numbers"),
+        (["--energies", "5 GeVs"], r"unknown unit 'GeVs'.*Did you mean 'GeV'"),
+        (["--energies", "5deg"], r"cannot convert 5.0 deg \(an angle\) to MeV \(an energy\)"),
+        (["--energies", "5 MeV", "--strict"], r"outside the range the .* model was trained on, .*did you mean 5 GeV.*\(strict\)"),
+        (["--energies", "5000", "--chunk-size", "0"], r"argument --chunk-size: expected a positive integer; got 0"),
+        (["--energies", "5000", "--workers", "0"], r"argument --workers: expected a positive integer; got 0"),
+        (["--energies", "5000", "--out-format", "root"], r"ends in '.h5', a HDF5 file, but the format asked for is 'root'"),
         (["--energies", "5000", "--n", "0"], r"argument --n: expected a positive integer; got 0"),
         (["--energies", "5000", "--n", "-3"], r"argument --n: expected a positive integer; got -3"),
         (["--energies", "5000", "--batch-size", "0"], r"argument --batch-size: expected a positive integer"),
@@ -29,7 +34,11 @@ def test_sampling_refuses_bad_conditions_and_counts(shower_model, tmp_path, caps
 
 def test_sampling_with_a_condition_file_that_holds_none(event_model, shower_model, tmp_path, capsys, zmumu_path):
     out = tmp_path / "x.h5"
-    run_cli(["sample", shower_model, "--cond", zmumu_path, "--branches", "E1", "--out", out], capsys, r"holds no conditions", absent=[out])
+    run_cli(["sample", shower_model, "--cond", zmumu_path, "--out", out], capsys, r"key 'incident_energy': no branch 'incident_energy'", absent=[out])
+    run_cli(["sample", shower_model, "--cond", zmumu_path, "--cond-branches", "E1", "--keep", "evt", "--out", out], capsys,
+            r"no branch 'evt' in this file; did you mean .*'Event'", absent=[out])
+    run_cli(["sample", shower_model, "--cond", zmumu_path, "--cond-branches", "E1,E2", "--out", out], capsys,
+            r"the model takes 1 condition column\(s\)", absent=[out])
     run_cli(["sample", event_model, "--out", out], capsys, r"unconditional: give --n", absent=[out])
 
 
