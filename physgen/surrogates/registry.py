@@ -163,8 +163,15 @@ def checkpoint_class(config: dict[str, Any], directory: str | Path) -> type[Surr
 def load(directory: str | Path) -> Surrogate:
     """Load any saved surrogate; its class comes from the checkpoint (imported only from an allowed module).
 
+    ``"zoo:NAME"`` loads a model shipped with physgen (:mod:`physgen.zoo`).
+
     Raises:
         CheckpointError: incomplete directory, unknown or disallowed class, newer format, invalid options, bad weights.
+        UnknownNameError: a ``zoo:`` name that is not shipped (the message lists those that are).
     """
+    if isinstance(directory, str) and directory.startswith("zoo:"):
+        from physgen import zoo
+
+        directory = zoo.path(directory)
     config = ckpt.read_config(directory)
     return checkpoint_class(config, directory).from_checkpoint(config, directory)
