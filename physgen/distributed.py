@@ -63,14 +63,22 @@ def sample_chunk(model: Surrogate, chunk: Chunk, seed: int, options: dict[str, A
 
 def note(notes: list[str], caught: list[str]) -> None:
     """Warn once per condition (the first chunk that strays says so), and keep the warnings for the result."""
+    def condition(message: str) -> str:  # "chunk 3: 10 of 100 values of condition 'E' lie outside ..." → "condition 'E'"
+        return message.split(" values of ", 1)[-1].split(" lie outside", 1)[0]
+
     for message in caught:
-        if message.split(" values of ", 1)[-1] not in {m.split(" values of ", 1)[-1] for m in notes}:
+        if condition(message) not in {condition(m) for m in notes}:
             notes.append(message)
             warnings.warn(message, ConditionRangeWarning, stacklevel=4)
 
 
-@functools.lru_cache(maxsize=4)
 def _worker_model(model_dir: str) -> Surrogate:
+    """The model a worker process keeps between tasks, reloaded when the folder's config changes (a new job at the same path)."""
+    return _cached_model(model_dir, (Path(model_dir) / "config.json").stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(model_dir: str, stamp: int) -> Surrogate:
     return load(model_dir)
 
 

@@ -128,6 +128,13 @@ def test_iter_sample_draws_chunk_i_with_the_chunk_seed(model):
         next(model.iter_sample(cond, chunk_size=0))
 
 
+def test_a_stream_warns_once_per_condition_however_many_chunks_stray(model, tmp_path):
+    energies = [f"{e} MeV" for e in (5, 6, 7, 8)]  # every chunk strays, each with another first value
+    with pytest.warns(ConditionRangeWarning) as caught:
+        result = generate(model, tmp_path / "x.h5", energies=energies, n=8, chunk_size=1)
+    assert len(caught) == 1 and len(result.warnings) == 1 and result.warnings[0].startswith("chunk 0: 1 of 1 values")
+
+
 def test_streamed_file_equals_the_chunks_and_carries_event_ids(model, cond_root, tmp_path):
     out = tmp_path / "showers.root"
     result = generate(model, out, cond_file=cond_root, columns=["E_gen"], cond_units=["GeV"], keep=["event"], chunk_size=1000, seed=4)
