@@ -171,7 +171,8 @@ def generate(model: Surrogate | str | Path, out: str | Path, *, cond: Any = None
         model = zoo.path(model)
     model_dir = Path(model) if isinstance(model, (str, Path)) else None
     surrogate = load(str(model_dir)) if model_dir is not None else model
-    assert isinstance(surrogate, Surrogate)
+    if not isinstance(surrogate, Surrogate):
+        raise InvalidDataError(f"model must be a fitted surrogate, a saved model's folder or 'zoo:NAME'; got {type(model).__name__}")
     out = Path(out)
     fmt = output_format(out, surrogate.schema, format)  # type: ignore[arg-type]
     if out_tree is None and cond_file is not None and fmt == "root":

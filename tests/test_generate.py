@@ -204,6 +204,8 @@ def test_bad_generation_input_is_a_typed_error_with_nothing_written(model, cond_
         generate(model, out, cond_file=cond_root)
     with pytest.raises(InvalidDataError, match="chunk_size must be a whole number ≥ 1; got 0"):
         generate(model, out, energies=[5000.0], chunk_size=0)
+    with pytest.raises(InvalidDataError, match="model must be a fitted surrogate, .* got int"):
+        generate(3, out, energies=[5000.0])
     with pytest.raises(InvalidDataError, match="workers must be a whole number ≥ 1; got 0"):
         generate(model, out, energies=[5000.0], workers=0)
     with pytest.raises(InvalidDataError, match=r"conditions must be \[B, 1\].*got shape \(3, 2\)"):
