@@ -117,17 +117,21 @@ class EventWriter:
             raise InvalidDataError(f"every chunk must carry the extra columns {list(self._extra)}; got {list(extra)}")
         if self._sink is None:
             self._sink = self._open(data.schema)
-        self._sink.append(self._layout(data, extra))
+        columns, stored = self._layout(data, extra)
+        if stored is not None:  # ROOT showers: the schema record write_root also stores beside the tree
+            self._sink.stored = stored
+        self._sink.append(columns)
         self.rows += len(data)
 
-    def _layout(self, data: Data, extra: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    def _layout(self, data: Data, extra: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         from physgen.io.calochallenge import calochallenge_layout
         from physgen.io.calogan import calogan_layout
         from physgen.io.hdf5 import hdf5_layout
         from physgen.io.root import root_branches
 
+        stored = None
         if self.format == "root":
-            branches, _ = root_branches(data)
+            branches, stored = root_branches(data)
         elif self.format == "spins":
             branches = {"x": data.x.numpy()}
         else:
@@ -135,11 +139,11 @@ class EventWriter:
         clash = sorted(set(branches) & set(extra))
         if clash:
             raise InvalidDataError(f"extra columns {clash} would overwrite the events' own {'branches' if self.format == 'root' else 'datasets'}; rename them")
-        return {**branches, **extra}
+        return {**branches, **extra}, stored
 
     def _open(self, schema: Schema) -> Any:
         if self.format == "root":
-            return _RootSink(self.path, schema, self.tree or str(schema.meta.get("tree", "events")))
+            return _RootSink(self.path, self.tree or str(schema.meta.get("tree", "events")))
         if self.format == "spins":
             return _TextSink(self.path)
         from physgen.io.calochallenge import SHOWER_KEY
@@ -170,10 +174,10 @@ class EventWriter:
 class _RootSink:
     """A TTree grown with uproot's ``extend``, one basket per branch and chunk, in a temporary file."""
 
-    def __init__(self, path: Path, schema: Schema, tree: str):
+    def __init__(self, path: Path, tree: str):
         import uproot
 
-        self.path, self.schema, self.tree = path, schema, tree
+        self.path, self.tree = path, tree
         remove_stale_temporaries(path)
         self.tmp = temporary_name(path)
         self.file = uproot.recreate(self.tmp)
@@ -198,9 +202,8 @@ class _RootSink:
 
         from physgen.io.root import SCHEMA_KEY
 
-        if self.schema.kind == "calorimeter":
-            cond = list(self.schema.cond_names)
-            self.file[f"{self.tree}_{SCHEMA_KEY}"] = json.dumps({"x_branch": "showers", "cond_branches": cond, "schema": self.schema.to_dict()})
+        if self.stored is not None:
+            self.file[f"{self.tree}_{SCHEMA_KEY}"] = json.dumps(self.stored)
         self.file.close()
         os.replace(self.tmp, self.path)
         return self.path
