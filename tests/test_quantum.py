@@ -184,3 +184,91 @@ def test_spin_chain_benchmark_suite(tmp_path, caplog):
     q = payload["results"][0]["quantum"]
     assert q["fidelity"] > 0.98 and q["kl"] < 0.05
     assert payload["data"]["tfim6"]["kind"] == "spins"
+
+
+# --- guards: wrong answers are refused, failures are loud --------------------------------------------------
+
+
+def test_default_training_beats_the_target_on_the_tutorial_protocol():
+    # QuCumber tutorial 1: TFIM N = 10 open chain, J = h = 1, 10,000 σᶻ measurements; no options given
+    chain = tfim(10)
+    _, psi = ground_state(chain)
+    samples = sample_measurements(psi, 10_000, seed=1)
+    rbm = create("rbm")
+    rbm.fit(samples, progress=False)
+    report = tomography_report(rbm, psi, samples)
+    assert report["fidelity"] >= 0.995 > report["histogram_fidelity"]
+
+
+def test_tomography_report_refuses_a_state_too_large_to_enumerate():
+    samples = physgen.Data(torch.bernoulli(torch.full((64, 40), 0.5)), physgen.Schema(kind="spins"))
+    rbm = create("rbm", gradient="cd")
+    rbm.fit(samples, epochs=1, batch_size=64, val_fraction=0.0, progress=False)
+    with pytest.raises(physgen.errors.InvalidDataError, match=r"n ≤ 20; this RBM has n = 40"):
+        tomography_report(rbm, np.zeros(4))
+
+
+def test_odd_ring_is_refused_but_odd_open_chain_is_exact():
+    with pytest.raises(physgen.errors.InvalidDataError, match="bipartite"):
+        optimise_ground_state(heisenberg(9, periodic=True), iterations=5, sampler="metropolis")
+    with pytest.raises(physgen.errors.InvalidDataError, match="bipartite"):
+        optimise_ground_state(heisenberg(7, periodic=True), iterations=5, sampler="exact")
+    # an open chain of 7 sites is bipartite: Marshall's rule holds and VMC is variational
+    chain = heisenberg(7, periodic=False)
+    e0, _ = ground_state(chain)
+    result = optimise_ground_state(chain, alpha=2, iterations=300, exact_energy=e0)
+    assert e0 - 1e-9 <= result.energy and result.relative_error < 2e-3
+    # the ground state is a degenerate doublet (S = ½): check the signed state through its energy in the original basis
+    psi = state_vector(result.model, chain)
+    assert psi @ (chain.matrix() @ psi) == pytest.approx(result.energy, abs=1e-9)
+
+
+@pytest.mark.parametrize("sampler", ["exact", "metropolis"])
+def test_negative_transverse_field_reaches_the_exact_energy(sampler):
+    # h → −h is the gauge Π σᶻ: same spectrum, ground state with signs (−1)^{number of down spins}
+    chain = tfim(8, h=-1.0, periodic=True)
+    e0, psi0 = ground_state(chain)
+    assert e0 == pytest.approx(ground_state(tfim(8, h=1.0, periodic=True))[0], abs=1e-10)
+    assert (psi0 < -1e-6).any()  # the exact state is not positive
+    result = optimise_ground_state(chain, iterations=200, sampler=sampler, n_samples=512, exact_energy=e0)
+    assert result.energy >= e0 - 5 * result.errors[-1] - 1e-9
+    assert result.relative_error < 1e-3
+    assert fidelity(state_vector(result.model, chain), psi0) > 0.995
+
+
+def test_non_finite_sr_steps_raise_the_shift_or_stop_with_a_typed_error():
+    chain = tfim(6)
+    e0, _ = ground_state(chain)
+    recovered = optimise_ground_state(chain, iterations=50, lr=1e3)
+    shifts = [r["diag_shift"] for r in recovered.history]
+    assert shifts[-1] >= 0.1  # raised from 0.01 automatically, and recorded
+    assert all(math.isfinite(e) for e in recovered.energies) and recovered.energy >= e0 - 1e-9
+    with pytest.raises(physgen.errors.TrainingDivergedError, match=r"iteration \d+: .*not finite.*lower lr"):
+        optimise_ground_state(chain, iterations=50, lr=1e6)
+    with pytest.raises(physgen.errors.InvalidDataError, match="h = nan"):
+        tfim(6, h=float("nan"))
+
+
+def test_state_vector_of_an_sz_conserving_run_is_in_its_sector():
+    chain = heisenberg(10, periodic=True)
+    e0, psi0 = ground_state(chain, n_up=5)
+    result = optimise_ground_state(chain, iterations=150, sampler="metropolis", n_samples=512, seed=1)
+    assert result.model.n_up == 5
+    psi = state_vector(result.model, chain)
+    assert psi.shape == psi0.shape == (len(chain.sector(5)),)
+    assert fidelity(psi, psi0) > 0.999
+    assert result.energy == pytest.approx(e0, rel=2e-3)
+
+
+def test_minsr_and_dense_sr_give_the_same_update():
+    from physgen.quantum.vmc import sr_update
+
+    gen = torch.Generator().manual_seed(0)
+    o = torch.randn(40, 90, generator=gen, dtype=torch.float64)
+    e_loc = torch.randn(40, generator=gen, dtype=torch.float64)
+    p = torch.full((40,), 1 / 40, dtype=torch.float64)
+    _, _, delta = sr_update(o, p, e_loc, 0.01)  # 40 samples < 90 parameters: the 40 × 40 system
+    oc = o - p @ o
+    s_mat = oc.T @ (p[:, None] * oc) + 0.01 * torch.eye(90, dtype=torch.float64)
+    reference = torch.linalg.solve(s_mat, oc.T @ (p * (e_loc - p @ e_loc)))
+    torch.testing.assert_close(delta, reference, rtol=1e-9, atol=1e-12)

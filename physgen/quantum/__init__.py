@@ -29,6 +29,7 @@ from physgen.quantum.vmc import (
     VMCResult,
     marshall_signs,
     optimise_ground_state,
+    sign_rule,
     state_vector,
 )
 
@@ -52,5 +53,6 @@ __all__ = [
     "VMCResult",
     "marshall_signs",
     "optimise_ground_state",
+    "sign_rule",
     "state_vector",
 ]

@@ -136,18 +136,26 @@ class SpinChain:
 def tfim(n: int, J: float = 1.0, h: float = 1.0, periodic: bool = False) -> SpinChain:
     """Transverse-field Ising chain H = −J Σ σᶻσᶻ − h Σ σˣ."""
     _check_n(n)
-    return SpinChain("tfim", int(n), bool(periodic), {"J": float(J), "h": float(h)})
+    return SpinChain("tfim", int(n), bool(periodic), _finite(J=J, h=h))
 
 
 def xxz(n: int, Jxy: float = 1.0, Jz: float = 1.0, periodic: bool = False) -> SpinChain:
     """XXZ chain H = Σ [J_xy (σˣσˣ + σʸσʸ) + J_z σᶻσᶻ]."""
     _check_n(n)
-    return SpinChain("xxz", int(n), bool(periodic), {"Jxy": float(Jxy), "Jz": float(Jz)})
+    return SpinChain("xxz", int(n), bool(periodic), _finite(Jxy=Jxy, Jz=Jz))
 
 
 def heisenberg(n: int, J: float = 1.0, periodic: bool = True) -> SpinChain:
     """Heisenberg chain H = J Σ σ⃗ᵢ·σ⃗ⱼ (XXZ with J_xy = J_z = J)."""
     return xxz(n, J, J, periodic)
+
+
+def _finite(**couplings: float) -> dict[str, float]:
+    out = {k: float(v) for k, v in couplings.items()}
+    bad = [f"{k} = {v}" for k, v in out.items() if not np.isfinite(v)]
+    if bad:
+        raise InvalidDataError(f"couplings must be finite numbers; got {', '.join(bad)}")
+    return out
 
 
 def _check_n(n: int) -> None:

@@ -103,7 +103,9 @@ def tomography_report(model: Any, psi_exact: np.ndarray, samples: Data | None = 
     with ``samples`` the report adds the fidelity of their plain histogram, which every
     reconstruction must beat.
     """
-    psi = model.wavefunction()
+    psi = model.wavefunction()  # InvalidDataError beyond MAX_EXACT_SPINS, before any allocation
+    if len(np.asarray(psi_exact)) != len(psi):
+        raise InvalidDataError(f"the exact state has {len(np.asarray(psi_exact))} amplitudes and the model {len(psi)}; they describe different numbers of spins")
     out = {"overlap": overlap(psi_exact, psi), "fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
     if samples is not None:
         hist = histogram_state(samples, len(np.asarray(psi_exact)).bit_length() - 1)

@@ -14,10 +14,19 @@ exchanges conserving Sᶻ for the XXZ chain) and each energy carries σ/√N.
 periodic chain (α feature filters, each applied at every shift), which cuts the
 parameters from n + αn + αn² to 1 + α + αn.
 
-The Heisenberg antiferromagnet is made positive by Marshall's sign rule: with
-U = (−1)^{N↑ on even sites}, H' = U H U has non-positive off-diagonal elements,
-so its ground state is positive and a real RBM can represent it; energies are
-unchanged.
+A positive RBM can only represent a ground state without signs, so a chain is
+first made stoquastic (non-positive off-diagonal elements) by a diagonal gauge
+U = (−1)^{Σ_{i∈A} xᵢ}: Marshall's sign rule (A = the even sites) for the
+antiferromagnetic XXZ/Heisenberg chain, and A = every site for a TFIM with a
+negative field. H' = U H U has the same energies, and ``state_vector`` undoes U.
+Marshall's rule is exact only on a bipartite chain: an odd periodic ring is
+frustrated, and :func:`sign_rule` refuses it rather than return a wrong energy.
+
+Each SR step checks that the energy, the local energies and the update are
+finite. A step that is not goes back to the previous parameters and retries with
+the diagonal shift λ ten times larger (recorded in the history), up to
+``MAX_DIAG_SHIFT``; beyond that :class:`~physgen.errors.TrainingDivergedError`
+names the iteration and the settings to change.
 """
 
 from __future__ import annotations
@@ -31,12 +40,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from physgen.errors import InvalidDataError
+from physgen.errors import InvalidDataError, TrainingDivergedError
 from physgen.quantum.hamiltonians import SpinChain, configurations
 
-__all__ = ["RBMWavefunction", "VMCResult", "marshall_signs", "optimise_ground_state"]
+__all__ = ["RBMWavefunction", "VMCResult", "marshall_signs", "optimise_ground_state", "sign_rule", "state_vector", "sr_update"]
 
 MAX_EXACT = 20
+MAX_DIAG_SHIFT = 10.0
 
 
 def marshall_signs(n: int) -> np.ndarray:
@@ -52,6 +62,7 @@ class RBMWavefunction(torch.nn.Module):
     def __init__(self, n: int, alpha: int = 1, translation_invariant: bool = False, seed: int = 0, init_std: float = 0.01):
         super().__init__()
         self.n, self.alpha, self.symmetric = int(n), int(alpha), bool(translation_invariant)
+        self.n_up: int | None = None  # the Sᶻ sector the model was optimised in (None: the full space)
         gen = torch.Generator().manual_seed(seed)
         if self.symmetric:
             self.a = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
@@ -129,30 +140,78 @@ class VMCResult:
         return None if self.exact_energy is None else abs((self.energy - self.exact_energy) / self.exact_energy)
 
 
-def _stoquastic_matrix(chain: SpinChain) -> sp.csr_matrix:
+def sign_rule(chain: SpinChain) -> np.ndarray | None:
+    """The sites A of the gauge U = (−1)^{Σ_{i∈A} xᵢ} that makes ``chain`` stoquastic, or None if it already is.
+
+    Raises:
+        InvalidDataError: for an antiferromagnetic XXZ ring with an odd number of sites,
+            which is frustrated: no sign rule is exact there, and a positive wave function
+            cannot represent its ground state.
+    """
+    if chain.kind == "tfim":
+        return np.ones(chain.n, dtype=bool) if chain.params["h"] < 0 else None
+    if chain.params["Jxy"] <= 0:
+        return None
+    if chain.periodic and chain.n % 2 == 1 and chain.n > 2:
+        raise InvalidDataError(
+            f"{chain.describe()}: Marshall's sign rule is exact only on bipartite lattices, and a ring of "
+            f"{chain.n} sites is not; a positive RBM cannot represent this frustrated ground state. "
+            "Use an even ring, an open chain, or exact diagonalisation (ground_state)"
+        )
+    return np.arange(chain.n) % 2 == 0
+
+
+def _gauge_signs(bits: np.ndarray, sites: np.ndarray) -> np.ndarray:
+    return np.where(np.asarray(bits, dtype=np.int64)[:, sites].sum(1) % 2 == 0, 1.0, -1.0)
+
+
+def _stoquastic_matrix(chain: SpinChain, sites: np.ndarray | None) -> sp.csr_matrix:
     h = chain.matrix()
-    if chain.kind == "xxz" and chain.params["Jxy"] > 0:
-        u = sp.diags(marshall_signs(chain.n))
+    if sites is not None:
+        u = sp.diags(_gauge_signs(configurations(chain.n), sites))
         h = (u @ h @ u).tocsr()
     return h
 
 
-def _local_energies(model: RBMWavefunction, chain: SpinChain, s: torch.Tensor, log_psi: torch.Tensor) -> torch.Tensor:
-    """E_loc(σ) = Σ_σ' H'(σ, σ') ψ(σ')/ψ(σ) for sampled σ (±1), in the Marshall-rotated basis for Heisenberg."""
+def _local_energies(model: RBMWavefunction, chain: SpinChain, s: torch.Tensor, log_psi: torch.Tensor, sites: np.ndarray | None) -> torch.Tensor:
+    """E_loc(σ) = Σ_σ' H'(σ, σ') ψ(σ')/ψ(σ) for sampled σ (±1), H' = U H U in the gauge of ``sites``."""
     bits = ((1 - s) / 2).to(torch.uint8).numpy()
     e = torch.from_numpy(chain.diagonal(bits))
-    marshall = chain.kind == "xxz" and chain.params["Jxy"] > 0
     for flipped, element in chain.off_diagonal(bits):
         keep = element != 0
         if not keep.any():
             continue
+        if sites is not None:
+            element = element * _gauge_signs(bits, sites) * _gauge_signs(flipped, sites)
         el = torch.from_numpy(element)
-        if marshall:  # U H U flips the sign of the exchange terms on a bipartite chain
-            el = -el
         s_new = torch.from_numpy(1.0 - 2.0 * flipped.astype(np.float64))
         ratio = torch.exp(model.log_psi(s_new) - log_psi)
         e = e + torch.where(torch.from_numpy(keep), el * ratio, torch.zeros_like(ratio))
     return e
+
+
+def sr_update(o: torch.Tensor, p: torch.Tensor, e_loc: torch.Tensor, diag_shift: float) -> tuple[float, float, torch.Tensor]:
+    """One stochastic-reconfiguration step from log-derivatives ``o`` ``[B, P]`` and local energies under weights ``p``.
+
+    Returns (energy, energy variance, δ) with δ = (S + λ𝟙)⁻¹ F; the parameters move by −η δ.
+    With fewer samples than parameters the same δ comes from the B × B system
+    Oᶜᵀ(Oᶜ Oᶜᵀ + λ𝟙)⁻¹ ε (the push-through identity on √p-weighted rows), so no
+    P × P matrix is formed.
+    """
+    energy = float((p * e_loc).sum())
+    var = float((p * (e_loc - energy) ** 2).sum())
+    oc = (o - p @ o) * p.sqrt()[:, None]  # √p-weighted centred rows: S = ocᵀoc, F = ocᵀ ε
+    eps = p.sqrt() * (e_loc - energy)
+    b, n_par = oc.shape
+    if b < n_par:
+        t = oc @ oc.T
+        t.diagonal().add_(diag_shift)
+        delta = oc.T @ torch.linalg.solve(t, eps)
+    else:
+        s_mat = oc.T @ oc
+        s_mat.diagonal().add_(diag_shift)
+        delta = torch.linalg.solve(s_mat, oc.T @ eps)
+    return energy, var, delta
 
 
 class _Metropolis:
@@ -161,8 +220,10 @@ class _Metropolis:
     def __init__(self, chain: SpinChain, n_chains: int, seed: int):
         self.chain, self.gen = chain, torch.Generator().manual_seed(seed)
         n = chain.n
-        if chain.kind == "xxz":  # start in the Sᶻ = 0 sector
+        self.n_up = None
+        if chain.kind == "xxz":  # start in the Sᶻ = 0 sector (½ for odd n); exchanges keep it
             base = torch.tensor([1.0, -1.0] * (n // 2) + [1.0] * (n % 2))
+            self.n_up = n // 2 + n % 2
             self.state = torch.stack([base[torch.randperm(n, generator=self.gen)] for _ in range(n_chains)]).double()
         else:
             self.state = (2 * torch.randint(0, 2, (n_chains, n), generator=self.gen) - 1).double()
@@ -197,7 +258,7 @@ def optimise_ground_state(
     alpha: int = 1,
     iterations: int = 300,
     lr: float = 0.05,
-    diag_shift: float = 1e-3,
+    diag_shift: float = 0.01,
     translation_invariant: bool = False,
     seed: int = 0,
     exact_energy: float | None = None,
@@ -215,18 +276,30 @@ def optimise_ground_state(
         alpha: hidden-unit density (filters per site when translation-invariant).
         iterations: SR steps.
         lr: the step size η.
-        diag_shift: the shift λ of S + λ𝟙.
+        diag_shift: the shift λ of S + λ𝟙; raised tenfold automatically (up to
+            ``MAX_DIAG_SHIFT``) after a step that gives a non-finite energy.
         translation_invariant: share weights across translations (periodic chains).
+        seed: seeds the initial weights and the Metropolis chains.
         exact_energy: if given, relative errors are recorded in the history.
+        callback: called with (iteration, record) after every step.
         time_budget_s: stop once this much wall time has passed.
         sampler: ``"exact"`` (sums over all 2ⁿ configurations, n ≤ 20), ``"metropolis"``
             (``n_samples`` persistent chains, ``sweeps`` sweeps between iterations), or
             ``"auto"`` (exact up to 14 spins).
+        n_samples: Metropolis chains, one sample each per iteration.
+        sweeps: Metropolis sweeps (n moves per chain) between iterations.
         final_samples: Metropolis samples for the final energy estimate.
 
     Returns:
         a :class:`VMCResult`: energies with their statistical errors (0 with exact
         sums; σ/√N from the chains otherwise) and the energy variance per iteration.
+        With Sᶻ-conserving Metropolis moves (XXZ) the model lives in one Sᶻ sector,
+        recorded as ``model.n_up``.
+
+    Raises:
+        InvalidDataError: an unknown sampler, an exact sampler beyond 20 spins, or a
+            frustrated chain (:func:`sign_rule`).
+        TrainingDivergedError: the energy stayed non-finite with λ at ``MAX_DIAG_SHIFT``.
     """
     if sampler == "auto":
         sampler = "exact" if chain.n <= 14 else "metropolis"
@@ -236,52 +309,60 @@ def optimise_ground_state(
         raise InvalidDataError(f"exact-expectation VMC enumerates 2ⁿ states, n ≤ {MAX_EXACT}; got n = {chain.n}; use sampler='metropolis'")
     if translation_invariant and not chain.periodic:
         raise InvalidDataError("translation_invariant needs a periodic chain")
+    sites = sign_rule(chain)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         model = RBMWavefunction(chain.n, alpha, translation_invariant, seed)
         energies, errors, variances, history = [], [], [], []
         t0 = time.perf_counter()
-        eye = torch.eye(model.n_parameters(), dtype=torch.float64)
         if sampler == "exact":
-            h = _stoquastic_matrix(chain)
+            h = _stoquastic_matrix(chain, sites)
             s_all = torch.from_numpy(1.0 - 2.0 * configurations(chain.n).astype(np.float64))
         else:
             mc = _Metropolis(chain, n_samples, seed)
+            model.n_up = mc.n_up
             with torch.no_grad():
                 mc.sweep(model, 20)  # burn-in
-        for it in range(iterations):
+        shift, it = float(diag_shift), 0
+        saved = (model.flat_parameters(), None if sampler == "exact" else mc.state.clone())
+        while it < iterations:
             with torch.no_grad():
                 if sampler == "exact":
                     log_psi = model.log_psi(s_all)
                     psi = torch.exp(log_psi - log_psi.max())
                     p = psi**2 / (psi**2).sum()
                     e_loc = torch.from_numpy(h @ psi.numpy()) / psi
-                    samples, err = s_all, 0.0
+                    samples = s_all
                 else:
                     samples, _ = mc.sweep(model, sweeps)
                     log_psi = model.log_psi(samples)
                     p = torch.full((len(samples),), 1.0 / len(samples))
-                    e_loc = _local_energies(model, chain, samples, log_psi)
-                energy = float((p * e_loc).sum())
-                var = float((p * (e_loc - energy) ** 2).sum())
-                if sampler != "exact":
-                    err = math.sqrt(var / len(samples))
-                o = model.log_derivatives(samples)
-                oc = o - p @ o
-                s_mat = oc.T @ (p[:, None] * oc)
-                force = oc.T @ (p * (e_loc - energy))
-                delta = torch.linalg.solve(s_mat + diag_shift * eye, force)
+                    e_loc = _local_energies(model, chain, samples, log_psi, sites)
+                energy, var, delta = sr_update(model.log_derivatives(samples), p, e_loc, shift) if torch.isfinite(e_loc).all() else (math.nan, math.nan, None)
+                if delta is None or not (math.isfinite(energy) and bool(torch.isfinite(delta).all())):
+                    shift = _raise_shift(shift, it + 1, lr, energy)
+                    model.add_to_parameters(saved[0] - model.flat_parameters())
+                    if saved[1] is not None:
+                        mc.state = saved[1].clone()
+                    if it > 0:  # redo the previous step, now with the larger shift
+                        it -= 1
+                        for rows in (energies, errors, variances, history):
+                            rows.pop()
+                    continue
+                saved = (model.flat_parameters(), None if sampler == "exact" else mc.state.clone())
                 model.add_to_parameters(-lr * delta)
+            err = 0.0 if sampler == "exact" else math.sqrt(var / len(samples))
             energies.append(energy)
             errors.append(err)
             variances.append(var)
-            rec = {"iteration": it + 1, "energy": energy, "error": err, "variance": var, "seconds": time.perf_counter() - t0}
+            rec = {"iteration": it + 1, "energy": energy, "error": err, "variance": var, "diag_shift": shift, "seconds": time.perf_counter() - t0}
             if exact_energy is not None:
                 rec["relative_error"] = abs((energy - exact_energy) / exact_energy)
             history.append(rec)
             if callback is not None:
                 callback(it + 1, rec)
+            it += 1
             if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
                 break
         # the energy of the final parameters
@@ -289,30 +370,49 @@ def optimise_ground_state(
             if sampler == "exact":
                 log_psi = model.log_psi(s_all)
                 psi = torch.exp(log_psi - log_psi.max())
-                energies.append(float(psi @ torch.from_numpy(h @ psi.numpy()) / (psi @ psi)))
-                errors.append(0.0)
+                final, final_err = float(psi @ torch.from_numpy(h @ psi.numpy()) / (psi @ psi)), 0.0
             else:
                 e_all = []
                 for _ in range(max(1, final_samples // n_samples)):
                     samples, _ = mc.sweep(model, sweeps)
-                    e_all.append(_local_energies(model, chain, samples, model.log_psi(samples)))
+                    e_all.append(_local_energies(model, chain, samples, model.log_psi(samples), sites))
                 e_cat = torch.cat(e_all)
-                energies.append(float(e_cat.mean()))
-                errors.append(float(e_cat.std() / math.sqrt(len(e_cat))))
+                final, final_err = float(e_cat.mean()), float(e_cat.std() / math.sqrt(len(e_cat)))
+        if not math.isfinite(final):
+            raise TrainingDivergedError(f"VMC on the {chain.describe()}: the final energy is not finite; lower lr (now {lr:g}) or raise diag_shift (now {shift:g})")
+        energies.append(final)
+        errors.append(final_err)
         return VMCResult(energies, errors, variances, time.perf_counter() - t0, exact_energy, model, history)
     finally:
         torch.set_default_dtype(previous)
 
 
+def _raise_shift(shift: float, iteration: int, lr: float, energy: float) -> float:
+    """The next diagonal shift after a non-finite step, or TrainingDivergedError past ``MAX_DIAG_SHIFT``."""
+    if shift * 10 > MAX_DIAG_SHIFT * (1 + 1e-9):
+        raise TrainingDivergedError(
+            f"VMC iteration {iteration}: the energy or the SR update is not finite (energy {energy}) even with "
+            f"diag_shift {shift:g}; lower lr (now {lr:g}) or use more samples (n_samples)"
+        )
+    return shift * 10
+
+
 def state_vector(model: RBMWavefunction, chain: SpinChain) -> np.ndarray:
-    """The normalised amplitudes of ``model`` over all basis states, in the original (not Marshall-rotated) basis."""
-    s = torch.from_numpy(1.0 - 2.0 * configurations(chain.n).astype(np.float64))
+    """The normalised amplitudes of ``model`` in the original (not sign-rotated) basis.
+
+    Over all 2ⁿ basis states, or, for a model restricted to one Sᶻ sector
+    (``model.n_up`` set by Metropolis VMC on an XXZ chain), over that sector's states
+    in ``chain.sector(n_up)`` order — the basis of ``ground_state(chain, n_up=…)``.
+    """
+    if chain.n > MAX_EXACT:
+        raise InvalidDataError(f"state_vector enumerates the basis, n ≤ {MAX_EXACT}; got n = {chain.n}")
+    states = np.arange(2**chain.n) if model.n_up is None else chain.sector(model.n_up)
+    bits = ((states[:, None] >> np.arange(chain.n - 1, -1, -1)) & 1).astype(np.uint8)
+    s = torch.from_numpy(1.0 - 2.0 * bits.astype(np.float64))
     with torch.no_grad():
         lp = model.log_psi(s).numpy()
     psi = np.exp(lp - lp.max())
-    if chain.kind == "xxz" and chain.params["Jxy"] > 0:
-        psi = psi * marshall_signs(chain.n)
+    sites = sign_rule(chain)
+    if sites is not None:
+        psi = psi * _gauge_signs(bits, sites)
     return psi / np.linalg.norm(psi)
-
-
-
