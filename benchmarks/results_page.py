@@ -107,6 +107,7 @@ def evaluator_section() -> list[str]:
 def page() -> str:
     table, fl = calorimeter_table()
     dimuon, spins, quantum = _by_label(_load("dimuon")), _load("spins"), _load("quantum")
+    dots = _load("quantum_dots")
     gpu = _by_label(_load("calo_wsi_gpu"))
     metrics = _load("metrics_speed")
     out = [
@@ -192,6 +193,18 @@ def page() -> str:
             nk = ref.get("netket", {})
             nk = nk[0] if isinstance(nk, list) else nk  # the run of the same length
             out.append(f"| {r['task']} | relative error {r['relative_error']:.2g} in {r['seconds']:.1f} s | NetKet {nk.get('relative_error')} in {nk.get('seconds')} s |")
+    out += [
+        "",
+        "`quantum_dots.json`: two particles in a harmonic trap by variational Monte Carlo with a Gaussian–binary RBM"
+        " (errors from automated blocking; exact: P·D·ω/2 without interaction, Taut's closed forms with it):",
+        "",
+        "| system | wave function | sampler | energy | exact | relative error | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in dots["results"]:
+        system = r["task"].split(",")[0]
+        wf = "RBM × Padé–Jastrow" if r["jastrow"] else "RBM"
+        out.append(f"| {system} | {wf} | {r['sampler']} | {r['energy']:.5f} ± {r['error']:.1g} | {r['exact_energy']:g} | {r['relative_error']:.1e} | {r['seconds']:.1f} |")
     res = metrics["results"]
     out += [
         "",

@@ -6,6 +6,7 @@
 1.0
 """
 
+from physgen.metrics.blocking import blocking
 from physgen.metrics.calochallenge import calochallenge_evaluate
 from physgen.metrics.calorimeter import high_level_features, layer_profiles, voxel_spectrum
 from physgen.metrics.classifier import classifier_two_sample, roc_auc
@@ -25,6 +26,7 @@ from physgen.metrics.histograms import chi2_two_sample, separation_power, shared
 
 __all__ = [
     "MetricResult",
+    "blocking",
     "calochallenge_evaluate",
     "mmd2",
     "median_bandwidth",

@@ -1,10 +1,17 @@
-"""Quantum spin chains: Hamiltonians, exact diagonalisation, measurements, RBM ground states.
+"""Quantum states: spin chains (Hamiltonians, exact diagonalisation, measurements, RBM ground states) and quantum dots.
 
 >>> from physgen.quantum import tfim, ground_state
 >>> round(ground_state(tfim(10, J=1.0, h=1.0))[0], 6)
 -12.38149
 """
 
+from physgen.quantum.dots import (
+    GaussianBinaryRBM,
+    HarmonicTrap,
+    dot_energy,
+    optimise_dot,
+    taut_energy,
+)
 from physgen.quantum.hamiltonians import (
     SpinChain,
     configurations,
@@ -55,4 +62,9 @@ __all__ = [
     "optimise_ground_state",
     "sign_rule",
     "state_vector",
+    "HarmonicTrap",
+    "GaussianBinaryRBM",
+    "optimise_dot",
+    "dot_energy",
+    "taut_energy",
 ]

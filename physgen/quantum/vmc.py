@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from physgen.errors import InvalidDataError, TrainingDivergedError
+from physgen.errors import ConfigError, InvalidDataError, TrainingDivergedError
 from physgen.quantum.hamiltonians import SpinChain, configurations
 
 __all__ = ["RBMWavefunction", "VMCResult", "marshall_signs", "optimise_ground_state", "sign_rule", "state_vector", "sr_update"]
@@ -297,14 +297,14 @@ def optimise_ground_state(
         recorded as ``model.n_up``.
 
     Raises:
-        InvalidDataError: an unknown sampler, an exact sampler beyond 20 spins, or a
-            frustrated chain (:func:`sign_rule`).
+        ConfigError: an unknown sampler, with the nearest valid name.
+        InvalidDataError: an exact sampler beyond 20 spins, or a frustrated chain (:func:`sign_rule`).
         TrainingDivergedError: the energy stayed non-finite with λ at ``MAX_DIAG_SHIFT``.
     """
     if sampler == "auto":
         sampler = "exact" if chain.n <= 14 else "metropolis"
     if sampler not in ("exact", "metropolis"):
-        raise InvalidDataError(f"sampler must be 'exact', 'metropolis' or 'auto'; got {sampler!r}")
+        raise ConfigError.unknown("optimise_ground_state", str(sampler), ("exact", "metropolis", "auto"), what="sampler")
     if sampler == "exact" and chain.n > MAX_EXACT:
         raise InvalidDataError(f"exact-expectation VMC enumerates 2ⁿ states, n ≤ {MAX_EXACT}; got n = {chain.n}; use sampler='metropolis'")
     if translation_invariant and not chain.periodic:
