@@ -107,7 +107,7 @@ def evaluator_section() -> list[str]:
 def page() -> str:
     table, fl = calorimeter_table()
     dimuon, spins, quantum = _by_label(_load("dimuon")), _load("spins"), _load("quantum")
-    dots = _load("quantum_dots")
+    dots, cplx = _load("quantum_dots"), _load("quantum_complex")
     gpu = _by_label(_load("calo_wsi_gpu"))
     metrics = _load("metrics_speed")
     out = [
@@ -193,6 +193,22 @@ def page() -> str:
             nk = ref.get("netket", {})
             nk = nk[0] if isinstance(nk, list) else nk  # the run of the same length
             out.append(f"| {r['task']} | relative error {r['relative_error']:.2g} in {r['seconds']:.1f} s | NetKet {nk.get('relative_error')} in {nk.get('seconds')} s |")
+    out += [
+        "",
+        "`quantum_complex.json`: complex wave functions from measurements in Pauli bases (QuCumber's tutorial-2 protocol: all Z, then"
+        " X and Y on one qubit at a time), physgen's `complex_rbm` with its defaults next to QuCumber 1.3.3 with its tutorial's settings"
+        " on the same files (`qucumber_complex.json`; KL averaged over the bases):",
+        "",
+        "| data | physgen fidelity | KL | seconds | QuCumber fidelity | KL | epochs | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in cplx["results"]:
+        fids = ", ".join(f"{run['fidelity']:.4f}" for run in r["runs"])
+        kls = ", ".join(f"{run['basis_kl']:.4f}" for run in r["runs"])
+        secs = ", ".join(f"{run['seconds']:.0f}" for run in r["runs"])
+        qc = r["reference"].get("qucumber", {})
+        data = f"{r['qubits']} qubits, {r['bases']} bases, {r['measurements']:,} measurements ({r['task']})"
+        out.append(f"| {data} | {fids} | {kls} | {secs} | {qc.get('fidelity', float('nan')):.4f} | {qc.get('kl', float('nan')):.4f} | {qc.get('epochs')} | {qc.get('seconds', float('nan')):.0f} |")
     out += [
         "",
         "`quantum_dots.json`: two particles in a harmonic trap by variational Monte Carlo with a Gaussian–binary RBM"

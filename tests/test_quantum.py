@@ -272,3 +272,116 @@ def test_minsr_and_dense_sr_give_the_same_update():
     s_mat = oc.T @ (p[:, None] * oc) + 0.01 * torch.eye(90, dtype=torch.float64)
     reference = torch.linalg.solve(s_mat, oc.T @ (p * (e_loc - p @ e_loc)))
     torch.testing.assert_close(delta, reference, rtol=1e-9, atol=1e-12)
+
+
+# --- complex wave functions from measurements in Pauli bases ------------------------------------------------
+
+TUTORIAL2_PSI = np.array([0.2861 + 0.0539j, 0.3687 - 0.3023j, -0.1672 - 0.3529j, -0.5659 - 0.4639j])
+
+
+def test_basis_rotation_matches_the_kronecker_product_of_single_qubit_unitaries():
+    from physgen.surrogates.complex_rbm import rotate
+
+    s = 1 / np.sqrt(2)
+    u = {"Z": np.eye(2), "X": np.array([[s, s], [s, -s]]), "Y": np.array([[s, -1j * s], [s, 1j * s]])}
+    # the rows of U_b are the bras of the +1 and −1 eigenstates of each Pauli matrix
+    paulis = {"X": np.array([[0, 1], [1, 0]]), "Y": np.array([[0, -1j], [1j, 0]])}
+    for p, m in paulis.items():
+        assert np.allclose(u[p] @ m @ u[p].conj().T, np.diag([1, -1]))
+    psi = np.random.default_rng(0).normal(size=8) + 1j * np.random.default_rng(1).normal(size=8)
+    for basis in ("XYZ", "ZZX", "YYY"):
+        full = np.kron(np.kron(u[basis[0]], u[basis[1]]), u[basis[2]])
+        codes = ["ZXY".index(c) for c in basis]
+        assert np.allclose(rotate(torch.from_numpy(psi), codes).numpy(), full @ psi)
+
+
+def test_pauli_measurements_follow_the_born_rule_and_round_trip_with_their_bases(tmp_path):
+    from physgen.quantum import local_bases, sample_pauli_measurements
+
+    psi = TUTORIAL2_PSI / np.linalg.norm(TUTORIAL2_PSI)
+    assert local_bases(2) == ["ZZ", "XZ", "ZX", "YZ", "ZY"]
+    data = sample_pauli_measurements(psi, ["YX"], 20_000, seed=0)
+    # ⟨σʸ ⊗ σˣ⟩ from the outcomes against the exact expectation value
+    sy, sx = np.array([[0, -1j], [1j, 0]]), np.array([[0, 1], [1, 0]])
+    exact = float(np.real(psi.conj() @ np.kron(sy, sx) @ psi))
+    signs = (1 - 2 * data.x.numpy()).prod(1)
+    assert signs.mean() == pytest.approx(exact, abs=4 / np.sqrt(20_000))
+    counts = np.bincount((data.x.numpy() @ [2, 1]).astype(int), minlength=4)
+    from physgen.surrogates.complex_rbm import rotate
+
+    p = np.abs(rotate(torch.from_numpy(psi), [2, 1]).numpy()) ** 2
+    assert chisquare(counts, p * 20_000).pvalue > 1e-3
+    physgen.write(data[:50], tmp_path / "train.txt")
+    assert (tmp_path / "train_bases.txt").read_text().splitlines()[0] == "Y X"
+    back = physgen.read(tmp_path / "train.txt", bases=tmp_path / "train_bases.txt")
+    assert torch.equal(back.x, data.x[:50]) and torch.equal(back.cond, data.cond[:50])
+    (tmp_path / "bad_bases.txt").write_text("Y X\nY Q\n")
+    (tmp_path / "two.txt").write_text("0 1\n1 1\n")
+    with pytest.raises(physgen.errors.DataFileError, match=r"bad_bases.txt.*line 2.*X, Y or Z"):
+        physgen.read(tmp_path / "two.txt", bases=tmp_path / "bad_bases.txt")
+    (tmp_path / "short_bases.txt").write_text("Y X\n")
+    with pytest.raises(physgen.errors.DataFileError, match="1 rows of bases for the 2 measurements"):
+        physgen.read(tmp_path / "two.txt", bases=tmp_path / "short_bases.txt")
+    with pytest.raises(physgen.errors.DataFileError, match="does not exist"):
+        physgen.read(tmp_path / "two.txt", bases=tmp_path / "missing.txt")
+
+
+def test_complex_rbm_reaches_the_tutorial_fidelity_and_its_probabilities_are_exact(tmp_path):
+    from physgen.quantum import basis_kl, local_bases, sample_pauli_measurements
+
+    psi = TUTORIAL2_PSI / np.linalg.norm(TUTORIAL2_PSI)
+    data = sample_pauli_measurements(psi, local_bases(2), 200, seed=0)  # QuCumber tutorial 2: 5 bases, 1,000 samples
+    model = create("complex_rbm")
+    model.fit(data, progress=False)
+    report = tomography_report(model, psi, data)
+    assert report["fidelity"] > 0.997 and report["n_bases"] == 5  # QuCumber's tutorial reaches 0.993
+    assert report["basis_kl"] == pytest.approx(basis_kl(psi, model.wavefunction(), local_bases(2)))
+    # a phase-blind reconstruction (the same amplitudes, all phases 0) fails the basis check
+    assert basis_kl(psi, np.abs(psi), local_bases(2)) > 10 * report["basis_kl"]
+    # log_prob is normalised in every basis: the four outcomes of each sum to one
+    outcomes = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    for codes in ([0, 0], [1, 2], [2, 2]):
+        probe = physgen.Data(outcomes, data.schema, cond=torch.tensor([codes] * 4, dtype=torch.float32))
+        assert float(model.log_prob(probe).exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    # conditional sampling draws in the basis asked for
+    yx = model.sample(torch.tensor([[2.0, 1.0]] * 4000), seed=0)
+    signs = (1 - 2 * yx.x.numpy()).prod(1)
+    sy, sx = np.array([[0, -1j], [1j, 0]]), np.array([[0, 1], [1, 0]])
+    assert signs.mean() == pytest.approx(float(np.real(psi.conj() @ np.kron(sy, sx) @ psi)), abs=0.1)
+    model.save(tmp_path / "cx")
+    assert np.allclose(physgen.surrogates.load(tmp_path / "cx").wavefunction(), model.wavefunction())
+
+
+def test_complex_rbm_refuses_conditions_that_are_not_one_basis_per_qubit():
+    data = physgen.Data(torch.zeros(10, 3), physgen.Schema(kind="spins", cond_names=("b",)), cond=torch.zeros(10, 1))
+    with pytest.raises(physgen.errors.InvalidDataError, match=r"basis of each qubit, \[N, 3\]"):
+        create("complex_rbm").fit(data, epochs=1, progress=False)
+
+
+def test_variational_model_saves_loads_and_samples_like_a_surrogate(tmp_path):
+    from physgen.quantum.vmc import RBMWavefunction
+
+    chain = tfim(6)
+    result = optimise_ground_state(chain, iterations=100)
+    result.model.save(tmp_path / "wf")
+    model = RBMWavefunction.load(tmp_path / "wf")
+    psi = state_vector(model, chain)
+    assert np.allclose(psi, state_vector(result.model, chain)) and model.chain == chain
+    # exact draws from |ψ|²: Born-rule counts and ⟨σᶻσᶻ⟩ against the state vector
+    samples = model.sample(20_000, seed=0)
+    assert samples.schema.kind == "spins" and samples.x.shape == (20_000, 6)
+    assert torch.equal(samples.x, model.sample(20_000, seed=0).x)
+    counts = np.bincount((samples.x.numpy() @ (1 << np.arange(5, -1, -1))).astype(int), minlength=64)
+    expected = psi**2 * 20_000
+    keep = expected > 5
+    assert chisquare(counts[keep], expected[keep] * counts[keep].sum() / expected[keep].sum()).pvalue > 1e-3
+    assert np.abs(zz_correlations_from_samples(samples.x.numpy()) - zz_correlations(psi)).max() < 0.05
+    # beyond 20 spins: one draw from each Metropolis chain
+    big = RBMWavefunction(22)
+    big.chain = tfim(22)
+    assert big.sample(64, seed=1, burn_in=2).x.shape == (64, 22)
+    rbm = create("rbm")
+    rbm.fit(sample_measurements(psi, 500), epochs=1, progress=False)
+    rbm.save(tmp_path / "rbm")
+    with pytest.raises(physgen.errors.CheckpointError, match="not an RBM wave function"):
+        RBMWavefunction.load(tmp_path / "rbm")

@@ -28,6 +28,9 @@ __all__ = [
     "zz_correlations",
     "zz_correlations_from_samples",
     "bits_to_index",
+    "local_bases",
+    "sample_pauli_measurements",
+    "basis_kl",
 ]
 
 
@@ -48,6 +51,68 @@ def sample_measurements(psi: np.ndarray, n_samples: int, seed: int = 0) -> Data:
     idx = np.random.default_rng(seed).choice(len(p), size=n_samples, p=p)
     bits = configurations(n)[idx]
     return Data(bits.astype(np.float32), Schema(kind="spins", feature_names=tuple(f"s{i}" for i in range(n)), source_format="spins"))
+
+
+def local_bases(n: int) -> list[str]:
+    """The tomography protocol of QuCumber's complex-wavefunction tutorial for n qubits: Z on every qubit,
+    then X, then Y, on one qubit at a time (2n + 1 bases; n = 2 gives ZZ, XZ, ZX, YZ, ZY)."""
+    return ["Z" * n] + [("Z" * i) + p + ("Z" * (n - i - 1)) for p in "XY" for i in range(n)]
+
+
+def _codes(basis: str, n: int) -> list[int]:
+    from physgen.surrogates.complex_rbm import PAULI
+
+    letters = basis.replace(" ", "").upper()
+    if len(letters) != n or set(letters) - set(PAULI):
+        raise InvalidDataError(f"a basis names one Pauli letter (X, Y, Z) per qubit, {n} here; got {basis!r}")
+    return [PAULI.index(c) for c in letters]
+
+
+def _n_qubits(psi: np.ndarray) -> int:
+    n = int(round(np.log2(len(psi))))
+    if 2**n != len(psi):
+        raise InvalidDataError(f"a state of n spins has 2ⁿ amplitudes; got {len(psi)}")
+    return n
+
+
+def _basis_probabilities(psi: np.ndarray, codes: list[int]) -> np.ndarray:
+    import torch
+
+    from physgen.surrogates.complex_rbm import rotate
+
+    amp = rotate(torch.from_numpy(np.asarray(psi, dtype=np.complex128) / np.linalg.norm(psi)), codes).numpy()
+    p = np.abs(amp) ** 2
+    return p / p.sum()
+
+
+def sample_pauli_measurements(psi: np.ndarray, bases: list[str], n_per_basis: int, seed: int = 0) -> Data:
+    """``n_per_basis`` outcomes drawn from |⟨outcome|U_b|ψ⟩|² in each basis (``"XZ"``: X on qubit 0, Z on qubit 1).
+
+    Returns ``Data(kind="spins")``: ``x`` the 0/1 outcomes (0: the +1 eigenstate), ``cond`` the basis of each
+    qubit coded 0/1/2 = Z/X/Y; ``physgen.write(data, "samples.txt")`` also writes ``samples_bases.txt``.
+    """
+    n = _n_qubits(np.asarray(psi))
+    rng = np.random.default_rng(seed)
+    xs, cs = [], []
+    for basis in bases:
+        codes = _codes(basis, n)
+        p = _basis_probabilities(psi, codes)
+        xs.append(configurations(n)[rng.choice(len(p), size=n_per_basis, p=p)])
+        cs.append(np.tile(np.asarray(codes, dtype=np.float32), (n_per_basis, 1)))
+    schema = Schema(kind="spins", feature_names=tuple(f"s{i}" for i in range(n)), source_format="spins", cond_names=tuple(f"basis_{i}" for i in range(n)))
+    return Data(np.concatenate(xs).astype(np.float32), schema, cond=np.concatenate(cs))
+
+
+def basis_kl(psi_exact: np.ndarray, psi_model: np.ndarray, bases: list[str]) -> float:
+    """KL(exact ‖ model) of the outcome distributions in each of ``bases``, averaged over them, in nats (QuCumber's KL)."""
+    n = _n_qubits(np.asarray(psi_exact))
+    total = 0.0
+    for basis in bases:
+        codes = _codes(basis, n)
+        p, q = _basis_probabilities(psi_exact, codes), _basis_probabilities(psi_model, codes)
+        keep = p > 0
+        total += float(np.sum(p[keep] * (np.log(p[keep]) - np.log(np.maximum(q[keep], 1e-300)))))
+    return total / len(bases)
 
 
 def histogram_state(samples: Data | np.ndarray, n: int | None = None) -> np.ndarray:
@@ -97,17 +162,24 @@ def zz_correlations_from_samples(bits: np.ndarray) -> np.ndarray:
 
 
 def tomography_report(model: Any, psi_exact: np.ndarray, samples: Data | None = None) -> dict[str, float]:
-    """Overlap, fidelity and KL of a fitted RBM's wavefunction against an exact positive state (and the histogram baseline).
+    """Overlap, fidelity and KL of a fitted RBM's wavefunction against an exact state (and the histogram baseline).
 
-    ``model`` is a fitted :class:`~physgen.surrogates.rbm.RBMSurrogate` (its ``wavefunction()``);
-    with ``samples`` the report adds the fidelity of their plain histogram, which every
-    reconstruction must beat.
+    ``model`` is a fitted :class:`~physgen.surrogates.rbm.RBMSurrogate` or
+    :class:`~physgen.surrogates.complex_rbm.ComplexRBMSurrogate` (its ``wavefunction()``). With σᶻ
+    ``samples`` the report adds the fidelity of their plain histogram, which every reconstruction
+    of a positive state must beat; with samples in several Pauli bases it adds ``basis_kl``, the KL
+    averaged over the bases they hold.
     """
     psi = model.wavefunction()  # InvalidDataError beyond MAX_EXACT_SPINS, before any allocation
     if len(np.asarray(psi_exact)) != len(psi):
         raise InvalidDataError(f"the exact state has {len(np.asarray(psi_exact))} amplitudes and the model {len(psi)}; they describe different numbers of spins")
     out = {"overlap": overlap(psi_exact, psi), "fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
-    if samples is not None:
+    if samples is not None and samples.cond is not None:
+        from physgen.surrogates.complex_rbm import PAULI
+
+        bases = sorted({"".join(PAULI[int(c)] for c in row) for row in samples.cond.numpy()})
+        out.update(basis_kl=basis_kl(psi_exact, psi, bases), n_bases=len(bases))
+    elif samples is not None:
         hist = histogram_state(samples, len(np.asarray(psi_exact)).bit_length() - 1)
         out.update(histogram_fidelity=fidelity(psi_exact, hist), histogram_overlap=overlap(psi_exact, hist))
     return out

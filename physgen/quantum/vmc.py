@@ -35,12 +35,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from physgen.errors import ConfigError, InvalidDataError, TrainingDivergedError
+from physgen.data import Data, Schema
+from physgen.errors import CheckpointError, ConfigError, InvalidDataError, TrainingDivergedError
 from physgen.quantum.hamiltonians import SpinChain, configurations
 
 __all__ = ["RBMWavefunction", "VMCResult", "marshall_signs", "optimise_ground_state", "sign_rule", "state_vector", "sr_update"]
@@ -63,6 +65,7 @@ class RBMWavefunction(torch.nn.Module):
         super().__init__()
         self.n, self.alpha, self.symmetric = int(n), int(alpha), bool(translation_invariant)
         self.n_up: int | None = None  # the Sᶻ sector the model was optimised in (None: the full space)
+        self.chain: SpinChain | None = None  # the Hamiltonian it was optimised for (set by optimise_ground_state)
         gen = torch.Generator().manual_seed(seed)
         if self.symmetric:
             self.a = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
@@ -106,12 +109,75 @@ class RBMWavefunction(torch.nn.Module):
     def flat_parameters(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in (self.a, self.b, self.w)])
 
+    # -- one interface with the surrogates: sample, save, load ---------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, burn_in: int = 50) -> Data:
+        """``n`` configurations drawn from |ψ|², as ``Data(kind="spins")`` with x ``[n, N]`` bits (0: σᶻ = +1),
+        the convention of every surrogate's ``sample``.
+
+        Exact draws from the enumerated |ψ|² up to 20 spins (within ``n_up``'s sector when set); beyond,
+        one sample from each of ``n`` Metropolis chains after ``burn_in`` sweeps (needs ``chain``).
+        """
+        if n < 1:
+            raise InvalidDataError(f"asked for {n} samples; expected at least 1")
+        gen = torch.Generator().manual_seed(int(seed))
+        if self.n <= MAX_EXACT:
+            states = np.arange(2**self.n) if self.n_up is None else _sector_states(self.n, self.n_up)
+            bits = ((states[:, None] >> np.arange(self.n - 1, -1, -1)) & 1).astype(np.float32)
+            lp = 2 * self.log_psi(torch.from_numpy(1.0 - 2.0 * bits.astype(np.float64)))
+            x = torch.from_numpy(bits)[torch.multinomial(torch.exp(lp - lp.max()), n, replacement=True, generator=gen)]
+        else:
+            if self.chain is None:
+                raise InvalidDataError(f"sampling {self.n} spins needs Metropolis moves, and this wave function has no chain; set model.chain")
+            mc = _Metropolis(self.chain, n, int(seed))
+            s, _ = mc.sweep(self, burn_in)
+            x = ((1 - s) / 2).float()
+        return Data(x, Schema(kind="spins", feature_names=tuple(f"s{i}" for i in range(self.n)), source_format="spins"))
+
+    def save(self, directory: str | Path) -> Path:
+        """Save the weights (safetensors) and what rebuilds the model (JSON), atomically, like a surrogate's checkpoint."""
+        from physgen import __version__
+        from physgen.data import Pipeline
+        from physgen.training import checkpoint as ckpt
+
+        config = {
+            "family": "rbm_wavefunction", "class": f"{type(self).__module__}:{type(self).__qualname__}", "physgen_version": __version__,
+            "options": {"n": self.n, "alpha": self.alpha, "translation_invariant": self.symmetric}, "dims": {"n": self.n},
+            "schema": Schema(kind="spins").to_dict(), "preprocessing": Pipeline().to_dict(), "n_up": self.n_up,
+            "chain": None if self.chain is None else {"kind": self.chain.kind, "n": self.chain.n, "periodic": self.chain.periodic, "params": self.chain.params},
+        }
+        return ckpt.write_checkpoint(directory, self, config)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RBMWavefunction:
+        """A wave function :meth:`save` wrote; :class:`~physgen.errors.CheckpointError` for anything else."""
+        from physgen.training import checkpoint as ckpt
+
+        config = ckpt.read_config(directory)
+        if config.get("family") != "rbm_wavefunction":
+            raise CheckpointError(f"checkpoint {str(directory)!r} holds a {config.get('family')!r} surrogate, not an RBM wave function; "
+                                  "physgen.surrogates.load(directory) loads surrogates")
+        o = config["options"]
+        model = cls(int(o["n"]), int(o["alpha"]), bool(o["translation_invariant"]))
+        model.n_up = config.get("n_up")
+        chain = config.get("chain")
+        model.chain = None if chain is None else SpinChain(chain["kind"], int(chain["n"]), bool(chain["periodic"]), {k: float(v) for k, v in chain["params"].items()})
+        ckpt.load_weights(model, directory, config)
+        return model
+
     def add_to_parameters(self, delta: torch.Tensor) -> None:
         with torch.no_grad():
             offset = 0
             for p in (self.a, self.b, self.w):
                 p.add_(delta[offset : offset + p.numel()].reshape(p.shape))
                 offset += p.numel()
+
+
+def _sector_states(n: int, n_up: int) -> np.ndarray:
+    """Basis indices (sorted) with ``n_up`` spins up (x = 0)."""
+    states = np.arange(2**n)
+    ups = n - np.array([bin(k).count("1") for k in states])
+    return states[ups == n_up]
 
 
 def _log_cosh(x: torch.Tensor) -> torch.Tensor:
@@ -314,6 +380,7 @@ def optimise_ground_state(
     torch.set_default_dtype(torch.float64)
     try:
         model = RBMWavefunction(chain.n, alpha, translation_invariant, seed)
+        model.chain = chain
         energies, errors, variances, history = [], [], [], []
         t0 = time.perf_counter()
         if sampler == "exact":

@@ -42,6 +42,7 @@ _FAMILIES: dict[str, Any] = {
     "vae": "physgen.surrogates.vae:VAESurrogate",
     "wgan": "physgen.surrogates.wgan:WGANSurrogate",
     "rbm": "physgen.surrogates.rbm:RBMSurrogate",
+    "complex_rbm": "physgen.surrogates.complex_rbm:ComplexRBMSurrogate",
     "shower": "physgen.calorimeter.shower:ShowerModel",
 }
 _ALLOWED_MODULES: set[str] = set()
