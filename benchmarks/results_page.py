@@ -190,9 +190,10 @@ def page() -> str:
             qc = ref.get("qucumber", {})
             out.append(f"| {r['task']} | fidelity {r['fidelity']:.4f} in {r['seconds']:.1f} s | QuCumber {qc.get('fidelity')} in {qc.get('seconds')} s |")
         elif "relative_error" in r:
-            nk = ref.get("netket", {})
+            nk = (ref or {}).get("netket", {})
             nk = nk[0] if isinstance(nk, list) else nk  # the run of the same length
-            out.append(f"| {r['task']} | relative error {r['relative_error']:.2g} in {r['seconds']:.1f} s | NetKet {nk.get('relative_error')} in {nk.get('seconds')} s |")
+            peer = "—" if not nk else f"NetKet {nk['relative_error']} in {nk['seconds']} s" if "relative_error" in nk else f"NetKet: {nk['seconds']} s"
+            out.append(f"| {r['task']} | relative error {r['relative_error']:.2g} in {r['seconds']:.1f} s | {peer} |")
     out += [
         "",
         "`quantum_complex.json`: complex wave functions from measurements in Pauli bases (QuCumber's tutorial-2 protocol: all Z, then"

@@ -21,6 +21,7 @@ from physgen.quantum import (
     optimise_ground_state,
     overlap,
     sample_measurements,
+    sign_rule,
     state_vector,
     tfim,
     tomography_report,
@@ -385,3 +386,37 @@ def test_variational_model_saves_loads_and_samples_like_a_surrogate(tmp_path):
     rbm.save(tmp_path / "rbm")
     with pytest.raises(physgen.errors.CheckpointError, match="not an RBM wave function"):
         RBMWavefunction.load(tmp_path / "rbm")
+
+
+# --- square lattices ---------------------------------------------------------------------------------------
+
+
+def test_square_lattice_bonds_and_exact_energies():
+    from physgen.quantum import square_bonds
+
+    assert len(square_bonds(4, 4)) == 32 and len(square_bonds(4, 4, periodic=False)) == 24 and len(square_bonds(2, 2)) == 4
+    # 4×4 periodic Heisenberg antiferromagnet: E₀/N = −0.7017802 J in S⃗·S⃗ units (Schulz, Ziman & Poilblanc 1996)
+    lattice = heisenberg((4, 4))
+    assert lattice.n == 16 and lattice.lattice == (4, 4)
+    assert ground_state(lattice, n_up=8)[0] / (4 * 16) == pytest.approx(-0.7017802, abs=1e-7)
+    # Marshall's rule on the checkerboard makes the 4×4 ground state positive; the odd periodic lattice is frustrated
+    _, psi = ground_state(lattice)
+    from physgen.quantum.vmc import _gauge_signs
+
+    signed = psi * _gauge_signs(configurations(16), sign_rule(lattice))
+    signed *= np.sign(signed[np.argmax(np.abs(signed))])
+    assert signed.min() > -1e-9
+    with pytest.raises(physgen.errors.InvalidDataError, match="bipartite"):
+        sign_rule(heisenberg((3, 3)))
+    with pytest.raises(physgen.errors.InvalidDataError, match=r"\(Lx, Ly\) with both ≥ 2"):
+        tfim((4, 1))
+
+
+def test_vmc_on_a_square_lattice_against_exact_diagonalisation():
+    chain = tfim((4, 4), h=3.0, periodic=True)
+    e0, _ = ground_state(chain)
+    result = optimise_ground_state(chain, iterations=150, n_samples=512, exact_energy=e0)
+    assert result.energy >= e0 - 5 * result.errors[-1]
+    assert result.relative_error < 5e-4
+    with pytest.raises(physgen.errors.InvalidDataError, match="translation_invariant"):
+        optimise_ground_state(chain, iterations=1, translation_invariant=True)

@@ -18,6 +18,7 @@ from physgen.quantum.hamiltonians import (
     ground_state,
     heisenberg,
     sigma_z,
+    square_bonds,
     tfim,
     xxz,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ground_state",
     "configurations",
     "sigma_z",
+    "square_bonds",
     "sample_measurements",
     "histogram_state",
     "overlap",

@@ -7,7 +7,9 @@ index k = Σᵢ xᵢ 2^(n−1−i), so site 0 is the most significant bit.
 * transverse-field Ising: H = −J Σ⟨ij⟩ σᶻᵢσᶻⱼ − h Σᵢ σˣᵢ
 * XXZ: H = Σ⟨ij⟩ [J_xy (σˣᵢσˣⱼ + σʸᵢσʸⱼ) + J_z σᶻᵢσᶻⱼ]  (Heisenberg: J_xy = J_z = J)
 
-``periodic`` adds the bond (n−1, 0). Ground states come from
+``periodic`` adds the bond (n−1, 0). Every constructor also takes a lattice shape
+``(Lx, Ly)`` instead of n: the square lattice of Lx·Ly sites, site (x, y) at index
+y·Lx + x, with nearest-neighbour bonds (wrapping around when periodic). Ground states come from
 ``scipy.sparse.linalg.eigsh`` (Lanczos), fine up to ~20 spins.
 """
 
@@ -29,6 +31,7 @@ __all__ = [
     "ground_state",
     "configurations",
     "sigma_z",
+    "square_bonds",
 ]
 
 MAX_SPINS_ED = 24
@@ -52,17 +55,21 @@ class SpinChain:
     Attributes:
         kind: ``"tfim"`` or ``"xxz"``.
         n: number of spins.
-        periodic: whether the bond (n−1, 0) is present.
+        periodic: whether the bond (n−1, 0) is present (on a lattice: the wrap-around bonds).
         params: ``{"J": ..., "h": ...}`` (TFIM) or ``{"Jxy": ..., "Jz": ...}`` (XXZ).
+        lattice: ``(Lx, Ly)`` for a square lattice, None for a chain.
     """
 
     kind: str
     n: int
     periodic: bool
     params: dict[str, float]
+    lattice: tuple[int, int] | None = None
 
     @property
     def bonds(self) -> list[tuple[int, int]]:
+        if self.lattice is not None:
+            return square_bonds(*self.lattice, periodic=self.periodic)
         bonds = [(i, i + 1) for i in range(self.n - 1)]
         if self.periodic and self.n > 2:
             bonds.append((self.n - 1, 0))
@@ -130,24 +137,57 @@ class SpinChain:
     def describe(self) -> str:
         bc = "periodic" if self.periodic else "open"
         p = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
-        return f"{self.kind.upper()} chain, n={self.n}, {bc}, {p}"
+        where = "chain, n=" + str(self.n) if self.lattice is None else f"{self.lattice[0]}×{self.lattice[1]} square lattice"
+        return f"{self.kind.upper()} {where}, {bc}, {p}"
+
+    def to_dict(self) -> dict:
+        """A JSON-ready description that :meth:`from_dict` rebuilds."""
+        return {"kind": self.kind, "n": self.n, "periodic": self.periodic, "params": dict(self.params), "lattice": None if self.lattice is None else list(self.lattice)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SpinChain:
+        lattice = d.get("lattice")
+        return cls(str(d["kind"]), int(d["n"]), bool(d["periodic"]), {k: float(v) for k, v in d["params"].items()}, None if lattice is None else (int(lattice[0]), int(lattice[1])))
 
 
-def tfim(n: int, J: float = 1.0, h: float = 1.0, periodic: bool = False) -> SpinChain:
-    """Transverse-field Ising chain H = −J Σ σᶻσᶻ − h Σ σˣ."""
-    _check_n(n)
-    return SpinChain("tfim", int(n), bool(periodic), _finite(J=J, h=h))
+def square_bonds(lx: int, ly: int, periodic: bool = True) -> list[tuple[int, int]]:
+    """Nearest-neighbour bonds of an lx × ly square lattice (site (x, y) = y·lx + x), each once."""
+    bonds: set[tuple[int, int]] = set()
+    for y in range(ly):
+        for x in range(lx):
+            for nx, ny in ((x + 1, y), (x, y + 1)):
+                if (nx >= lx or ny >= ly) and not periodic:
+                    continue
+                a, b = y * lx + x, (ny % ly) * lx + nx % lx
+                if a != b:
+                    bonds.add((min(a, b), max(a, b)))
+    return sorted(bonds)
 
 
-def xxz(n: int, Jxy: float = 1.0, Jz: float = 1.0, periodic: bool = False) -> SpinChain:
-    """XXZ chain H = Σ [J_xy (σˣσˣ + σʸσʸ) + J_z σᶻσᶻ]."""
-    _check_n(n)
-    return SpinChain("xxz", int(n), bool(periodic), _finite(Jxy=Jxy, Jz=Jz))
+def tfim(n: int | tuple[int, int], J: float = 1.0, h: float = 1.0, periodic: bool = False) -> SpinChain:
+    """Transverse-field Ising model H = −J Σ σᶻσᶻ − h Σ σˣ on a chain of n sites or an (Lx, Ly) square lattice."""
+    n, lattice = _sites(n)
+    return SpinChain("tfim", n, bool(periodic), _finite(J=J, h=h), lattice)
 
 
-def heisenberg(n: int, J: float = 1.0, periodic: bool = True) -> SpinChain:
-    """Heisenberg chain H = J Σ σ⃗ᵢ·σ⃗ⱼ (XXZ with J_xy = J_z = J)."""
+def xxz(n: int | tuple[int, int], Jxy: float = 1.0, Jz: float = 1.0, periodic: bool = False) -> SpinChain:
+    """XXZ model H = Σ [J_xy (σˣσˣ + σʸσʸ) + J_z σᶻσᶻ] on a chain of n sites or an (Lx, Ly) square lattice."""
+    n, lattice = _sites(n)
+    return SpinChain("xxz", n, bool(periodic), _finite(Jxy=Jxy, Jz=Jz), lattice)
+
+
+def heisenberg(n: int | tuple[int, int], J: float = 1.0, periodic: bool = True) -> SpinChain:
+    """Heisenberg model H = J Σ σ⃗ᵢ·σ⃗ⱼ (XXZ with J_xy = J_z = J) on a chain or an (Lx, Ly) square lattice."""
     return xxz(n, J, J, periodic)
+
+
+def _sites(n: int | tuple[int, int]) -> tuple[int, tuple[int, int] | None]:
+    if isinstance(n, (tuple, list)):
+        if len(n) != 2 or any(int(v) != v or v < 2 for v in n):
+            raise InvalidDataError(f"a square lattice is (Lx, Ly) with both ≥ 2; got {tuple(n)}")
+        return int(n[0]) * int(n[1]), (int(n[0]), int(n[1]))
+    _check_n(n)
+    return int(n), None
 
 
 def _finite(**couplings: float) -> dict[str, float]:

@@ -144,7 +144,7 @@ class RBMWavefunction(torch.nn.Module):
             "family": "rbm_wavefunction", "class": f"{type(self).__module__}:{type(self).__qualname__}", "physgen_version": __version__,
             "options": {"n": self.n, "alpha": self.alpha, "translation_invariant": self.symmetric}, "dims": {"n": self.n},
             "schema": Schema(kind="spins").to_dict(), "preprocessing": Pipeline().to_dict(), "n_up": self.n_up,
-            "chain": None if self.chain is None else {"kind": self.chain.kind, "n": self.chain.n, "periodic": self.chain.periodic, "params": self.chain.params},
+            "chain": None if self.chain is None else self.chain.to_dict(),
         }
         return ckpt.write_checkpoint(directory, self, config)
 
@@ -161,7 +161,7 @@ class RBMWavefunction(torch.nn.Module):
         model = cls(int(o["n"]), int(o["alpha"]), bool(o["translation_invariant"]))
         model.n_up = config.get("n_up")
         chain = config.get("chain")
-        model.chain = None if chain is None else SpinChain(chain["kind"], int(chain["n"]), bool(chain["periodic"]), {k: float(v) for k, v in chain["params"].items()})
+        model.chain = None if chain is None else SpinChain.from_dict(chain)
         ckpt.load_weights(model, directory, config)
         return model
 
@@ -209,22 +209,48 @@ class VMCResult:
 def sign_rule(chain: SpinChain) -> np.ndarray | None:
     """The sites A of the gauge U = (−1)^{Σ_{i∈A} xᵢ} that makes ``chain`` stoquastic, or None if it already is.
 
+    For the antiferromagnetic XXZ model A is one sublattice of a two-colouring of the bonds
+    (Marshall's rule: even sites of a chain, the checkerboard of a square lattice).
+
     Raises:
-        InvalidDataError: for an antiferromagnetic XXZ ring with an odd number of sites,
-            which is frustrated: no sign rule is exact there, and a positive wave function
-            cannot represent its ground state.
+        InvalidDataError: for an antiferromagnetic XXZ model whose bonds are not bipartite (an odd
+            ring, an odd periodic lattice), which is frustrated: no sign rule is exact there, and a
+            positive wave function cannot represent its ground state.
     """
     if chain.kind == "tfim":
         return np.ones(chain.n, dtype=bool) if chain.params["h"] < 0 else None
     if chain.params["Jxy"] <= 0:
         return None
-    if chain.periodic and chain.n % 2 == 1 and chain.n > 2:
+    colour = _two_colouring(chain.n, chain.bonds)
+    if colour is None:
         raise InvalidDataError(
-            f"{chain.describe()}: Marshall's sign rule is exact only on bipartite lattices, and a ring of "
-            f"{chain.n} sites is not; a positive RBM cannot represent this frustrated ground state. "
-            "Use an even ring, an open chain, or exact diagonalisation (ground_state)"
+            f"{chain.describe()}: Marshall's sign rule is exact only on bipartite lattices, and these bonds "
+            "are not (an odd ring or an odd periodic lattice); a positive RBM cannot represent this frustrated "
+            "ground state. Use an even ring, an open chain, or exact diagonalisation (ground_state)"
         )
-    return np.arange(chain.n) % 2 == 0
+    return colour == 0
+
+
+def _two_colouring(n: int, bonds: list[tuple[int, int]]) -> np.ndarray | None:
+    """0/1 per site with every bond joining different colours, or None if there is none."""
+    neighbours: list[list[int]] = [[] for _ in range(n)]
+    for i, j in bonds:
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    colour = np.full(n, -1)
+    for start in range(n):
+        if colour[start] >= 0:
+            continue
+        colour[start], stack = 0, [start]
+        while stack:
+            i = stack.pop()
+            for j in neighbours[i]:
+                if colour[j] < 0:
+                    colour[j] = 1 - colour[i]
+                    stack.append(j)
+                elif colour[j] == colour[i]:
+                    return None
+    return colour
 
 
 def _gauge_signs(bits: np.ndarray, sites: np.ndarray) -> np.ndarray:
@@ -373,8 +399,8 @@ def optimise_ground_state(
         raise ConfigError.unknown("optimise_ground_state", str(sampler), ("exact", "metropolis", "auto"), what="sampler")
     if sampler == "exact" and chain.n > MAX_EXACT:
         raise InvalidDataError(f"exact-expectation VMC enumerates 2ⁿ states, n ≤ {MAX_EXACT}; got n = {chain.n}; use sampler='metropolis'")
-    if translation_invariant and not chain.periodic:
-        raise InvalidDataError("translation_invariant needs a periodic chain")
+    if translation_invariant and (not chain.periodic or chain.lattice is not None):
+        raise InvalidDataError("translation_invariant shares weights along a periodic chain; this is " + chain.describe())
     sites = sign_rule(chain)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
