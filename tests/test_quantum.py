@@ -420,3 +420,27 @@ def test_vmc_on_a_square_lattice_against_exact_diagonalisation():
     assert result.relative_error < 5e-4
     with pytest.raises(physgen.errors.InvalidDataError, match="translation_invariant"):
         optimise_ground_state(chain, iterations=1, translation_invariant=True)
+
+
+def test_mixed_state_measurements_and_fidelities_against_closed_forms():
+    from physgen.quantum import pauli_bases, sample_pauli_measurements
+    from physgen.quantum.measurements import _basis_probabilities
+
+    w = np.zeros(8, complex)
+    w[[1, 2, 4]] = 1 / np.sqrt(3)  # the 3-qubit W state
+    p = 0.2
+    rho = (1 - p) * np.outer(w, w.conj()) + p * np.eye(8) / 8  # depolarised
+    assert fidelity(rho, w) == pytest.approx(1 - p + p / 8) == fidelity(w, rho)
+    # commuting (diagonal) states: Uhlmann's fidelity is the classical (Σ √(pᵢ qᵢ))²
+    a, b = np.diag([0.5, 0.3, 0.2, 0.0]), np.diag([0.25, 0.25, 0.25, 0.25])
+    assert fidelity(a, b) == pytest.approx(np.sum(np.sqrt(np.diag(a) * np.diag(b))) ** 2, abs=1e-7)
+    assert fidelity(rho, rho) == pytest.approx(1.0, abs=1e-7)
+    assert kl_divergence(rho, rho) == pytest.approx(0.0, abs=1e-12)
+    bases = pauli_bases(3)
+    assert len(bases) == 27 and len(set(bases)) == 27 and "XYZ" in bases
+    # depolarising mixes every basis' outcome distribution with the uniform one
+    for codes in ([1, 2, 0], [2, 2, 2], [0, 0, 0]):
+        assert np.allclose(_basis_probabilities(rho, codes), (1 - p) * _basis_probabilities(w, codes) + p / 8)
+    data = sample_pauli_measurements(rho, ["XYZ"], 8000, seed=0)
+    counts = np.bincount((data.x.numpy() @ [4, 2, 1]).astype(int), minlength=8)
+    assert chisquare(counts, _basis_probabilities(rho, [1, 2, 0]) * 8000).pvalue > 1e-3

@@ -29,6 +29,7 @@ __all__ = [
     "zz_correlations_from_samples",
     "bits_to_index",
     "local_bases",
+    "pauli_bases",
     "sample_pauli_measurements",
     "basis_kl",
 ]
@@ -53,6 +54,13 @@ def sample_measurements(psi: np.ndarray, n_samples: int, seed: int = 0) -> Data:
     return Data(bits.astype(np.float32), Schema(kind="spins", feature_names=tuple(f"s{i}" for i in range(n)), source_format="spins"))
 
 
+def pauli_bases(n: int) -> list[str]:
+    """All 3ⁿ products of X, Y and Z on n qubits: an informationally complete set, which fixes a density matrix."""
+    import itertools
+
+    return ["".join(b) for b in itertools.product("ZXY", repeat=n)]
+
+
 def local_bases(n: int) -> list[str]:
     """The tomography protocol of QuCumber's complex-wavefunction tutorial for n qubits: Z on every qubit,
     then X, then Y, on one qubit at a time (2n + 1 bases; n = 2 gives ZZ, XZ, ZX, YZ, ZY)."""
@@ -75,18 +83,25 @@ def _n_qubits(psi: np.ndarray) -> int:
     return n
 
 
-def _basis_probabilities(psi: np.ndarray, codes: list[int]) -> np.ndarray:
+def _basis_probabilities(state: np.ndarray, codes: list[int]) -> np.ndarray:
+    """Outcome probabilities in a Pauli basis of a state vector or (through its eigenvectors) a density matrix."""
     import torch
 
     from physgen.surrogates.complex_rbm import rotate
 
-    amp = rotate(torch.from_numpy(np.asarray(psi, dtype=np.complex128) / np.linalg.norm(psi)), codes).numpy()
-    p = np.abs(amp) ** 2
+    state = np.asarray(state, dtype=np.complex128)
+    if state.ndim == 2:
+        weights, vectors = np.linalg.eigh(state / np.trace(state))
+        parts = [(w, vectors[:, k]) for k, w in enumerate(weights) if w > 1e-14]
+    else:
+        parts = [(1.0, state / np.linalg.norm(state))]
+    p = sum(w * np.abs(rotate(torch.from_numpy(np.ascontiguousarray(v)), codes).numpy()) ** 2 for w, v in parts)
     return p / p.sum()
 
 
 def sample_pauli_measurements(psi: np.ndarray, bases: list[str], n_per_basis: int, seed: int = 0) -> Data:
-    """``n_per_basis`` outcomes drawn from |⟨outcome|U_b|ψ⟩|² in each basis (``"XZ"``: X on qubit 0, Z on qubit 1).
+    """``n_per_basis`` outcomes drawn from |⟨outcome|U_b|ψ⟩|² in each basis (``"XZ"``: X on qubit 0, Z on qubit 1);
+    ``psi`` may be a density matrix ``[2ⁿ, 2ⁿ]`` (probabilities ⟨outcome|U_b ρ U_b†|outcome⟩).
 
     Returns ``Data(kind="spins")``: ``x`` the 0/1 outcomes (0: the +1 eigenstate), ``cond`` the basis of each
     qubit coded 0/1/2 = Z/X/Y; ``physgen.write(data, "samples.txt")`` also writes ``samples_bases.txt``.
@@ -134,13 +149,38 @@ def overlap(psi: np.ndarray, phi: np.ndarray) -> float:
 
 
 def fidelity(psi: np.ndarray, phi: np.ndarray) -> float:
-    """|⟨ψ|φ⟩|² (QuCumber's fidelity)."""
-    return overlap(psi, phi) ** 2
+    """|⟨ψ|φ⟩|² (QuCumber's fidelity); with a density matrix ``[2ⁿ, 2ⁿ]`` on either side, Uhlmann's
+    (Tr √(√ρ σ √ρ))², which is ⟨ψ|ρ|ψ⟩ against a pure state."""
+    a, b = np.asarray(psi), np.asarray(phi)
+    if a.ndim == 1 and b.ndim == 1:
+        return overlap(a, b) ** 2
+    if a.ndim == 1:
+        a, b = b, a
+    a = a / np.trace(a)
+    if b.ndim == 1:
+        b = _unit(b)
+        return float(np.real(np.vdot(b, a @ b)))
+    root = _psd_sqrt(a)
+    inner = root @ (b / np.trace(b)) @ root
+    eigenvalues = np.linalg.eigvalsh((inner + inner.conj().T) / 2)
+    return float(np.sum(np.sqrt(np.clip(eigenvalues, 0, None))) ** 2)
+
+
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+    """The square root of a Hermitian positive semi-definite matrix (rank-deficient ones included)."""
+    w, v = np.linalg.eigh((m + m.conj().T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.conj().T
+
+
+def _z_probabilities(state: np.ndarray) -> np.ndarray:
+    state = np.asarray(state)
+    p = np.real(np.diag(state)) if state.ndim == 2 else np.abs(state) ** 2
+    return p / p.sum()
 
 
 def kl_divergence(psi_exact: np.ndarray, psi_model: np.ndarray) -> float:
-    """KL(|ψ_exact|² ‖ |ψ_model|²) of the σᶻ measurement distributions, in nats."""
-    p, q = np.abs(_unit(psi_exact)) ** 2, np.abs(_unit(psi_model)) ** 2
+    """KL(exact ‖ model) of the σᶻ measurement distributions, in nats (states or density matrices)."""
+    p, q = _z_probabilities(psi_exact), _z_probabilities(psi_model)
     keep = p > 0
     with np.errstate(divide="ignore"):
         return float(np.sum(p[keep] * (np.log(p[keep]) - np.log(np.maximum(q[keep], 1e-300)))))
@@ -173,7 +213,9 @@ def tomography_report(model: Any, psi_exact: np.ndarray, samples: Data | None = 
     psi = model.wavefunction()  # InvalidDataError beyond MAX_EXACT_SPINS, before any allocation
     if len(np.asarray(psi_exact)) != len(psi):
         raise InvalidDataError(f"the exact state has {len(np.asarray(psi_exact))} amplitudes and the model {len(psi)}; they describe different numbers of spins")
-    out = {"overlap": overlap(psi_exact, psi), "fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
+    out = {"fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
+    if np.ndim(psi_exact) == 1:
+        out = {"overlap": overlap(psi_exact, psi), **out}
     if samples is not None and samples.cond is not None:
         from physgen.surrogates.complex_rbm import PAULI
 
