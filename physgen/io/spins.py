@@ -17,8 +17,9 @@ from physgen.data.container import Data, Schema
 from physgen.errors import DataFileError, InvalidDataError
 from physgen.io._common import InvalidContentError, atomic_path
 
-__all__ = ["read_spins", "write_spins", "bases_path"]
+__all__ = ["read_spins", "write_spins", "bases_path", "PAULI"]
 
+#: the Pauli basis letters in the order of their codes (a sample's condition: 0 = Z, 1 = X, 2 = Y)
 PAULI = "ZXY"
 
 

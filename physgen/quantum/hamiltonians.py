@@ -43,6 +43,11 @@ def configurations(n: int) -> np.ndarray:
     return ((k[:, None] >> np.arange(n - 1, -1, -1)) & 1).astype(np.uint8)
 
 
+def sector_states(n: int, n_up: int) -> np.ndarray:
+    """Basis indices (sorted) of the n-spin configurations with ``n_up`` spins up (x = 0): an Sᶻ sector."""
+    return np.flatnonzero((1 - configurations(n).astype(np.int64)).sum(1) == n_up)
+
+
 def sigma_z(bits: np.ndarray) -> np.ndarray:
     """σᶻ = 1 − 2x for bit strings x."""
     return 1.0 - 2.0 * np.asarray(bits, dtype=np.float64)
@@ -107,8 +112,7 @@ class SpinChain:
 
     def sector(self, n_up: int) -> np.ndarray:
         """Basis indices (sorted) of the configurations with ``n_up`` spins up: an Sᶻ sector."""
-        bits = configurations(self.n)
-        return np.flatnonzero((1 - bits.astype(np.int64)).sum(1) == n_up)
+        return sector_states(self.n, n_up)
 
     def matrix(self, n_up: int | None = None) -> sp.csr_matrix:
         """The Hamiltonian as a sparse CSR matrix (float64): 2ⁿ × 2ⁿ, or restricted to the

@@ -16,6 +16,7 @@ import numpy as np
 
 from physgen.data import Data, Schema
 from physgen.errors import InvalidDataError
+from physgen.io.spins import PAULI
 from physgen.quantum.hamiltonians import configurations, sigma_z
 
 __all__ = [
@@ -44,11 +45,8 @@ def bits_to_index(bits: np.ndarray) -> np.ndarray:
 def sample_measurements(psi: np.ndarray, n_samples: int, seed: int = 0) -> Data:
     """``n_samples`` σᶻ configurations drawn from |ψ|², as ``Data(kind="spins")`` with x ``[N, n]`` of 0/1."""
     psi = np.asarray(psi)
-    n = int(round(np.log2(len(psi))))
-    if 2**n != len(psi):
-        raise InvalidDataError(f"a state of n spins has 2ⁿ amplitudes; got {len(psi)}")
-    p = np.abs(psi) ** 2
-    p = p / p.sum()
+    n = _n_qubits(psi)
+    p = _z_probabilities(psi)
     idx = np.random.default_rng(seed).choice(len(p), size=n_samples, p=p)
     bits = configurations(n)[idx]
     return Data(bits.astype(np.float32), Schema(kind="spins", feature_names=tuple(f"s{i}" for i in range(n)), source_format="spins"))
@@ -68,8 +66,6 @@ def local_bases(n: int) -> list[str]:
 
 
 def _codes(basis: str, n: int) -> list[int]:
-    from physgen.surrogates.complex_rbm import PAULI
-
     letters = basis.replace(" ", "").upper()
     if len(letters) != n or set(letters) - set(PAULI):
         raise InvalidDataError(f"a basis names one Pauli letter (X, Y, Z) per qubit, {n} here; got {basis!r}")
@@ -124,9 +120,7 @@ def basis_kl(psi_exact: np.ndarray, psi_model: np.ndarray, bases: list[str]) -> 
     total = 0.0
     for basis in bases:
         codes = _codes(basis, n)
-        p, q = _basis_probabilities(psi_exact, codes), _basis_probabilities(psi_model, codes)
-        keep = p > 0
-        total += float(np.sum(p[keep] * (np.log(p[keep]) - np.log(np.maximum(q[keep], 1e-300)))))
+        total += _kl(_basis_probabilities(psi_exact, codes), _basis_probabilities(psi_model, codes))
     return total / len(bases)
 
 
@@ -180,10 +174,12 @@ def _z_probabilities(state: np.ndarray) -> np.ndarray:
 
 def kl_divergence(psi_exact: np.ndarray, psi_model: np.ndarray) -> float:
     """KL(exact ‖ model) of the σᶻ measurement distributions, in nats (states or density matrices)."""
-    p, q = _z_probabilities(psi_exact), _z_probabilities(psi_model)
+    return _kl(_z_probabilities(psi_exact), _z_probabilities(psi_model))
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
     keep = p > 0
-    with np.errstate(divide="ignore"):
-        return float(np.sum(p[keep] * (np.log(p[keep]) - np.log(np.maximum(q[keep], 1e-300)))))
+    return float(np.sum(p[keep] * (np.log(p[keep]) - np.log(np.maximum(q[keep], 1e-300)))))
 
 
 def zz_correlations(psi: np.ndarray) -> np.ndarray:
@@ -217,8 +213,6 @@ def tomography_report(model: Any, psi_exact: np.ndarray, samples: Data | None = 
     if np.ndim(psi_exact) == 1:
         out = {"overlap": overlap(psi_exact, psi), **out}
     if samples is not None and samples.cond is not None:
-        from physgen.surrogates.complex_rbm import PAULI
-
         bases = sorted({"".join(PAULI[int(c)] for c in row) for row in samples.cond.numpy()})
         out.update(basis_kl=basis_kl(psi_exact, psi, bases), n_bases=len(bases))
     elif samples is not None:

@@ -19,8 +19,9 @@ first made stoquastic (non-positive off-diagonal elements) by a diagonal gauge
 U = (−1)^{Σ_{i∈A} xᵢ}: Marshall's sign rule (A = the even sites) for the
 antiferromagnetic XXZ/Heisenberg chain, and A = every site for a TFIM with a
 negative field. H' = U H U has the same energies, and ``state_vector`` undoes U.
-Marshall's rule is exact only on a bipartite chain: an odd periodic ring is
-frustrated, and :func:`sign_rule` refuses it rather than return a wrong energy.
+Marshall's rule is exact only where the bonds are bipartite: an odd periodic ring
+(or an odd periodic lattice) is frustrated, and :func:`sign_rule` refuses it rather
+than return a wrong energy.
 
 Each SR step checks that the energy, the local energies and the update are
 finite. A step that is not goes back to the previous parameters and retries with
@@ -43,7 +44,7 @@ import torch
 
 from physgen.data import Data, Schema
 from physgen.errors import CheckpointError, ConfigError, InvalidDataError, TrainingDivergedError
-from physgen.quantum.hamiltonians import SpinChain, configurations
+from physgen.quantum.hamiltonians import SpinChain, configurations, sector_states
 
 __all__ = ["RBMWavefunction", "VMCResult", "marshall_signs", "optimise_ground_state", "sign_rule", "state_vector", "sr_update"]
 
@@ -122,7 +123,7 @@ class RBMWavefunction(torch.nn.Module):
             raise InvalidDataError(f"asked for {n} samples; expected at least 1")
         gen = torch.Generator().manual_seed(int(seed))
         if self.n <= MAX_EXACT:
-            states = np.arange(2**self.n) if self.n_up is None else _sector_states(self.n, self.n_up)
+            states = np.arange(2**self.n) if self.n_up is None else sector_states(self.n, self.n_up)
             bits = ((states[:, None] >> np.arange(self.n - 1, -1, -1)) & 1).astype(np.float32)
             lp = 2 * self.log_psi(torch.from_numpy(1.0 - 2.0 * bits.astype(np.float64)))
             x = torch.from_numpy(bits)[torch.multinomial(torch.exp(lp - lp.max()), n, replacement=True, generator=gen)]
@@ -171,13 +172,6 @@ class RBMWavefunction(torch.nn.Module):
             for p in (self.a, self.b, self.w):
                 p.add_(delta[offset : offset + p.numel()].reshape(p.shape))
                 offset += p.numel()
-
-
-def _sector_states(n: int, n_up: int) -> np.ndarray:
-    """Basis indices (sorted) with ``n_up`` spins up (x = 0)."""
-    states = np.arange(2**n)
-    ups = n - np.array([bin(k).count("1") for k in states])
-    return states[ups == n_up]
 
 
 def _log_cosh(x: torch.Tensor) -> torch.Tensor:

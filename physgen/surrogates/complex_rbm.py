@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from physgen.data import Data, Pipeline
 from physgen.errors import InvalidDataError
+from physgen.io.spins import PAULI  # the basis letters in the order of their codes
 from physgen.options import option
 from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
 from physgen.surrogates.rbm import MAX_EXACT_SPINS
@@ -38,8 +39,6 @@ from physgen.surrogates.structure import FeatureStructure
 
 __all__ = ["ComplexRBMOptions", "ComplexRBMSurrogate", "PAULI", "rotate"]
 
-#: the basis letters in the order of their codes
-PAULI = "ZXY"
 
 
 def _rotations() -> torch.Tensor:
