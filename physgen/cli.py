@@ -35,6 +35,7 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cond-branches", help="ROOT: comma-separated condition branches")
     g.add_argument("--units", help="unit of the features (e.g. GeV)")
     g.add_argument("--binning", help="CaloChallenge: binning XML")
+    g.add_argument("--bases", help="spins: the Pauli basis of each measurement, one row of X/Y/Z letters per sample (QuCumber's *_bases.txt)")
 
 
 def _read(path: str, args: argparse.Namespace, describe: bool = False) -> Any:
@@ -42,7 +43,7 @@ def _read(path: str, args: argparse.Namespace, describe: bool = False) -> Any:
     from physgen.io import read
 
     kwargs: dict[str, Any] = {}
-    for key, name in (("x_key", "x_key"), ("cond_key", "cond_key"), ("tree", "tree"), ("binning", "binning"), ("units", "units")):
+    for key, name in (("x_key", "x_key"), ("cond_key", "cond_key"), ("tree", "tree"), ("binning", "binning"), ("units", "units"), ("bases", "bases")):
         if getattr(args, key, None):
             kwargs[name] = getattr(args, key)
     if getattr(args, "branches", None):
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     train = sub.add_parser("train", parents=[common], help="train a registered surrogate on a data file")
-    train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, vae, wgan, rbm) or module:Class")
+    train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, vae, wgan, rbm, complex_rbm) or module:Class")
     train.add_argument("data", help="training data file")
     train.add_argument("--out", required=True, help="run directory: checkpoints in OUT/run, the model in OUT/model")
     train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/run's last checkpoint")

@@ -187,3 +187,19 @@ def test_library_messages_reach_stderr_at_the_level_asked(tmp_path, small_h5, ca
     assert bool(info) == ("info" in shown) and bool(debug) == ("debug" in shown), captured.err
     assert "trained vae on 400 events" in captured.out  # the command's result is output, whatever the flags
     assert not logging.getLogger("physgen").handlers[1:], "the command line leaves no handler behind"
+
+
+def test_train_a_complex_rbm_from_qucumber_style_files(tmp_path):
+    import numpy as np
+
+    from physgen.quantum import local_bases, sample_pauli_measurements
+
+    psi = np.array([0.2861 + 0.0539j, 0.3687 - 0.3023j, -0.1672 - 0.3529j, -0.5659 - 0.4639j])
+    physgen.write(sample_pauli_measurements(psi / np.linalg.norm(psi), local_bases(2), 100, seed=0), tmp_path / "train.txt")
+    out = _physgen("info", str(tmp_path / "train.txt"), "--bases", str(tmp_path / "train_bases.txt"))
+    assert "basis_0" in out.stdout
+    _physgen("train", "complex_rbm", str(tmp_path / "train.txt"), "--bases", str(tmp_path / "train_bases.txt"), "--out", str(tmp_path / "cx"), "--epochs", "3")
+    model = physgen.surrogates.load(tmp_path / "cx" / "model")
+    assert model.is_conditional and model.dims["cond_dim"] == 2
+    out = _physgen("train", "complex_rbm", str(tmp_path / "train.txt"), "--bases", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "cx2"), check=False)
+    assert out.returncode != 0 and "missing.txt" in out.stderr and "bases file does not exist" in out.stderr
