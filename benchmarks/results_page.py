@@ -107,7 +107,7 @@ def evaluator_section() -> list[str]:
 def page() -> str:
     table, fl = calorimeter_table()
     dimuon, spins, quantum = _by_label(_load("dimuon")), _load("spins"), _load("quantum")
-    dots, cplx = _load("quantum_dots"), _load("quantum_complex")
+    dots, cplx, dens = _load("quantum_dots"), _load("quantum_complex"), _load("quantum_density")
     gpu = _by_label(_load("calo_wsi_gpu"))
     metrics = _load("metrics_speed")
     out = [
@@ -210,6 +210,27 @@ def page() -> str:
         qc = r["reference"].get("qucumber", {})
         data = f"{r['qubits']} qubits, {r['bases']} bases, {r['measurements']:,} measurements ({r['task']})"
         out.append(f"| {data} | {fids} | {kls} | {secs} | {qc.get('fidelity', float('nan')):.4f} | {qc.get('kl', float('nan')):.4f} | {qc.get('epochs')} | {qc.get('seconds', float('nan')):.0f} |")
+    out += [
+        "",
+        "`quantum_density.json`: mixed states from measurements in all 3ⁿ Pauli bases (QuCumber's tutorial-3 protocol: the W state"
+        " depolarised), physgen's `density_rbm` with its defaults (three training seeds) beside the estimates the same data give"
+        " without a model (linear inversion; the full-rank maximum likelihood) and QuCumber 1.3.3 with its tutorial's settings on the"
+        " same files (`qucumber_density.json`); Uhlmann fidelity squared, QuCumber's definition:",
+        "",
+        "| data | physgen fidelity | seconds | linear inversion | maximum likelihood | QuCumber fidelity | epochs | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in dens["results"]:
+        fids = ", ".join(f"{run['fidelity']:.4f}" for run in r["runs"])
+        secs = ", ".join(f"{run['seconds']:.0f}" for run in r["runs"])
+        qc = r["reference"].get("qucumber", {})
+        b = r["baselines"]
+        data = f"{r['qubits']} qubits, {r['bases']} bases, {r['measurements']:,} measurements ({r['task']})"
+        if qc.get("finished", True):
+            peer = f"{qc.get('fidelity', float('nan')):.4f} | {qc.get('epochs', '—')} | {qc.get('seconds', float('nan')):.0f}"
+        else:
+            peer = f"— | {qc['epochs']} not finished | > {qc['timeout_seconds']:,}"
+        out.append(f"| {data} | {fids} | {secs} | {b['linear_inversion']:.4f} | {b['maximum_likelihood']:.4f} | {peer} |")
     out += [
         "",
         "`quantum_dots.json`: two particles in a harmonic trap by variational Monte Carlo with a Gaussian–binary RBM"

@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     train = sub.add_parser("train", parents=[common], help="train a registered surrogate on a data file")
-    train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, vae, wgan, rbm, complex_rbm) or module:Class")
+    train.add_argument("model", help="surrogate family (gaussian, flow, diffusion, vae, wgan, rbm, complex_rbm, density_rbm) or module:Class")
     train.add_argument("data", help="training data file")
     train.add_argument("--out", required=True, help="run directory: checkpoints in OUT/run, the model in OUT/model")
     train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/run's last checkpoint")

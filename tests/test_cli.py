@@ -143,7 +143,7 @@ train = {{ epochs = 2, batch_size = 100 }}
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "flw", "x.h5", "--out", "o"], "unknown surrogate 'flw'; valid: complex_rbm, diffusion, flow, gaussian"),
+        (["train", "flw", "x.h5", "--out", "o"], "unknown surrogate 'flw'; valid: complex_rbm, density_rbm, diffusion, flow, gaussian"),
         (["info", "missing.h5"], "no such file"),
         (["bench", "nosuch"], "unknown suite 'nosuch'; valid: quick"),
         (["sample", "nowhere", "--n", "3", "--out", "x.h5"], "not a directory"),

@@ -28,6 +28,7 @@ FAST: dict[str, tuple[dict, dict]] = {
     "wgan": ({"hidden": 128, "critic_hidden": 128, "layers": 2, "critic_layers": 2, "n_critic": 2}, {"epochs": 6, "batch_size": 128}),
     "rbm": ({"alpha": 1.0}, {"epochs": 30, "batch_size": 500, "lr": 0.03}),
     "complex_rbm": ({"alpha": 1.0}, {"epochs": 30, "batch_size": 500, "lr": 0.03}),
+    "density_rbm": ({"alpha": 1.0, "aux_alpha": 0.5}, {"epochs": 30, "batch_size": 500, "lr": 0.03}),
 }
 FAMILIES = [f for f in available() if f != "shower"]
 LEARNED = ["flow", "diffusion", "vae", "wgan"]

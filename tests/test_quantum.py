@@ -444,3 +444,99 @@ def test_mixed_state_measurements_and_fidelities_against_closed_forms():
     data = sample_pauli_measurements(rho, ["XYZ"], 8000, seed=0)
     counts = np.bincount((data.x.numpy() @ [4, 2, 1]).astype(int), minlength=8)
     assert chisquare(counts, _basis_probabilities(rho, [1, 2, 0]) * 8000).pvalue > 1e-3
+
+
+# --- density matrices: linear inversion and the purified RBM ------------------------------------------------
+
+def _depolarised_w(n: int, p: float) -> np.ndarray:
+    w = np.zeros(2**n, dtype=np.complex128)
+    w[[1 << k for k in range(n)]] = 1 / np.sqrt(n)
+    return (1 - p) * np.outer(w, w.conj()) + p * np.eye(2**n) / 2**n
+
+
+def test_linear_inversion_is_the_pauli_expansion_of_the_measured_expectations():
+    from physgen.quantum import linear_inversion, pauli_bases, sample_pauli_measurements
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 4)) + 1j * rng.normal(size=(4, 4))
+    rho = a @ a.conj().T / np.trace(a @ a.conj().T)
+    data = sample_pauli_measurements(rho, pauli_bases(2), 3000, seed=0)
+    # an independent estimate: every one of the 16 Pauli strings from the measurements that match it
+    sigma = {"I": np.eye(2), "X": np.array([[0, 1], [1, 0]]), "Y": np.array([[0, -1j], [1j, 0]]), "Z": np.diag([1.0, -1.0])}
+    letters = np.array(list("ZXY"))[data.cond.numpy().astype(int)]
+    signs = 1 - 2 * data.x.numpy()
+    estimate = np.zeros((4, 4), dtype=np.complex128)
+    for p0 in "IXYZ":
+        for p1 in "IXYZ":
+            rows = np.ones(len(signs), bool)
+            value = np.ones(len(signs))
+            for q, p in enumerate((p0, p1)):
+                if p != "I":
+                    rows &= letters[:, q] == p
+                    value = value * signs[:, q]
+            estimate += value[rows].mean() * np.kron(sigma[p0], sigma[p1]) / 4
+    w, v = np.linalg.eigh(estimate)
+    w = np.clip(w, 0, None)
+    assert np.allclose(linear_inversion(data), (v * (w / w.sum())) @ v.conj().T, atol=1e-12)
+    assert np.abs(linear_inversion(data) - rho).max() < 4 / np.sqrt(3000)
+
+
+def test_density_rbm_is_the_neural_density_operator_of_torlai_and_melko():
+    from physgen.quantum import pauli_bases, sample_pauli_measurements
+
+    data = sample_pauli_measurements(_depolarised_w(3, 0.3), pauli_bases(3), 20, seed=0)
+    model = create("density_rbm", alpha=2 / 3, aux_alpha=2 / 3)
+    model.fit(data, epochs=1, progress=False)
+    rho = model.density_matrix()
+    # the paper's closed form exp[Γ⁺_λ + iΓ⁻_μ + Π] from the parameters, with no purification in sight
+    par = {k: v.detach().double().numpy() for k, v in model.named_parameters()}
+    v = np.array([[(k >> (2 - i)) & 1 for i in range(3)] for k in range(8)], dtype=float)
+
+    def minus_free(part):
+        return v @ par[f"{part}_b"] + np.logaddexp(0, v @ par[f"{part}_w"].T + par[f"{part}_c"]).sum(1)
+
+    gl, gm = minus_free("amp"), minus_free("phase")
+    gamma_plus = 0.5 * (gl[:, None] + gl[None, :])
+    gamma_minus = 0.5 * (gm[:, None] - gm[None, :])
+    ua, up, d = par["aux_u_amp"], par["aux_u_phase"], par["aux_d"]
+    arg = 0.5 * (v @ ua.T)[:, None, :] + 0.5 * (v @ ua.T)[None, :, :] + 0.5j * ((v @ up.T)[:, None, :] - (v @ up.T)[None, :, :]) + d
+    pi = np.log1p(np.exp(arg)).sum(2)
+    expected = np.exp(gamma_plus + 1j * gamma_minus + pi)
+    assert np.allclose(rho, expected / np.trace(expected), atol=1e-12)
+    assert np.allclose(rho, rho.conj().T) and np.linalg.eigvalsh(rho).min() > -1e-12 and np.trace(rho).real == pytest.approx(1.0)
+
+
+def test_density_rbm_reconstructs_the_depolarised_w_state_of_qucumber_tutorial_3(tmp_path):
+    from physgen.quantum import basis_kl, pauli_bases, sample_pauli_measurements
+
+    rho = _depolarised_w(2, 0.5)  # QuCumber tutorial 3: the 2-qubit W state, depolarised with p = 0.5
+    data = sample_pauli_measurements(rho, pauli_bases(2), 1000, seed=0)  # 1,000 in each of the 9 bases
+    model = create("density_rbm")
+    model.fit(data, progress=False)
+    report = tomography_report(model, rho, data)
+    # QuCumber's tutorial ends at 0.966; linear inversion from the same data reaches 0.9966
+    assert report["fidelity"] > 0.995 and report["fidelity"] > report["linear_inversion_fidelity"] - 0.002 and report["n_bases"] == 9
+    assert report["basis_kl"] == pytest.approx(basis_kl(rho, model.density_matrix(), pauli_bases(2)))
+    fitted = model.density_matrix()
+    purity = float(np.real(np.trace(fitted @ fitted)))
+    assert purity == pytest.approx(float(np.real(np.trace(rho @ rho))), abs=0.02)  # 0.4375: mixed, and learned as mixed
+    outcomes = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    for codes in ([0, 0], [1, 2], [2, 1]):
+        probe = physgen.Data(outcomes, data.schema, cond=torch.tensor([codes] * 4, dtype=torch.float32))
+        assert float(model.log_prob(probe).exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    xx = model.sample(torch.tensor([[1.0, 1.0]] * 4000), seed=0)  # ⟨σˣσˣ⟩ = 0.5 · 1 for this state
+    assert (1 - 2 * xx.x.numpy()).prod(1).mean() == pytest.approx(0.5, abs=0.07)
+    model.save(tmp_path / "dm")
+    assert np.allclose(physgen.surrogates.load(tmp_path / "dm").density_matrix(), fitted)
+
+
+def test_density_rbm_refuses_sizes_it_cannot_enumerate():
+    spins = physgen.Schema(kind="spins")
+    with pytest.raises(physgen.errors.InvalidDataError, match=r"n ≤ 10; got n = 11"):
+        create("density_rbm").fit(physgen.Data(torch.zeros(10, 11), spins), epochs=1, progress=False)
+    with pytest.raises(physgen.errors.InvalidDataError, match=r"n \+ n_aux ≤ 20; got n = 8, n_aux = 16 \(lower aux_alpha\)"):
+        create("density_rbm", aux_alpha=2.0).fit(physgen.Data(torch.zeros(10, 8), spins), epochs=1, progress=False)
+    with pytest.raises(physgen.errors.InvalidDataError, match="n ≤ 10; got n = 11"):
+        from physgen.quantum import linear_inversion
+
+        linear_inversion(physgen.Data(torch.zeros(10, 11), spins))

@@ -33,6 +33,7 @@ __all__ = [
     "pauli_bases",
     "sample_pauli_measurements",
     "basis_kl",
+    "linear_inversion",
 ]
 
 
@@ -124,6 +125,47 @@ def basis_kl(psi_exact: np.ndarray, psi_model: np.ndarray, bases: list[str]) -> 
     return total / len(bases)
 
 
+_PAULI_MATRICES = np.array([np.eye(2), [[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=np.complex128)  # I, X, Y, Z
+
+
+def linear_inversion(samples: Data, n: int | None = None) -> np.ndarray:
+    """The linear-inversion estimate of ρ from Pauli-basis measurements, projected onto the physical states.
+
+    ρ̂ = 2⁻ⁿ Σ_P ⟨P⟩ P over the 4ⁿ Pauli strings, each ⟨P⟩ the mean of Π σ over every measurement
+    whose basis matches P where P is not the identity (strings no basis measures count as 0).
+    The negative eigenvalues that sampling noise leaves are set to zero and the trace to one.
+    This is the baseline a density-matrix reconstruction must beat, as the histogram is for a
+    positive wave function. Measurements without bases are σᶻ ones.
+    """
+    from scipy.linalg import hadamard
+
+    bits = samples.x.numpy().round().astype(np.int64)
+    n = bits.shape[1] if n is None else n
+    if n > 10:
+        raise InvalidDataError(f"linear inversion builds the 4ⁿ Pauli expectations, n ≤ 10; got n = {n}")
+    codes = np.zeros_like(bits) if samples.cond is None else samples.cond.numpy().round().astype(np.int64)
+    keys = codes @ (3 ** np.arange(n))
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    counts = np.zeros((len(distinct), 2**n))
+    np.add.at(counts, (inverse, bits_to_index(bits)), 1.0)
+    sums = counts @ hadamard(2**n)  # Σₓ count(x) Π_{i∈S} (1 − 2xᵢ) for every subset S of the qubits
+    subsets = configurations(n).astype(np.int64)  # row S: 1 where qubit i is in S (site 0 first)
+    bases = (distinct[:, None] // 3 ** np.arange(n)) % 3  # 0/1/2 = Z/X/Y per qubit
+    letters = np.array([3, 1, 2])[bases]  # as indices into I, X, Y, Z
+    strings = (subsets[None] * letters[:, None]) @ (4 ** np.arange(n - 1, -1, -1))  # [B, 2ⁿ]: the Pauli string of (basis, S)
+    total, seen = np.zeros(4**n), np.zeros(4**n)
+    np.add.at(total, strings.ravel(), sums.ravel())
+    np.add.at(seen, strings.ravel(), np.repeat(counts.sum(1), 2**n))
+    expectations = np.divide(total, seen, out=np.zeros(4**n), where=seen > 0)
+    rho = expectations.reshape([4] * n).astype(np.complex128)
+    for k in range(n):  # replace string index k by the (row, column) of its Pauli matrix
+        rho = np.moveaxis(np.tensordot(_PAULI_MATRICES, rho, axes=([0], [2 * k])), (0, 1), (2 * k, 2 * k + 1))
+    rho = rho.transpose(list(range(0, 2 * n, 2)) + list(range(1, 2 * n, 2))).reshape(2**n, 2**n) / 2**n
+    weights, vectors = np.linalg.eigh((rho + rho.conj().T) / 2)
+    weights = np.clip(weights, 0, None)
+    return (vectors * (weights / weights.sum())) @ vectors.conj().T
+
+
 def histogram_state(samples: Data | np.ndarray, n: int | None = None) -> np.ndarray:
     """The plain histogram estimate ψ(x) = √(count(x) / N) of a positive state."""
     bits = samples.x.numpy() if isinstance(samples, Data) else np.asarray(samples)
@@ -198,24 +240,30 @@ def zz_correlations_from_samples(bits: np.ndarray) -> np.ndarray:
 
 
 def tomography_report(model: Any, psi_exact: np.ndarray, samples: Data | None = None) -> dict[str, float]:
-    """Overlap, fidelity and KL of a fitted RBM's wavefunction against an exact state (and the histogram baseline).
+    """Fidelity and KL of a fitted RBM state against an exact one, beside the baseline the data give without a model.
 
-    ``model`` is a fitted :class:`~physgen.surrogates.rbm.RBMSurrogate` or
-    :class:`~physgen.surrogates.complex_rbm.ComplexRBMSurrogate` (its ``wavefunction()``). With σᶻ
-    ``samples`` the report adds the fidelity of their plain histogram, which every reconstruction
-    of a positive state must beat; with samples in several Pauli bases it adds ``basis_kl``, the KL
-    averaged over the bases they hold.
+    ``model`` is a fitted :class:`~physgen.surrogates.rbm.RBMSurrogate`,
+    :class:`~physgen.surrogates.complex_rbm.ComplexRBMSurrogate` (its ``wavefunction()``) or
+    :class:`~physgen.surrogates.density_rbm.DensityRBMSurrogate` (its ``density_matrix()``);
+    ``psi_exact`` is a state vector or a density matrix. With σᶻ ``samples`` the report adds the
+    fidelity of their plain histogram, which every reconstruction of a positive state must beat;
+    with samples in several Pauli bases it adds ``basis_kl``, the KL averaged over the bases they
+    hold, and ``linear_inversion_fidelity``, that of :func:`linear_inversion` from the same data.
     """
-    psi = model.wavefunction()  # InvalidDataError beyond MAX_EXACT_SPINS, before any allocation
-    if len(np.asarray(psi_exact)) != len(psi):
-        raise InvalidDataError(f"the exact state has {len(np.asarray(psi_exact))} amplitudes and the model {len(psi)}; they describe different numbers of spins")
-    out = {"fidelity": fidelity(psi_exact, psi), "kl": kl_divergence(psi_exact, psi)}
-    if np.ndim(psi_exact) == 1:
-        out = {"overlap": overlap(psi_exact, psi), **out}
+    # InvalidDataError beyond the family's size limit, before any allocation
+    state = model.density_matrix() if hasattr(model, "density_matrix") else model.wavefunction()
+    if len(np.asarray(psi_exact)) != len(state):
+        raise InvalidDataError(f"the exact state has {len(np.asarray(psi_exact))} amplitudes and the model {len(state)}; they describe different numbers of spins")
+    out = {"fidelity": fidelity(psi_exact, state), "kl": kl_divergence(psi_exact, state)}
+    if np.ndim(psi_exact) == 1 and np.ndim(state) == 1:
+        out = {"overlap": overlap(psi_exact, state), **out}
+    n = len(state).bit_length() - 1
     if samples is not None and samples.cond is not None:
         bases = sorted({"".join(PAULI[int(c)] for c in row) for row in samples.cond.numpy()})
-        out.update(basis_kl=basis_kl(psi_exact, psi, bases), n_bases=len(bases))
+        out.update(basis_kl=basis_kl(psi_exact, state, bases), n_bases=len(bases))
+        if n <= 10:
+            out.update(linear_inversion_fidelity=fidelity(psi_exact, linear_inversion(samples, n)))
     elif samples is not None:
-        hist = histogram_state(samples, len(np.asarray(psi_exact)).bit_length() - 1)
+        hist = histogram_state(samples, n)
         out.update(histogram_fidelity=fidelity(psi_exact, hist), histogram_overlap=overlap(psi_exact, hist))
     return out

@@ -37,7 +37,7 @@ from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
 from physgen.surrogates.rbm import MAX_EXACT_SPINS
 from physgen.surrogates.structure import FeatureStructure
 
-__all__ = ["ComplexRBMOptions", "ComplexRBMSurrogate", "PAULI", "rotate"]
+__all__ = ["ComplexRBMOptions", "ComplexRBMSurrogate", "PAULI", "PauliMeasurementRBM", "rotate", "rotate_columns"]
 
 
 
@@ -63,6 +63,29 @@ def rotate(psi: torch.Tensor, basis: torch.Tensor | list[int] | tuple[int, ...])
     return out.reshape(-1)
 
 
+# rotated amplitudes held at once when scoring many bases: B × 2ⁿ × K complex numbers (64 MiB)
+_ROTATION_CHUNK = 1 << 22
+
+
+def rotate_columns(amplitudes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``amplitudes`` ``[2ⁿ, K]`` rotated into each of ``B`` Pauli bases (``codes`` ``[B, n]``): ``[B, 2ⁿ, K]``.
+
+    One batched 2 × 2 product per qubit for all bases together (the column-wise form of :func:`rotate`).
+    """
+    n_bases, n = codes.shape
+    k = amplitudes.shape[1]
+    out = amplitudes.to(torch.complex128).expand(n_bases, -1, -1).reshape([n_bases] + [2] * n + [k])
+    u = _U.to(amplitudes.device)
+    for i in range(n):
+        if not bool((codes[:, i] != 0).any()):
+            continue
+        moved = torch.movedim(out, 1 + i, 1)
+        shape = moved.shape
+        moved = torch.bmm(u[codes[:, i]], moved.reshape(n_bases, 2, -1)).reshape(shape)
+        out = torch.movedim(moved, 1, 1 + i)
+    return out.reshape(n_bases, 2**n, k)
+
+
 def _configs(n: int) -> torch.Tensor:
     k = torch.arange(2**n)
     return ((k[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(torch.float64)
@@ -73,6 +96,17 @@ def _index(x: torch.Tensor) -> torch.Tensor:
     return (x.round().long() * (1 << torch.arange(n - 1, -1, -1, device=x.device))).sum(1)
 
 
+def _distinct_bases(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of ``codes`` ``[N, n]`` (0/1/2) and each row's position among them.
+
+    Rows are keyed as base-3 integers, so this is a one-dimensional ``unique`` (``unique(dim=0)``
+    sorts rows and cost more than the whole likelihood of a 9,000-measurement data set).
+    """
+    powers = 3 ** torch.arange(codes.shape[1], device=codes.device, dtype=torch.long)
+    keys, inverse = torch.unique(codes @ powers, return_inverse=True)
+    return (keys[:, None] // powers) % 3, inverse
+
+
 @dataclasses.dataclass(frozen=True)
 class ComplexRBMOptions(SurrogateOptions):
     """Options of the complex RBM wave function (``create("complex_rbm", ...)``)."""
@@ -81,26 +115,27 @@ class ComplexRBMOptions(SurrogateOptions):
     init_std: float = option(0.1, "standard deviation of the initial weights", gt=0)
 
 
-class ComplexRBMSurrogate(Surrogate):
-    """Amplitude and phase RBMs trained on Pauli-basis measurements by exact likelihood (options: :class:`ComplexRBMOptions`)."""
+class PauliMeasurementRBM(Surrogate):
+    """The part shared by the RBM states learned from Pauli-basis measurements.
 
-    family = "complex_rbm"
-    Options = ComplexRBMOptions
-    options: ComplexRBMOptions
+    A subclass supplies :meth:`amplitudes`, a matrix Ψ ``[2ⁿ, K]`` with ‖Ψ‖ = 1 whose Gram
+    matrix ΨΨ† is the state (K = 1: a pure state ψ; K > 1: a purified mixed state); the
+    probability of outcome x in basis b is then Σₖ |(U_b Ψ)ₓₖ|², the exact likelihood.
+    """
+
+    options: Any
     capabilities = Capabilities(exact_density=True, conditional=True, gradient_trained=True)
     data_kinds = ("spins",)
-    # full-batch exact likelihood for a fixed number of epochs: early stopping on the small validation
-    # split of a tomography data set stopped at F ≈ 0.993 where training on reached 0.9987 (docs/guide/quantum.md)
-    train_defaults: ClassVar[dict[str, Any]] = {"grad_clip": None, "epochs": 1000, "batch_size": 10_000, "lr": 0.02, "schedule": "constant"}
+    max_qubits: ClassVar[int] = MAX_EXACT_SPINS
 
     def default_preprocessing(self, data: Data) -> Pipeline:
         return Pipeline()
 
     def build(self, dim: int, cond_dim: int, structure: FeatureStructure | None = None) -> None:
-        if dim > MAX_EXACT_SPINS:
-            raise InvalidDataError(f"the complex RBM enumerates 2ⁿ amplitudes, n ≤ {MAX_EXACT_SPINS}; got n = {dim}")
+        if dim > self.max_qubits:
+            raise InvalidDataError(f"the {self.family} family enumerates all 2ⁿ configurations, n ≤ {self.max_qubits}; got n = {dim}")
         if cond_dim not in (0, dim):
-            raise InvalidDataError(f"the complex RBM's conditions are the measurement basis of each qubit, [N, {dim}] codes 0/1/2 = Z/X/Y; got {cond_dim} columns")
+            raise InvalidDataError(f"the {self.family} family's conditions are the measurement basis of each qubit, [N, {dim}] codes 0/1/2 = Z/X/Y; got {cond_dim} columns")
         o = self.options
         n_hidden = max(1, round(o.alpha * dim))
         self.resolved.update(n_hidden=n_hidden)
@@ -118,31 +153,23 @@ class ComplexRBMSurrogate(Surrogate):
         w, b, c = (getattr(self, f"{part}_{k}").double() for k in "wbc")
         return -(v @ b) - F.softplus(v @ w.T + c).sum(1)
 
-    def psi(self) -> torch.Tensor:
-        """The normalised amplitudes ψ(σ) over all 2ⁿ configurations (basis order), complex128, differentiable."""
-        v = _configs(self.n_visible).to(self.amp_b.device)
-        f_amp = self._free_energy("amp", v)
-        log_p = -f_amp - torch.logsumexp(-f_amp, 0)
-        return torch.polar(torch.exp(0.5 * log_p), -0.5 * self._free_energy("phase", v))
+    def amplitudes(self) -> torch.Tensor:
+        """Ψ ``[2ⁿ, K]`` (basis order, complex128, ‖Ψ‖ = 1, differentiable); the state is ΨΨ†."""
+        raise NotImplementedError
 
-    def wavefunction(self) -> np.ndarray:
-        """ψ as a numpy complex128 vector (normalised), for the metrics of :mod:`physgen.quantum`."""
-        with torch.no_grad():
-            return self.psi().cpu().numpy()
+    def _basis_probabilities(self, codes: torch.Tensor) -> torch.Tensor:
+        """Outcome probabilities ``[B, 2ⁿ]`` in each of the Pauli bases ``codes`` ``[B, n]``."""
+        psi = self.amplitudes()
+        chunk = max(1, _ROTATION_CHUNK // psi.numel())
+        return torch.cat([(rotate_columns(psi, codes[i : i + chunk]).abs() ** 2).sum(2) for i in range(0, len(codes), chunk)])
 
     def _log_probs(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """log |⟨x|U_b|ψ⟩|² per row of outcomes ``x`` measured in bases ``cond`` (None: Z everywhere)."""
-        psi = self.psi()
-        idx = _index(x)
+        """log p(x | b) per row of outcomes ``x`` measured in bases ``cond`` (None: Z everywhere)."""
         if cond is None:
-            return torch.log(psi.abs() ** 2 + 1e-300)[idx]
-        codes = cond.round().long()
-        bases, inverse = torch.unique(codes, dim=0, return_inverse=True)
-        out = torch.empty(len(x), dtype=torch.float64, device=x.device)
-        for k, basis in enumerate(bases):
-            rows = inverse == k
-            out[rows] = torch.log(rotate(psi, basis.tolist()).abs() ** 2 + 1e-300)[idx[rows]]
-        return out
+            bases, inverse = torch.zeros(1, x.shape[1], dtype=torch.long, device=x.device), torch.zeros(len(x), dtype=torch.long, device=x.device)
+        else:
+            bases, inverse = _distinct_bases(cond.round().long())
+        return torch.log(self._basis_probabilities(bases)[inverse, _index(x)] + 1e-300)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         return (-self._log_probs(x, cond).mean() / x.shape[1]).float(), {}
@@ -151,17 +178,41 @@ class ComplexRBMSurrogate(Surrogate):
         return self._log_probs(x, cond).float()
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
-        psi = self.psi()
-        configs = _configs(self.n_visible).to(psi.device)
-        if cond is None:
-            return configs[torch.multinomial(psi.abs() ** 2, n, replacement=True, generator=generator)].float()
-        out = torch.empty(n, self.n_visible, device=psi.device)
-        bases, inverse = torch.unique(cond.round().long(), dim=0, return_inverse=True)
-        for k, basis in enumerate(bases):
+        configs = _configs(self.n_visible).to(self.amp_b.device)
+        codes = torch.zeros(n, self.n_visible, dtype=torch.long, device=configs.device) if cond is None else cond.round().long()
+        bases, inverse = _distinct_bases(codes)
+        probs = self._basis_probabilities(bases)
+        out = torch.empty(n, self.n_visible, device=configs.device)
+        for k in range(len(bases)):
             rows = (inverse == k).nonzero()[:, 0]
-            probs = rotate(psi, basis.tolist()).abs() ** 2
-            out[rows] = configs[torch.multinomial(probs, len(rows), replacement=True, generator=generator)].float()
+            out[rows] = configs[torch.multinomial(probs[k], len(rows), replacement=True, generator=generator)].float()
         return out
 
     def postprocess(self, x: torch.Tensor) -> torch.Tensor:
         return x.round()
+
+
+class ComplexRBMSurrogate(PauliMeasurementRBM):
+    """Amplitude and phase RBMs trained on Pauli-basis measurements by exact likelihood (options: :class:`ComplexRBMOptions`)."""
+
+    family = "complex_rbm"
+    Options = ComplexRBMOptions
+    options: ComplexRBMOptions
+    # full-batch exact likelihood for a fixed number of epochs: early stopping on the small validation
+    # split of a tomography data set stopped at F ≈ 0.993 where training on reached 0.9987 (docs/guide/quantum.md)
+    train_defaults: ClassVar[dict[str, Any]] = {"grad_clip": None, "epochs": 1000, "batch_size": 10_000, "lr": 0.02, "schedule": "constant"}
+
+    def psi(self) -> torch.Tensor:
+        """The normalised amplitudes ψ(σ) over all 2ⁿ configurations (basis order), complex128, differentiable."""
+        v = _configs(self.n_visible).to(self.amp_b.device)
+        f_amp = self._free_energy("amp", v)
+        log_p = -f_amp - torch.logsumexp(-f_amp, 0)
+        return torch.polar(torch.exp(0.5 * log_p), -0.5 * self._free_energy("phase", v))
+
+    def amplitudes(self) -> torch.Tensor:
+        return self.psi()[:, None]
+
+    def wavefunction(self) -> np.ndarray:
+        """ψ as a numpy complex128 vector (normalised), for the metrics of :mod:`physgen.quantum`."""
+        with torch.no_grad():
+            return self.psi().cpu().numpy()

@@ -43,6 +43,7 @@ _FAMILIES: dict[str, Any] = {
     "wgan": "physgen.surrogates.wgan:WGANSurrogate",
     "rbm": "physgen.surrogates.rbm:RBMSurrogate",
     "complex_rbm": "physgen.surrogates.complex_rbm:ComplexRBMSurrogate",
+    "density_rbm": "physgen.surrogates.density_rbm:DensityRBMSurrogate",
     "shower": "physgen.calorimeter.shower:ShowerModel",
 }
 _ALLOWED_MODULES: set[str] = set()
