@@ -4,8 +4,10 @@
 
 The settings of physgen's row in benchmarks/quantum.py: H = −Σ σᶻσᶻ − Σ σˣ on a periodic chain of N spins,
 an RBM with α = 1 (real parameters), 1,024 Metropolis samples (single flips) per iteration, SR with
-diagonal shift 0.01 and step 0.05, 300 iterations; the final energy from 16,384 samples. Prints one JSON
-line: the seconds of the optimisation (JIT compilation included) and the final energy with its error.
+diagonal shift 0.01 and step 0.05, 300 iterations; the final energy from 16,384 samples. The sampler keeps
+NetKet's defaults (a sweep of N moves per sample, 5 samples discarded per chain each iteration; physgen's
+persistent chains make 2 sweeps between iterations). Prints one JSON line: the seconds of the optimisation
+(JIT compilation included) and the final energy with its error.
 """
 
 from __future__ import annotations
