@@ -9,7 +9,7 @@
   N = 10 ground state after a global rotation exp(−iπ/8 Σ σˣ).
 
 ``--peer-data DIR`` writes each data set as QuCumber reads it (DIR/<task>/train.txt,
-train_bases.txt, psi.txt, bases.txt) for benchmarks/peers/qucumber_complex.py; its output lines,
+train_bases.txt, psi.txt, bases.txt) for benchmarks/peers/run_qucumber.py; its output lines,
 collected in benchmarks/results/qucumber_complex.json, are put beside physgen's figures.
 Writes benchmarks/results/quantum_complex.json.
 """
@@ -28,9 +28,8 @@ import torch
 from scipy.sparse.linalg import expm_multiply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_result  # noqa: E402
+from common import RESULTS, machine, write_qucumber_files, write_result  # noqa: E402
 
-import physgen  # noqa: E402
 from physgen.quantum import (  # noqa: E402
     fidelity,
     ground_state,
@@ -61,11 +60,7 @@ def run(task: str, psi: np.ndarray, n_per_basis: int, seeds: list[int], peer_dir
     bases = local_bases(n)
     data = sample_pauli_measurements(psi, bases, n_per_basis, seed=0)
     if peer_dir is not None:
-        d = peer_dir / task
-        d.mkdir(parents=True, exist_ok=True)
-        physgen.write(data, d / "train.txt")
-        np.savetxt(d / "psi.txt", np.stack([psi.real, psi.imag], 1))
-        (d / "bases.txt").write_text("\n".join(" ".join(b) for b in bases) + "\n")
+        write_qucumber_files(peer_dir / task, data, bases, psi)
     runs = []
     for seed in seeds:
         model = create("complex_rbm")

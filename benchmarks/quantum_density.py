@@ -11,7 +11,7 @@ Beside each, the baselines the same data give without a model: linear inversion 
 and the full-rank maximum-likelihood estimate ρ = TT†/Tr(TT†) (T any complex matrix, L-BFGS on the exact
 likelihood), the best a model with no prior can do. ``--peer-data DIR`` writes each data set as QuCumber reads it
 (DIR/<task>/train.txt, train_bases.txt, rho_real.txt, rho_imag.txt, bases.txt) for
-benchmarks/peers/qucumber_density.py; its output lines, collected in benchmarks/results/qucumber_density.json,
+benchmarks/peers/run_qucumber.py; its output lines, collected in benchmarks/results/qucumber_density.json,
 are put beside physgen's figures. Writes benchmarks/results/quantum_density.json.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_result  # noqa: E402
+from common import RESULTS, machine, write_qucumber_files, write_result  # noqa: E402
 
 import physgen  # noqa: E402
 from physgen.quantum import (  # noqa: E402
@@ -74,12 +74,7 @@ def run(task: str, rho: np.ndarray, n_per_basis: int, seeds: list[int], peer_dir
     bases = pauli_bases(n)
     data = sample_pauli_measurements(rho, bases, n_per_basis, seed=0)
     if peer_dir is not None:
-        d = peer_dir / task
-        d.mkdir(parents=True, exist_ok=True)
-        physgen.write(data, d / "train.txt")
-        np.savetxt(d / "rho_real.txt", rho.real)
-        np.savetxt(d / "rho_imag.txt", rho.imag)
-        (d / "bases.txt").write_text("\n".join(" ".join(b) for b in bases) + "\n")
+        write_qucumber_files(peer_dir / task, data, bases, rho)
     runs = []
     for seed in seeds:
         model = create("density_rbm")
