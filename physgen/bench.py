@@ -349,6 +349,8 @@ def run_one(
         "train": {
             "seconds": train_s,
             "epochs": len([h for h in history if "epoch" in h and h.get("epoch", 0) > 0]),
+            # what ended training: its budget ("steps", "epochs"), early stopping ("patience"), or the wall-time cap ("time_budget")
+            "stopped_by": history[-1].get("stopped_by") if history else None,
             "n_train": len(train),
             "parameters": params,
             "samples_per_s": sps,

@@ -48,6 +48,28 @@ def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
     assert ra["val_loss"] == rb["val_loss"] and rb["epochs"] == 6
 
 
+def test_a_streamed_run_resumes_to_the_same_weights_and_shares_its_file_between_ranks(tmp_path):
+    """Training from a file: SIGKILL-and-resume ends where an uninterrupted run does; two torchrun ranks read disjoint halves."""
+    path = tmp_path / "showers.h5"
+    physgen.write(physgen.load_default()[:800], path)
+    straight, crashed, ddp = tmp_path / "straight", tmp_path / "crashed", tmp_path / "ddp"
+    _run(str(straight), "--epochs", "4", "--stream", str(path))
+    killed = _run(str(crashed), "--epochs", "4", "--kill-after", "2", "--stream", str(path), check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _run(str(crashed), "--epochs", "4", "--resume", "--stream", str(path))
+    a, b = _weights(straight / "final"), _weights(crashed / "final")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PHYSGEN_DIST_BACKEND": "gloo"}
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(JOB), str(ddp), "--epochs", "4", "--no-checkpoints", "--stream", str(path)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rs, rd = (json.loads((d / "result.json").read_text()) for d in (straight, ddp))
+    assert rd["world"] == 2 and math.isclose(rd["val_loss"], rs["val_loss"], rel_tol=0.03), (rs, rd)
+    assert rd["val_loss"] < 1.35  # trained: the untrained identity Gaussian is at 1.45 a dimension
+
+
 def test_torchrun_two_processes_match_single_process_quality(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     single, ddp = tmp_path / "single", tmp_path / "ddp"
@@ -149,3 +171,25 @@ def test_an_environment_variable_caps_every_runs_epochs(monkeypatch, showers):
     monkeypatch.setenv("PHYSGEN_MAX_EPOCHS", "zero")
     with pytest.raises(ConfigError, match="PHYSGEN_MAX_EPOCHS must be a positive integer; got 'zero'"):
         ShowerModel("gaussian", solver="gradient").fit(showers[:200], epochs=5, progress=False)
+
+
+def test_a_budget_in_steps_gives_the_same_model_however_fast_the_machine(showers):
+    """``steps`` ends training after exactly that many optimiser steps, annealing over them; the history says what stopped it."""
+    data = showers[:300]  # 270 training showers: 5 batches of 64 an epoch (the last one 14)
+    hist = ShowerModel("gaussian", solver="gradient").fit(data, steps=12, batch_size=64, lr=1e-2, progress=False, seed=1)
+    assert [h["samples"] for h in hist] == [270, 270, 128]  # 5 + 5 + 2 steps; the last epoch is partial
+    assert hist[-1]["stopped_by"] == "steps" and all("stopped_by" not in h for h in hist[:-1])
+    # the cosine schedule reached its end at the 12th step: lr factor ½(1 + cos(π · 11/12))
+    assert math.isclose(hist[-1]["lr"], 1e-2 * 0.5 * (1 + math.cos(math.pi * 11 / 12)), rel_tol=1e-9)
+    again = ShowerModel("gaussian", solver="gradient")
+    assert [h["loss"] for h in again.fit(data, steps=12, batch_size=64, lr=1e-2, progress=False, seed=1)] == [h["loss"] for h in hist]
+    ended = ShowerModel("gaussian", solver="gradient").fit(data, epochs=2, batch_size=64, progress=False)
+    assert ended[-1]["stopped_by"] == "epochs"
+    capped = ShowerModel("gaussian", solver="gradient").fit(data, steps=1000, batch_size=64, time_budget_s=1e-9, progress=False)
+    assert len(capped) == 1 and capped[0]["stopped_by"] == "time_budget" and capped[0]["samples"] == 64
+
+
+def test_the_epoch_cap_of_a_smoke_run_also_caps_a_budget_in_steps(monkeypatch, showers):
+    monkeypatch.setenv("PHYSGEN_MAX_EPOCHS", "1")
+    hist = ShowerModel("gaussian", solver="gradient").fit(showers[:300], steps=100, batch_size=64, progress=False)
+    assert len(hist) == 1 and hist[0]["samples"] == 270 and hist[0]["stopped_by"] == "epochs"

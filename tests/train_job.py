@@ -2,7 +2,7 @@
 
     python tests/train_job.py OUT [--epochs N] [--kill-after K] [--resume] [--no-checkpoints]
     torchrun --standalone --nproc_per_node=2 tests/train_job.py OUT --no-checkpoints
-    ... [--family flow --config '{"two_stage": true}'] [--every-rank]
+    ... [--family flow --config '{"two_stage": true}'] [--every-rank] [--stream FILE]
 
 Trains a shower model (the gradient-solved Gaussian by default) on the first 800 embedded Geant4 showers and
 writes OUT/final (a saved surrogate) and OUT/result.json (final validation loss).
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--family", default="gaussian")
     ap.add_argument("--config", default="{}", help="the family's hyperparameters as JSON")
     ap.add_argument("--every-rank", action="store_true", help="each rank saves OUT/final-rank{R}")
+    ap.add_argument("--stream", type=Path, default=None, help="train on this HDF5 file, streamed block by block, instead")
     args = ap.parse_args()
     torch.set_num_threads(1)  # identical summation order in every process
     data = physgen.load_default()[:800]
@@ -43,7 +44,7 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash
 
     history = model.fit(
-        data,
+        data if args.stream is None else args.stream,
         epochs=args.epochs,
         batch_size=128,
         lr=3e-3,

@@ -42,8 +42,9 @@ from physgen.calorimeter.moments import ShowerMoments
 from physgen.calorimeter.preprocessing import calorimeter_pipeline
 from physgen.calorimeter.presets import load_preset
 from physgen.calorimeter.readout import ReadoutCalibration
-from physgen.calorimeter.symmetry import azimuthal_copies, azimuthal_orbits
+from physgen.calorimeter.symmetry import azimuthal_orbits, azimuthal_rows
 from physgen.data import Data, FeatureGroups, LayerFractions, Logit, Pipeline, Schema, Standardise
+from physgen.data.rows import Rows
 from physgen.errors import ConfigError, InvalidDataError
 from physgen.options import Options, option
 from physgen.surrogates._common import check_data
@@ -209,8 +210,13 @@ class ShowerModel(Surrogate):
         geo = None if schema is None else schema.geometry
         return None if geo is None else [la.n_voxels for la in geo.layers]
 
-    def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fit the preprocessing and the read-out's global threshold on ``data``, build both stages, return model-space tensors."""
+    def prepare(self, data: Data, preprocessing: Pipeline | None = None, rows: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fit the preprocessing and the read-out's global threshold on ``data``, build both stages, return model-space tensors.
+
+        With ``rows`` (the augmented training set), the preprocessing fits on a streamed pass over them
+        and the tensors are an initialisation sample (:meth:`Surrogate.fit_preprocessing`); the read-out's
+        threshold, a quantile of voxel energies that rotations do not change, fits on ``data``.
+        """
         check_data(self, data, preprocessing)
         if data.cond is None:
             raise InvalidDataError("the shower model needs each shower's incident energy (cond [N, ≥1], MeV)")
@@ -218,7 +224,7 @@ class ShowerModel(Surrogate):
         self.readout = None
         if o.readout_quantile is not None:
             self.readout = ReadoutCalibration(quantile=o.readout_quantile, layer_sizes=self._layer_sizes(data.schema)).fit_threshold(data.x)
-        y, c = self.fit_preprocessing(data, preprocessing)
+        y, c = self.fit_preprocessing(data, preprocessing, rows)
         n_energy = self._energy_dim(c)
         self.resolved["two_stage"] = n_energy > 0
         self.dims = {"event_dim": int(data.x.shape[1]), "dim": int(y.shape[1]), "cond_dim": 0 if c is None else int(c.shape[1]), "energy_dim": n_energy}
@@ -315,9 +321,9 @@ class ShowerModel(Surrogate):
         assert self.inner is not None
         return self.inner(*args, **kwargs)
 
-    def augment(self, data: Data, copies: int, seed: int = 0) -> Data:
-        """``data`` and ``copies − 1`` rotated or mirrored copies of each shower (:func:`~physgen.calorimeter.symmetry.azimuthal_copies`)."""
-        return azimuthal_copies(data, copies, seed=seed)
+    def training_rows(self, data: Data, copies: int, seed: int = 0) -> Rows:
+        """``data`` and ``copies − 1`` rotated or mirrored versions of each shower, gathered per batch (:func:`~physgen.calorimeter.symmetry.azimuthal_rows`)."""
+        return azimuthal_rows(data, copies, seed=seed)
 
     def solve(
         self, y: torch.Tensor, c: torch.Tensor | None, y_val: torch.Tensor | None, c_val: torch.Tensor | None,

@@ -17,9 +17,10 @@ import torch
 
 from physgen.data.container import Data
 from physgen.data.geometry import CalorimeterGeometry
+from physgen.data.rows import PermutedRows, Rows
 from physgen.errors import ConfigError, InvalidDataError
 
-__all__ = ["azimuthal_copies", "azimuthal_orbits"]
+__all__ = ["azimuthal_copies", "azimuthal_orbits", "azimuthal_rows"]
 
 
 def azimuthal_orbits(geometry: CalorimeterGeometry | None, n_voxels: int) -> torch.Tensor | None:
@@ -36,20 +37,21 @@ def azimuthal_orbits(geometry: CalorimeterGeometry | None, n_voxels: int) -> tor
     return torch.unique(perms.min(0).values, return_inverse=True)[1]  # the orbit's first voxel, relabelled 0…G−1
 
 
-def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
-    """``data`` followed by ``copies − 1`` rotated or mirrored copies of each shower.
+def azimuthal_rows(data: Data, copies: int, seed: int = 0) -> Rows:
+    """``data`` and ``copies − 1`` rotated or mirrored versions of each shower, gathered batch by batch.
 
-    Each shower's copies are distinct elements of the symmetry group (rotations by whole
-    angular bins, with and without the mirror α → −α), drawn at random per shower; the
-    first block is ``data`` itself. Conditions and aux columns are repeated unchanged.
-    ``copies=1`` returns ``data`` as it is, whatever its kind.
+    Each shower's versions are distinct elements of the symmetry group (rotations by whole
+    angular bins, with and without the mirror α → −α), drawn at random per shower; rows
+    ``0 … N−1`` are ``data`` itself. Conditions and aux columns are the shower's. Nothing is
+    copied: a :class:`~physgen.data.rows.PermutedRows` gathers the voxels when the training
+    loop asks for a batch. ``copies=1`` gives the rows of ``data`` as they are, whatever its kind.
 
     Raises:
-        InvalidDataError: ``data`` is not calorimeter data with a polar geometry binned in
-            α, or ``copies`` is not between 1 and the group's size.
+        InvalidDataError: ``data`` is not calorimeter data with a polar geometry binned in α.
+        ConfigError: ``copies`` is not between 1 and the group's size.
     """
     if copies == 1:
-        return data
+        return Rows(data)
     geometry = data.geometry
     if data.schema.kind != "calorimeter" or geometry is None or geometry.kind != "polar" or not geometry.layers_binned_in_alpha:
         raise InvalidDataError(
@@ -60,16 +62,17 @@ def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
     size = 2 * order  # rotations, each with and without the mirror
     if not 1 <= copies <= size:
         raise ConfigError(f"augment copies must be in [1, {size}] for {order} rotations and their mirrors; got {copies}", where="train", key="augment")
-    perms = [torch.from_numpy(geometry.azimuthal_permutation(k % order, reflect=k >= order)) for k in range(size)]
+    perms = torch.stack([torch.from_numpy(geometry.azimuthal_permutation(k % order, reflect=k >= order)) for k in range(size)])
     rng = np.random.default_rng(seed)
-    # per shower, copies - 1 distinct non-identity elements (element 0 is the identity)
-    chosen = rng.permuted(np.tile(np.arange(1, size), (len(data), 1)), axis=1)[:, : copies - 1]
-    parts = [data]
-    for j in range(copies - 1):
-        x = torch.empty_like(data.x)
-        for k in range(1, size):
-            rows = torch.from_numpy(np.flatnonzero(chosen[:, j] == k))
-            if len(rows):
-                x[rows] = data.x[rows][:, perms[k]]
-        parts.append(Data(x, data.schema, cond=data.cond, mask=data.mask, aux=data.aux, validate=False))
-    return Data.concat(parts)
+    # per shower, the identity (element 0) and copies - 1 distinct non-identity elements
+    others = rng.permuted(np.tile(np.arange(1, size), (len(data), 1)), axis=1)[:, : copies - 1]
+    return PermutedRows(data, perms, np.concatenate([np.zeros((len(data), 1), dtype=np.int64), others], 1))
+
+
+def azimuthal_copies(data: Data, copies: int, seed: int = 0) -> Data:
+    """The rows of :func:`azimuthal_rows` as one :class:`Data`: ``copies`` times the memory (small sets, inspection).
+
+    Training does not need this: ``augment = k`` gathers each batch's versions as it goes.
+    """
+    rows = azimuthal_rows(data, copies, seed)
+    return rows.materialise() if isinstance(rows, PermutedRows) else data

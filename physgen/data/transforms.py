@@ -20,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -57,8 +58,23 @@ class Transform:
         if cls.name:
             _REGISTRY[cls.name] = cls
 
+    #: whether :meth:`fit` learns anything (a streamed fit makes one pass over the data per transform that does)
+    fits: ClassVar[bool] = False
+
     def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> Transform:
         """Learn parameters (if any) from training data already in this transform's input space."""
+        self.fit_start()
+        self.fit_update(x, cond)
+        return self.fit_finish()
+
+    def fit_start(self) -> None:
+        """Begin a streamed fit: :meth:`fit_update` per chunk of rows, then :meth:`fit_finish`."""
+
+    def fit_update(self, x: torch.Tensor, cond: torch.Tensor | None) -> None:
+        """Take one chunk of rows (this transform's input space) into a streamed fit."""
+
+    def fit_finish(self) -> Transform:
+        """End a streamed fit: set the parameters from what the chunks showed."""
         return self
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -193,8 +209,17 @@ class Logit(Transform):
             raise InvalidDataError(f"logit alpha must be in (0, 0.5); got {alpha}")
         self.alpha, self.scale = float(alpha), float(scale)
 
-    def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> Logit:
-        self.scale = max(1.0, 1.01 * float(x.max()))
+    fits = True
+
+    def fit_start(self) -> None:
+        self._max = -math.inf
+
+    def fit_update(self, x: torch.Tensor, cond: torch.Tensor | None) -> None:
+        if x.numel():
+            self._max = max(self._max, float(x.max()))
+
+    def fit_finish(self) -> Logit:
+        self.scale = max(1.0, 1.01 * self._max)
         return self
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -250,6 +275,8 @@ class Standardise(Transform):
         self.std = None if std is None else torch.tensor(std, dtype=torch.float64)
         self.min_std = float(min_std)
 
+    fits = True
+
     def fit(self, x: torch.Tensor, cond: torch.Tensor | None) -> Standardise:
         x = _f64(x).reshape(-1, x.shape[-1])
         self.mean = x.mean(0)
@@ -257,6 +284,38 @@ class Standardise(Transform):
             self.std = x.std(0, unbiased=False).clamp_min(max(self.min_std, 1e-8))
         else:
             self.std = torch.ones(x.shape[1], dtype=torch.float64)
+        return self
+
+    def fit_start(self) -> None:
+        self._count: int = 0
+        self._mean: torch.Tensor | None = None
+        self._m2: torch.Tensor | None = None
+
+    def fit_update(self, x: torch.Tensor, cond: torch.Tensor | None) -> None:
+        # Chan, Golub & LeVeque's pairwise update of (count, mean, sum of squared deviations), in float64
+        x = _f64(x).reshape(-1, x.shape[-1])
+        n = x.shape[0]
+        if n == 0:
+            return
+        mean = x.mean(0)
+        m2 = (x - mean).square_().sum(0)
+        if self._mean is None or self._m2 is None:
+            self._count, self._mean, self._m2 = n, mean, m2
+            return
+        total = self._count + n
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + m2 + delta.square() * (self._count * n / total)
+        self._count = total
+
+    def fit_finish(self) -> Standardise:
+        if self._mean is None or self._m2 is None:
+            raise InvalidDataError("Standardise: no rows to fit")
+        self.mean = self._mean
+        if self._count > 1:
+            self.std = (self._m2 / self._count).sqrt().clamp_min(max(self.min_std, 1e-8))
+        else:
+            self.std = torch.ones(len(self._mean), dtype=torch.float64)
         return self
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -376,6 +435,41 @@ class Pipeline:
             c = cond
             for t in self.cond_transforms:
                 c = t.fit(c, None).forward(c, None)
+        return self
+
+    def fit_stream(self, chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]]) -> Pipeline:
+        """:meth:`fit` on data read a chunk at a time: ``chunks()`` yields ``(x, cond)`` blocks of rows, every row once.
+
+        Each transform that learns something fits on a pass of its own over the chunks, through
+        the transforms before it (conditions' transforms ride along on the same passes), so memory
+        is one chunk whatever the data's size. The result equals :meth:`fit` on all rows at once up
+        to float64 rounding.
+        """
+        x_fitting = [i for i, t in enumerate(self.x_transforms) if t.fits]
+        c_fitting = [i for i, t in enumerate(self.cond_transforms) if t.fits]
+        for p in range(max(len(x_fitting), len(c_fitting))):
+            xi = x_fitting[p] if p < len(x_fitting) else None
+            ci = c_fitting[p] if p < len(c_fitting) else None
+            fitting = [t for t in ((None if xi is None else self.x_transforms[xi]), (None if ci is None else self.cond_transforms[ci])) if t is not None]
+            for t in fitting:
+                t.fit_start()
+            seen_cond = False
+            for x, cond in chunks():
+                if xi is not None:
+                    y = x
+                    for t in self.x_transforms[:xi]:
+                        y = t.forward(y, cond)
+                    self.x_transforms[xi].fit_update(y, cond)
+                if ci is not None and cond is not None:
+                    seen_cond = True
+                    c = cond
+                    for t in self.cond_transforms[:ci]:
+                        c = t.forward(c, None)
+                    self.cond_transforms[ci].fit_update(c, None)
+            if xi is not None:
+                self.x_transforms[xi].fit_finish()
+            if ci is not None and seen_cond:
+                self.cond_transforms[ci].fit_finish()
         return self
 
     def train(self, mode: bool = True) -> Pipeline:

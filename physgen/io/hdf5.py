@@ -85,8 +85,10 @@ def iter_hdf5(
     chunk_size: int = 10_000,
     feature_names: tuple[str, ...] | None = None,
     units: str = "",
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[Data]:
-    """Stream a generic HDF5 file as ``Data`` chunks of ``chunk_size`` rows."""
+    """Stream a generic HDF5 file as ``Data`` chunks of ``chunk_size`` rows (of rows ``start:stop`` only, if given)."""
     with open_hdf5(path) as h5:
         xds = get_dataset(h5, x_key, path)
         n = _n_rows(xds, path, x_key)
@@ -103,14 +105,15 @@ def iter_hdf5(
             source_format="hdf5",
             meta={"x_key": x_key, "cond_key": cond_key},
         )
-        for start, stop in chunk_bounds(n, chunk_size):
-            x = read_rows(xds, start, stop, path, x_key)
+        first, last = max(0, start), n if stop is None else min(stop, n)
+        for a, b in chunk_bounds(max(0, last - first), chunk_size):
+            x = read_rows(xds, first + a, first + b, path, x_key)
             if x.ndim == 1:
                 x = x[:, None]
             check_values(x, file=path, key=x_key, nonnegative=(kind == "calorimeter"))
             cond = None
             if cds is not None:
-                cond = read_rows(cds, start, stop, path, cond_key)  # type: ignore[arg-type]
+                cond = read_rows(cds, first + a, first + b, path, cond_key)  # type: ignore[arg-type]
                 check_values(cond, file=path, key=cond_key)  # type: ignore[arg-type]
             yield _build(path, x_key, x, schema, cond)
 

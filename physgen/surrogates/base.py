@@ -21,10 +21,12 @@ import torch
 from torch import nn
 
 from physgen.data import Data, Pipeline, Schema, Standardise
+from physgen.data.rows import Rows, fit_on_rows
 from physgen.errors import CheckpointError, ConfigError, InvalidDataError
 from physgen.options import Options, option
 from physgen.surrogates._common import check_data, conditions, draw, iter_draw
 from physgen.training import TrainConfig, train
+from physgen.training.loop import calibration_events, training_source
 from physgen.training import checkpoint as ckpt
 
 if TYPE_CHECKING:
@@ -143,10 +145,10 @@ class Surrogate(nn.Module):
         """A closed-form fit on the prepared tensors, returning its history; None (default): train with the loop."""
         return None
 
-    def augment(self, data: Data, copies: int, seed: int = 0) -> Data:
-        """``data`` with ``copies − 1`` transformed copies of each event under the data's symmetry (``augment``)."""
+    def training_rows(self, data: Data, copies: int, seed: int = 0) -> Rows:
+        """The training set the loop reads: ``data`` and, with ``copies > 1`` (``augment``), versions of each event under the data's symmetry."""
         if copies == 1:
-            return data
+            return Rows(data)
         raise ConfigError(f"augment={copies} needs a symmetry of the data; the bare {self.family} surrogate knows none "
                           "(calorimeter showers: physgen.calorimeter.ShowerModel)", where="train", key="augment")
 
@@ -172,21 +174,19 @@ class Surrogate(nn.Module):
             return t.device
         return torch.device("cpu")
 
-    def fit_preprocessing(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fit ``preprocessing`` (by default :meth:`default_preprocessing`) on ``data``; the training tensors in model space (float32)."""
+    def fit_preprocessing(self, data: Data, preprocessing: Pipeline | None = None, rows: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fit ``preprocessing`` (by default :meth:`default_preprocessing`) on ``data`` (or ``rows``, read batch by batch:
+        :func:`~physgen.data.rows.fit_on_rows`); the training tensors in model space (float32)."""
         self.preprocessing = preprocessing if preprocessing is not None else self.default_preprocessing(data)
-        self.preprocessing.fit(data.x, data.cond)
-        # training-only steps (dequantisation noise) apply to the training tensor, drawn from the seeded global generator
-        y, c = self.preprocessing.train(True).forward(data.x, data.cond)
-        self.preprocessing.train(False)
-        self.schema = data.schema
-        self.cond_range = None if data.cond is None else torch.stack([data.cond.amin(0), data.cond.amax(0)], 1).tolist()
-        return y.float(), None if c is None else c.float()
+        rows = rows if rows is not None else Rows(data)
+        y, c = fit_on_rows(self.preprocessing, rows)
+        self.schema, self.cond_range = data.schema, rows.cond_range()
+        return y, c
 
-    def prepare(self, data: Data, preprocessing: Pipeline | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fit the preprocessing on ``data``, build the networks, return model-space tensors (float32)."""
+    def prepare(self, data: Data, preprocessing: Pipeline | None = None, rows: Rows | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fit the preprocessing on ``data`` (or streamed ``rows``: tensors of an initialisation sample), build the networks, return model-space tensors."""
         check_data(self, data, preprocessing)
-        y, c = self.fit_preprocessing(data, preprocessing)
+        y, c = self.fit_preprocessing(data, preprocessing, rows)
         self.dims = {"event_dim": int(data.x.shape[1])}
         self.setup(int(y.shape[1]), 0 if c is None else int(c.shape[1]))
         self.initialise(y, c)
@@ -197,18 +197,17 @@ class Surrogate(nn.Module):
         self.dims = {**self.dims, "dim": dim, "cond_dim": cond_dim}
         self.build(dim, cond_dim, structure)
 
-    def fit(self, data: Data, preprocessing: Pipeline | None = None, *, on_epoch_end: Callable[[int, dict], None] | None = None, **train_options: Any) -> list[dict[str, Any]]:
-        """Train on ``data`` (physics units; a validation split is taken from it); returns the per-epoch history.
-
-        ``preprocessing`` replaces :meth:`default_preprocessing`; ``on_epoch_end(epoch, record)`` runs after each
-        epoch; ``train_options`` are :class:`~physgen.training.TrainConfig`'s (epochs, batch_size, lr, device, ...).
-        """
+    def fit(self, data: Data | Rows | str | Path, preprocessing: Pipeline | None = None, *, on_epoch_end: Callable[[int, dict], None] | None = None,
+            **train_options: Any) -> list[dict[str, Any]]:
+        """Train on ``data`` (physics units, or a file's path or :class:`~physgen.io.rows.FileRows`: streamed); a validation split
+        is taken from it; returns the per-epoch history. ``preprocessing`` replaces :meth:`default_preprocessing`; ``on_epoch_end(epoch,
+        record)`` runs after each epoch; ``train_options`` are :class:`~physgen.training.TrainConfig`'s (epochs, steps, batch_size, lr, ...)."""
         if isinstance(train_options.get("checkpoint_dir"), Path):
             train_options["checkpoint_dir"] = str(train_options["checkpoint_dir"])
         cfg = TrainConfig.from_dict({**self.train_defaults, **train_options}, where="train")
-        self.diverged = None
+        data, self.diverged = training_source(data), None
         history = train(self, data, cfg, preprocessing=preprocessing, on_epoch_end=on_epoch_end)
-        self.after_fit(data, seed=cfg.seed)
+        self.after_fit(calibration_events(data, cfg.seed), seed=cfg.seed)
         return history
 
     def _require_fitted(self) -> None:

@@ -16,6 +16,7 @@ class TrainConfig(Options):
     """Settings of the shared training loop (``model.fit(data, **settings)``, a suite's ``train`` table)."""
 
     epochs: int = option(50, "passes over the training split", ge=1)
+    steps: int | None = option(None, "train for this many optimiser steps instead, whatever the epochs (the last epoch may be partial): the same model for the same seed on any machine", ge=1)
     batch_size: int = option(256, "global batch size (split across ranks under torchrun)", ge=1)
     lr: float = option(1e-3, "Adam(W) learning rate (the WGAN's default is 1e-4, for critic and generator)", gt=0)
     weight_decay: float = option(0.0, "AdamW weight decay (0: plain Adam)", ge=0)
@@ -32,7 +33,7 @@ class TrainConfig(Options):
     checkpoint_dir: str | None = option(None, "write resumable epoch-NNNNNN checkpoints and LATEST here (None: none)")
     checkpoint_every: int = option(1, "epochs between checkpoints", ge=1)
     resume: bool = option(False, "continue from checkpoint_dir's latest checkpoint if there is one")
-    time_budget_s: float | None = option(None, "stop cleanly after this much wall time; the cosine schedule anneals over it (None: no cap)", gt=0)
+    time_budget_s: float | None = option(None, "stop cleanly after this much wall time, a cap that makes the result depend on the machine's speed; the cosine schedule anneals over it (None: no cap)", gt=0)
     divergence_factor: float = option(1e6, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the first batch's", gt=1)
     divergence_median_factor: float | None = option(1e3, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the median of the last 200 (None: off)", gt=1)
     progress: bool | None = option(None, "show a tqdm progress bar (None: only on a terminal)")

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from physgen.data import Data, Pipeline
+from physgen.data import Data, Dequantise, Pipeline
+from physgen.data.rows import PermutedRows, Rows, epoch_indices, init_rows
 from physgen.errors import ConfigError, TrainingDivergedError
 from physgen.training import checkpoint as ckpt
 from physgen.training.config import TrainConfig
@@ -42,7 +43,7 @@ from physgen.training.devices import autocast_dtype, resolve_device
 if TYPE_CHECKING:
     from physgen.surrogates.base import Surrogate
 
-__all__ = ["MAX_EPOCHS_ENV", "TrainContext", "capped", "train"]
+__all__ = ["MAX_EPOCHS_ENV", "TrainContext", "calibration_events", "capped", "prefetch", "train", "training_source"]
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,23 @@ log = logging.getLogger(__name__)
 MAX_EPOCHS_ENV = "PHYSGEN_MAX_EPOCHS"
 
 
-def capped(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its epochs capped at ``$PHYSGEN_MAX_EPOCHS`` where that is set (CI runs the docs' examples so)."""
+def _epoch_cap() -> int | None:
     value = os.environ.get(MAX_EPOCHS_ENV)
     if not value:
-        return cfg
+        return None
     try:
         cap = int(value)
     except ValueError:
         cap = 0
     if cap < 1:
         raise ConfigError(f"{MAX_EPOCHS_ENV} must be a positive integer; got {value!r}", where="environment", key=MAX_EPOCHS_ENV)
-    return cfg if cfg.epochs <= cap else cfg.replace(where="train", epochs=cap)
+    return cap
+
+
+def capped(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its epochs capped at ``$PHYSGEN_MAX_EPOCHS`` where that is set (CI runs the docs' examples so; a ``steps`` budget is capped at as many epochs)."""
+    cap = _epoch_cap()
+    return cfg if cap is None or cfg.epochs <= cap else cfg.replace(where="train", epochs=cap)
 
 
 #: batches whose median |loss| the divergence check compares with, and how many it needs first
@@ -142,13 +148,60 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), world, local
 
 
-def _batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> Iterator[np.ndarray]:
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    if world > 1:  # equal shares so ranks stay in lockstep
-        perm = perm[: (n // world) * world][rank::world]
-    local_bs = max(1, batch_size // world)
-    for start in range(0, len(perm), local_bs):
-        yield perm[start : start + local_bs]
+def training_source(data: Data | Rows | str | Path) -> Data | Rows:
+    """What :func:`train` takes: ``data`` itself, or a file's path as :class:`~physgen.io.rows.FileRows` (streamed)."""
+    if isinstance(data, (str, Path)):
+        from physgen.io.rows import FileRows
+
+        return FileRows(data)
+    return data
+
+
+def calibration_events(data: Data | Rows, seed: int = 0) -> Data:
+    """The training events post-fit calibrations see: ``data``, or a random sample of a streamed source's blocks."""
+    return data.sample(init_rows(len(data), data.width), seed=seed) if isinstance(data, Rows) else data
+
+
+def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items``, computed up to ``depth`` ahead in a background thread; its exceptions re-raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((done, exc))
+
+    thread = threading.Thread(target=work, daemon=True, name="physgen-prefetch")
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let a blocked producer see the stop
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+            thread.join(timeout=0.05)
 
 
 def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, elapsed_s: float = 0.0) -> float:
@@ -165,10 +218,13 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, el
 
 
 def train(
-    model: Surrogate, data: Data, cfg: TrainConfig, preprocessing: Pipeline | None = None,
+    model: Surrogate, data: Data | Rows, cfg: TrainConfig, preprocessing: Pipeline | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``data`` with the shared loop (or its closed form); returns (and stores) the history.
+
+    ``data`` in memory is split for validation (``val_fraction``) and augmented (``augment``); a
+    streamed source (:class:`~physgen.io.rows.FileRows`) holds out blocks and is read batch by batch.
 
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint.
     """
@@ -179,12 +235,26 @@ def train(
     device = resolve_device(cfg.device)  # before the work: a missing GPU fails at once
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
-    train_data, val_data = (data.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed) if cfg.val_fraction > 0 else (data, None))
-
-    train_data = model.augment(train_data, cfg.augment, seed=cfg.seed)
+    rows: Rows
+    if isinstance(data, Rows):  # a streamed source (a file larger than memory): held-out blocks validate
+        if cfg.augment != 1:
+            raise ConfigError("augment needs the events in memory; a streamed source is read as it is", where="train", key="augment")
+        if model.capabilities.closed_form:
+            raise ConfigError(f"the {model.name} surrogate solves a closed form on every event at once: read the data into memory", where="train", key="data")
+        rows, val_data = data.holdout(cfg.val_fraction, seed=cfg.seed)
+        sample = rows.sample(init_rows(len(rows), rows.width), seed=cfg.seed)
+        lazy = True
+    else:
+        train_data, val_data = (data.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed) if cfg.val_fraction > 0 else (data, None))
+        rows = model.training_rows(train_data, cfg.augment, seed=cfg.seed)
+        if isinstance(rows, PermutedRows) and model.capabilities.closed_form:
+            rows = Rows(rows.materialise())  # a closed form solves on every row at once
+        # an augmented set is read a batch at a time: its versions of each event are gathered, never stored
+        lazy, sample = isinstance(rows, PermutedRows), train_data
     torch.manual_seed(cfg.seed)
-    y, c = model.prepare(train_data, preprocessing)
+    y, c = model.prepare(sample, preprocessing, rows=rows) if lazy else model.prepare(rows.data, preprocessing)
     assert model.preprocessing is not None  # set by prepare
+    pipeline = model.preprocessing
     yv = cv = None
     if val_data is not None:
         # the validation split goes through the same training-time preprocessing (e.g. dequantisation),
@@ -200,11 +270,38 @@ def train(
         return solved
     yv, cv = None if yv is None else yv.to(device), None if cv is None else cv.to(device)
     model.to(device)
-    y, c = y.to(device), None if c is None else c.to(device)
+    if lazy:
+        del y, c  # the initialisation sample; batches are read (or gathered) and preprocessed as they are drawn
+
+        def prepared(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+            for xb, cb in rows.batches(cfg.batch_size, cfg.seed, epoch, rank, world):
+                yb, cb = pipeline.train(True).forward(xb, cb)
+                pipeline.train(False)
+                yield yb.float(), None if cb is None else cb.float()
+
+        # reading, gathering and preprocessing run a batch ahead in a thread (torch's kernels release the GIL),
+        # except where the preprocessing draws noise from the global generator the training step also draws from
+        ahead = not any(isinstance(t, Dequantise) for t in pipeline.x_transforms)
+
+        def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+            with contextlib.closing(prefetch(prepared(epoch)) if ahead else prepared(epoch)) as batches:
+                for yb, cb in batches:
+                    yield yb.to(device), None if cb is None else cb.to(device)
+    else:
+        y, c = y.to(device), None if c is None else c.to(device)
+
+        def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+            for idx in epoch_indices(len(y), cfg.batch_size, cfg.seed, epoch, rank, world):
+                yield y[idx], None if c is None else c[idx]
+    n_rows = len(rows)
     optimizers = model.configure_optimizers(cfg)
     ctx = TrainContext(cfg, device, model)
-    steps_per_epoch = math.ceil(((len(y) // world) if world > 1 else len(y)) / max(1, cfg.batch_size // world))
-    total_steps = cfg.epochs * steps_per_epoch
+    steps_per_epoch = math.ceil(((n_rows // world) if world > 1 else n_rows) / max(1, cfg.batch_size // world))
+    # the budget: cfg.steps optimiser steps where given (the last epoch partial), else cfg.epochs passes
+    n_epochs = cfg.epochs if cfg.steps is None else math.ceil(cfg.steps / steps_per_epoch)
+    if cfg.steps is not None and (cap := _epoch_cap()) is not None:
+        n_epochs = min(n_epochs, cap)
+    total_steps = cfg.steps if cfg.steps is not None else n_epochs * steps_per_epoch
     base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
     params = [p for p in model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
@@ -258,20 +355,20 @@ def train(
         start_time = time.perf_counter()
         # tqdm's disable=None shows the bar only on a terminal
         disable = True if rank != 0 or cfg.progress is False else (None if cfg.progress is None else False)
-        bar = tqdm(range(state["epoch"], cfg.epochs), initial=state["epoch"], total=cfg.epochs, desc=model.family, disable=disable, unit="epoch")
+        bar = tqdm(range(state["epoch"], n_epochs), initial=state["epoch"], total=n_epochs, desc=model.family, disable=disable, unit="epoch")
         for epoch in bar:
             torch.manual_seed(_epoch_seed(cfg.seed, epoch) + rank)  # each rank draws its own noise
             model.train()
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
             n_batches = n_samples = 0
-            for idx in _batches(len(y), cfg.batch_size, cfg.seed, epoch, rank, world):
+            for xb, cb in epoch_batches(epoch):
+                if cfg.steps is not None and state["step"] >= cfg.steps:
+                    break
                 factor = _lr_factor(cfg, state["step"], total_steps, steps_per_epoch, time.perf_counter() - start_time)
                 for opt, lrs in zip(optimizers, base_lrs, strict=True):
                     for g, lr0 in zip(opt.param_groups, lrs, strict=True):
                         g["lr"] = lr0 * factor
-                xb = y[idx]
-                cb = None if c is None else c[idx]
                 logs = model.train_step(ddp_model, xb, cb, optimizers, ctx)
                 loss_value = logs["loss"]
                 if state["loss_scale0"] is None:  # the first batch's loss, from the initial weights
@@ -285,7 +382,7 @@ def train(
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_batches += 1
-                n_samples += len(idx)
+                n_samples += len(xb)
                 state["step"] += 1
                 if world == 1 and cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s:
                     break  # long (augmented) epochs end at the budget too; ranks of a DDP run stop together at the epoch's end
@@ -305,10 +402,19 @@ def train(
             log.debug("%s: epoch %d: %s", model.name, epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))
             state["epoch"] = epoch + 1
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "val_loss") if k in record} | {"samples/s": f"{record['samples_per_s']:.0f}"})
-            stop = (cfg.patience is not None and state["bad_epochs"] >= cfg.patience) or (
-                cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s
-            )
-            last = stop or epoch + 1 == cfg.epochs
+            reason = None
+            if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+                reason = "patience"
+            elif cfg.time_budget_s is not None and time.perf_counter() - start_time > cfg.time_budget_s:
+                reason = "time_budget"
+            elif cfg.steps is not None and state["step"] >= cfg.steps:
+                reason = "steps"
+            elif epoch + 1 == n_epochs:
+                reason = "epochs"
+            stop = reason is not None
+            if stop:  # what ended the run: its budget (steps or epochs), early stopping, or the wall-time cap
+                record["stopped_by"] = reason
+            last = stop
             if run_dir is not None and rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
                 name = f"epoch-{epoch + 1:06d}"
                 model.history = history
@@ -324,12 +430,11 @@ def train(
                 dist.barrier()
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
+            if reason in ("patience", "time_budget"):
+                why = (f"no better validation loss in {cfg.patience} epochs" if reason == "patience"
+                       else f"its time budget of {cfg.time_budget_s:.3g} s ran out after {state['step']} of {total_steps} steps")
+                log.info("%s: stopped after epoch %d of %d: %s", model.name, epoch + 1, n_epochs, why)
             if stop:
-                if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
-                    reason = f"no better validation loss in {cfg.patience} epochs"
-                else:
-                    reason = f"its time budget of {cfg.time_budget_s:.3g} s ran out"
-                log.info("%s: stopped after epoch %d of %d: %s", model.name, epoch + 1, cfg.epochs, reason)
                 break
         bar.close()
         if state["best_weights"] is not None:

@@ -10,6 +10,7 @@ from scipy import stats
 import physgen
 from physgen.calorimeter import ShowerModel, azimuthal_copies
 from physgen.data import CalorimeterGeometry, Data, Layer, Schema, official_binning
+from physgen.data.rows import PermutedRows
 from physgen.errors import ConfigError, GeometryError, InvalidDataError
 
 
@@ -73,6 +74,32 @@ def test_copies_are_distinct_members_of_each_showers_orbit(showers):
     layer = torch.from_numpy(geo.layer_index())
     per_layer = torch.zeros(400, geo.n_layers).index_add_(1, layer, aug.x)
     assert torch.allclose(per_layer, torch.zeros(50, geo.n_layers).index_add_(1, layer, data.x).repeat(8, 1))
+
+
+def test_augmented_training_reads_the_copies_it_never_stores(showers):
+    """``augment = k`` gathers each batch's versions: the same preprocessing, batches and losses as training on the stored copies."""
+    data = showers[:120]
+    settings = dict(epochs=2, batch_size=64, val_fraction=0.0, progress=False, seed=5)
+    options = dict(latent=4, hidden=16, layers=1, readout_quantile=None)
+    lazy = ShowerModel("vae", **options)
+    rows = lazy.training_rows(data, 4, seed=5)
+    assert isinstance(rows, PermutedRows) and len(rows) == 480
+    copies = azimuthal_copies(data, 4, seed=5)  # the same versions, stored
+    assert torch.equal(rows.take(np.arange(480))[0], copies.x)
+    hist = lazy.fit(data, augment=4, **settings)
+    stored = ShowerModel("vae", **options)
+    hist_stored = stored.fit(copies, augment=1, **settings)
+    for a, b in zip(lazy.preprocessing.to_dict()["x"], stored.preprocessing.to_dict()["x"], strict=True):
+        for key in ("mean", "std", "scale"):
+            if key in a:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12)
+    idx = np.array([0, 130, 479, 250])
+    y_lazy = lazy.preprocessing.forward(*rows.take(idx))[0].float()
+    y_stored = stored.preprocessing.forward(copies.x[idx], copies.cond[idx])[0].float()
+    assert torch.allclose(y_lazy, y_stored, rtol=1e-6, atol=1e-6)
+    for a, b in zip(hist, hist_stored, strict=True):
+        assert a["samples"] == b["samples"] == 480
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4), (a["loss"], b["loss"])
 
 
 def test_bad_augmentation_requests_are_rejected(showers):

@@ -183,3 +183,27 @@ def test_width_floor_keeps_held_out_wsi_showers_in_range(wsi_path):
         else:
             assert worst < bound
             assert float(p.forward_x(train.x, train.cond).abs().max()) < bound
+
+
+@pytest.mark.parametrize("rows", [1, 37, 250, 10_000])
+def test_a_streamed_fit_equals_the_fit_on_all_rows(showers, rows):
+    """Chunks of any size (one row, uneven, one chunk) fit the same logit scale and moments as the whole set."""
+    data = showers[:500]
+    layers = [la.n_voxels for la in data.geometry.layers]
+    whole = calorimeter_pipeline(layers).fit(data.x, data.cond)
+    streamed = calorimeter_pipeline(layers).fit_stream(
+        lambda: ((data.x[s : s + rows], data.cond[s : s + rows]) for s in range(0, len(data), rows))
+    )
+    a, b = whole.to_dict(), streamed.to_dict()
+    assert a["x"][2]["scale"] == b["x"][2]["scale"]  # the logit's: a maximum
+    for part, i in (("x", 3), ("cond", 1)):
+        for key in ("mean", "std"):
+            np.testing.assert_allclose(b[part][i][key], a[part][i][key], rtol=1e-12, atol=1e-12)
+    # and the numbers are numpy's: population moments of the logit-space values
+    z = Pipeline(whole.x_transforms[:3]).forward_x(data.x, data.cond).numpy()
+    np.testing.assert_allclose(b["x"][3]["std"], np.maximum(z.std(0), 0.2), rtol=1e-10)
+
+
+def test_a_streamed_fit_with_no_rows_is_an_error():
+    with pytest.raises(InvalidDataError, match="no rows"):
+        Pipeline(x=[Standardise()]).fit_stream(lambda: iter(()))

@@ -1,0 +1,81 @@
+"""Training from a file read block by block: every event once an epoch, disjoint ranks, the same preprocessing."""
+
+import numpy as np
+import pytest
+import torch
+
+import physgen
+from physgen.calorimeter import ShowerModel
+from physgen.errors import ConfigError
+from physgen.io.rows import FileRows
+
+
+@pytest.fixture(scope="module")
+def shower_file(tmp_path_factory, showers):
+    path = tmp_path_factory.mktemp("stream") / "showers.h5"
+    physgen.write(showers[:700], path)
+    return path
+
+
+def _rows_as_set(x: torch.Tensor) -> list[bytes]:
+    return sorted(r.numpy().tobytes() for r in x)
+
+
+def test_an_epoch_reads_every_event_once_in_a_seeded_shuffled_order(shower_file, showers):
+    rows = FileRows(shower_file, block_rows=50, buffer_values=120 * 768)
+    assert len(rows) == 700 and len(rows.blocks) == 14
+    whole = showers[:700]
+    epoch0 = list(rows.batches(64, seed=3, epoch=0))
+    x0 = torch.cat([x for x, _ in epoch0])
+    c0 = torch.cat([c for _, c in epoch0])
+    assert [len(x) for x, _ in epoch0][:-1] == [64] * (len(epoch0) - 1)  # full batches, the last one partial
+    assert _rows_as_set(x0) == _rows_as_set(whole.x)  # every event once
+    # conditions travel with their showers
+    energy = {r.numpy().tobytes(): float(e) for r, e in zip(whole.x, whole.cond[:, 0], strict=True)}
+    assert all(energy[r.numpy().tobytes()] == float(e) for r, e in zip(x0, c0[:, 0], strict=True))
+    again = torch.cat([x for x, _ in rows.batches(64, seed=3, epoch=0)])
+    other = torch.cat([x for x, _ in rows.batches(64, seed=3, epoch=1)])
+    assert torch.equal(x0, again) and not torch.equal(x0, other)
+    # shuffled beyond the file's order: the first batch mixes events of several blocks
+    position = {r.numpy().tobytes(): i for i, r in enumerate(whole.x)}
+    first_blocks = {position[r.numpy().tobytes()] // 50 for r in epoch0[0][0]}
+    assert len(first_blocks) >= 2
+
+
+def test_ranks_read_disjoint_equal_shares(shower_file):
+    rows = FileRows(shower_file, block_rows=64)
+    shares = [torch.cat([x for x, _ in rows.batches(100, seed=0, epoch=2, rank=r, world=3)]) for r in range(3)]
+    assert [len(s) for s in shares] == [233, 233, 233]  # 700 // 3 each: the ranks stay in step
+    everything = _rows_as_set(torch.cat(shares))
+    assert len(set(everything)) == len(everything) == 699
+
+
+def test_a_model_fits_a_file_without_reading_it_whole(shower_file, showers):
+    data = showers[:700]
+    model = ShowerModel("vae", latent=4, hidden=16, layers=1)
+    hist = model.fit(shower_file, steps=12, batch_size=64, val_fraction=0.2, progress=False, seed=1)
+    assert hist[-1]["stopped_by"] == "steps"
+    assert np.isfinite(hist[-1]["val_loss"])
+    # the preprocessing is the streamed fit over the training blocks, which equals the fit on those events at once
+    train_rows, _ = FileRows(shower_file).holdout(0.2, seed=1)
+    held_in = train_rows.read_blocks(train_rows.blocks)
+    assert len(held_in) < 700
+    direct = model.default_preprocessing(data).fit(held_in.x, held_in.cond)
+    for a, b in zip(model.preprocessing.to_dict()["x"], direct.to_dict()["x"], strict=True):
+        for key in ("mean", "std", "scale"):
+            if key in a:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-10, atol=1e-12)
+    # the condition range is the whole training part's, not the initialisation sample's
+    e = held_in.cond[:, 0]
+    assert model.cond_range == [[float(e.min()), float(e.max())]]
+    out = model.sample(data.cond[:5], seed=0)
+    assert out.x.shape == (5, 768) and bool(torch.isfinite(out.x).all())
+
+
+def test_streaming_refuses_what_it_cannot_do(shower_file, zmumu_path):
+    with pytest.raises(ConfigError, match="augment needs the events in memory"):
+        ShowerModel("vae", latent=4, hidden=16, layers=1).fit(shower_file, steps=2, augment=2, progress=False)
+    with pytest.raises(ConfigError, match="read it into memory"):
+        FileRows(zmumu_path)
+    with pytest.raises(ConfigError, match="holds out every one"):
+        FileRows(shower_file, block_rows=700).holdout(0.1)
