@@ -32,12 +32,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, machine, write_result  # noqa: E402
+from common import RESULTS, SHARED_DATA, machine, write_result  # noqa: E402
 
 
 def _range(text: str) -> tuple[int, int]:
     a, b = (int(v) for v in text.split(":"))
     return a, b
+
+
+def width(path: str) -> int:
+    from physgen.io.rows import FileRows
+
+    return FileRows(path).width
 
 
 def one_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,22 +60,24 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     suite = load_suite(args.suite)
     spec = next(s for s in suite["surrogates"] if s.get("label", s["family"]) == args.label)
     settings = {k: v for k, v in spec.get("train", {}).items() if k not in ("epochs", "steps", "time_budget_s", "patience", "augment")}
-    settings.update(steps=args.steps, progress=False, seed=suite.get("seed", 0), val_fraction=0.0)
+    settings.update(steps=args.steps, progress=False, seed=args.seed, val_fraction=0.0)
+    row_extra: dict[str, Any] = {}
     model = build_model(spec, "calorimeter")
     t0 = time.perf_counter()
     if args.one == "memory":
         data = physgen.read(args.train_file)
         history = model.fit(data, **settings)
     else:
-        source = FileRows(args.train_file)
+        source = FileRows(args.train_file, block_rows=args.block_rows, buffer_values=(args.buffer_rows or 0) * width(args.train_file) or 1 << 27)
         history = model.fit(source, **settings)
+        row_extra = {"block_rows": source.block_rows, "buffer_rows": source.buffer_values // source.width}
     seconds = time.perf_counter() - t0
     trained = [h for h in history if h.get("samples")]
     row: dict[str, Any] = {
         "mode": args.one, "label": args.label, "steps": args.steps, "file": Path(args.train_file).name,
         "file_gb": Path(args.train_file).stat().st_size / 2**30, "cap_gb": args.cap_gb,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "seconds": seconds,
-        "samples_per_s": sum(h["samples"] for h in trained) / sum(h["time_s"] for h in trained),
+        "samples_per_s": sum(h["samples"] for h in trained) / sum(h["time_s"] for h in trained), "seed": args.seed, **row_extra,
     }
     if args.heldout:
         a, b = _range(args.heldout)
@@ -78,11 +86,18 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         row["heldout_loss"] = model.validation_metrics(y.float(), c.float())["val_loss"]
         row["heldout_events"] = f"{a}:{b}"
     if args.sample:
-        cond = physgen.read(args.file)[: args.sample].cond if not args.one == "file" else FileRows(args.train_file).sample(args.sample).cond
+        from physgen.metrics import evaluate
+
+        reference = FileRows(args.train_file).sample(args.sample, seed=1)
         t1 = time.perf_counter()
-        out = model.sample(cond, seed=0, batch_size=1000)
+        out = model.sample(reference.cond, seed=0, batch_size=1000)
         row["sample_s_per_shower"] = (time.perf_counter() - t1) / len(out)
-        row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row["peak_rss_gb_sampled"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        t1 = time.perf_counter()
+        report = evaluate(reference, out, seed=0, classifier_epochs=5)
+        row["evaluate_s"] = time.perf_counter() - t1
+        row["classifier_auc"] = report["summary"]["classifier_auc"]["value"]
+        row["peak_rss_gb_evaluated"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 
 
@@ -94,10 +109,14 @@ def main() -> None:
     parser.add_argument("--file", default=str(SHARED_DATA / "wsi_electron_1-100GeV.h5"))
     parser.add_argument("--train", default=None, help="START:STOP: train on these events of --file (written to a temporary file); default: all")
     parser.add_argument("--heldout", default=None, help="START:STOP: the validation loss on these events of --file")
-    parser.add_argument("--sample", type=int, default=0, help="also sample this many showers and time them")
+    parser.add_argument("--sample", type=int, default=0, help="also sample as many showers as this many of the file's (their conditions), time them, evaluate them against those")
     parser.add_argument("--modes", default="memory,file")
     parser.add_argument("--cap-gb", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--block-rows", type=int, default=None, help="FileRows' block size (default: its own)")
+    parser.add_argument("--buffer-rows", type=int, default=None, help="FileRows' shuffle buffer, in events (default: its own, 2**27 values)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--append", action="store_true", help="add these rows to OUT's")
     parser.add_argument("--one", choices=["memory", "file"], help=argparse.SUPPRESS)
     parser.add_argument("--train-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,6 +137,8 @@ def main() -> None:
                    "--one", mode, "--train-file", train_file, "--sample", str(args.sample)]
             cmd += ["--heldout", args.heldout] if args.heldout else []
             cmd += ["--cap-gb", str(args.cap_gb)] if args.cap_gb else []
+            cmd += ["--seed", str(args.seed)] + (["--block-rows", str(args.block_rows)] if args.block_rows else [])
+            cmd += ["--buffer-rows", str(args.buffer_rows)] if args.buffer_rows else []
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if out.returncode != 0:
                 raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
@@ -127,7 +148,9 @@ def main() -> None:
             print(row, flush=True)
             rows.append(row)
     if args.out:
-        write_result(args.out, {"suite": args.suite, "label": args.label, "steps": args.steps, "machine": machine(), "results": rows})
+        previous = RESULTS / f"{args.out}.json"
+        kept = json.loads(previous.read_text())["results"] if args.append and previous.exists() else []
+        write_result(args.out, {"suite": args.suite, "label": args.label, "machine": machine(), "results": kept + rows})
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _add_read_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bases", help="spins: the Pauli basis of each measurement, one row of X/Y/Z letters per sample (QuCumber's *_bases.txt)")
 
 
-def _read(path: str, args: argparse.Namespace, describe: bool = False) -> Any:
+def _read(path: str, args: argparse.Namespace, describe: bool = False, stream: bool = False) -> Any:
     from physgen.io import describe as describe_file
     from physgen.io import read
 
@@ -52,6 +52,10 @@ def _read(path: str, args: argparse.Namespace, describe: bool = False) -> Any:
         kwargs["cond_branches"] = args.cond_branches.split(",")
     if describe:
         return describe_file(path, format=getattr(args, "format", None), **kwargs)
+    if stream:
+        from physgen.io.rows import FileRows
+
+        return FileRows(path, format=getattr(args, "format", None), **kwargs)
     return read(path, format=getattr(args, "format", None), **kwargs)
 
 
@@ -115,7 +119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise DataFileError("--out names an existing file; give a directory for the run", file=out)
-    data = _read(args.data, args)
+    data = _read(args.data, args, stream=args.stream)
     model = build_model(spec, data.schema.kind)
     out.mkdir(parents=True, exist_ok=True)
     train_cfg: dict[str, Any] = {
@@ -126,7 +130,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "progress": False if args.quiet else True if args.progress else None,
     }
-    for key in ("epochs", "batch_size", "lr", "patience", "val_fraction", "time_budget_s", "checkpoint_every"):
+    for key in ("epochs", "steps", "batch_size", "lr", "patience", "val_fraction", "time_budget_s", "checkpoint_every"):
         value = getattr(args, key)
         if value is not None:
             train_cfg[key] = value
@@ -334,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory: checkpoints in OUT/run, the model in OUT/model")
     train.add_argument("--resume", action="store_true", help="continue a killed run from OUT/run's last checkpoint")
     train.add_argument("--epochs", type=int)
+    train.add_argument("--steps", type=int, help="train for this many optimiser steps instead of --epochs")
+    train.add_argument("--stream", action="store_true", help="read the file block by block while training, never whole (HDF5 files larger than memory)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--patience", type=int)

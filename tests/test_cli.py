@@ -203,3 +203,14 @@ def test_train_a_complex_rbm_from_qucumber_style_files(tmp_path):
     assert model.is_conditional and model.dims["cond_dim"] == 2
     out = _physgen("train", "complex_rbm", str(tmp_path / "train.txt"), "--bases", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "cx2"), check=False)
     assert out.returncode != 0 and "missing.txt" in out.stderr and "bases file does not exist" in out.stderr
+
+
+def test_train_streams_a_file_for_a_budget_of_steps(tmp_path, small_h5, capsys):
+    out = tmp_path / "streamed"
+    args = ["train", "vae", str(small_h5), "--stream", "--steps", "7", "--batch-size", "64", "--config", "latent=4", "hidden=16", "layers=1"]
+    assert main([*args, "--out", str(out), "-q"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["stopped_by"] == "steps" and len(history) == 2  # 360 training showers: 6 steps, then 1
+    assert "on 400 events" in capsys.readouterr().out
+    model = physgen.surrogates.load(out / "model")
+    assert model.sample(physgen.load_default()[:3].cond, seed=0).x.shape == (3, 768)

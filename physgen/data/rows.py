@@ -57,7 +57,7 @@ def fit_on_rows(pipeline: Pipeline, rows: Rows) -> tuple[torch.Tensor, torch.Ten
         y, c = pipeline.train(True).forward(rows.data.x, rows.data.cond)
         pipeline.train(False)
         return y.float(), None if c is None else c.float()
-    pipeline.fit_stream(rows.chunks)
+    pipeline.fit_stream(rows.fit_chunks)
     x, cond = rows.subset(init_rows(len(rows), rows.width), seed=0)
     step = rows.chunk_rows()  # float64 a chunk at a time, kept as float32
     ys, cs = [], []
@@ -111,6 +111,10 @@ class Rows:
         rows = rows or self.chunk_rows()
         for start in range(0, len(self), rows):
             yield self.take(np.arange(start, min(start + rows, len(self))))
+
+    def fit_chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The rows a streamed fit of the preprocessing sees, chunk by chunk: all of them (:meth:`chunks`)."""
+        return self.chunks()
 
     def subset(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` rows drawn without replacement (all of them, in order, when ``n ≥ len``)."""

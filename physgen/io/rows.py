@@ -8,7 +8,8 @@
   ``buffer_values`` values (several blocks) before cutting batches. A batch mixes events of the
   buffer's blocks only; how much that costs against a full shuffle is measured in the docs
   (``docs/notes/streamed-training.md``).
-- **preprocessing**: fitted on a streamed pass (:meth:`~physgen.data.Pipeline.fit_stream`);
+- **preprocessing**: fitted on a streamed pass (:meth:`~physgen.data.Pipeline.fit_stream`) over the
+  training blocks, or over ``fit_values`` values of them drawn at random where there are more;
   data-dependent initialisation and the post-fit calibrations see a random sample of blocks.
 - **validation**: ``val_fraction`` of the blocks, chosen at random, are held out; at most
   ``VALIDATION_VALUES`` values of them are read for the validation loss.
@@ -48,6 +49,8 @@ class FileRows(Rows):
         block_rows: events per block, the unit of reading and of the epoch's shuffle (default:
             about 2²² values a block, 64 to 4,096 events, and at least 32 blocks in the file).
         buffer_values: values shuffled together before batches are cut (default 2²⁷: 512 MB as float32).
+        fit_values: the preprocessing fits on every training event up to this many values (default 2³⁰: 165,000
+            W/Si showers, 26,500 on the dataset-3 geometry), else on that many values of blocks drawn at random.
         format: the file's format (detected when omitted).
         **read_options: the reader's options (``binning=`` for CaloChallenge; ``x_key=``, ``cond_key=``, ... for generic HDF5).
 
@@ -56,8 +59,8 @@ class FileRows(Rows):
         DataFileError, MissingKeyError, InvalidContentError: what reading the file raises.
     """
 
-    def __init__(self, path: str | Path, *, block_rows: int | None = None, buffer_values: int = 1 << 27, format: str | None = None,
-                 blocks: Sequence[tuple[int, int]] | None = None, **read_options: Any):
+    def __init__(self, path: str | Path, *, block_rows: int | None = None, buffer_values: int = 1 << 27, fit_values: int = 1 << 30,
+                 format: str | None = None, blocks: Sequence[tuple[int, int]] | None = None, **read_options: Any):
         from physgen.io import _check_format, _check_options, detect_format
 
         self.path = Path(path)
@@ -78,7 +81,7 @@ class FileRows(Rows):
             raise ConfigError(f"buffer_values must be ≥ 1; got {buffer_values}", where="FileRows", key="buffer_values")
         # about 2**22 values a block (64 to 4,096 events), and at least 32 blocks in a small file
         self.block_rows = block_rows or max(1, min(4096, max(64, (1 << 22) // self.width), math.ceil(self.n_file / 32)))
-        self.buffer_values = buffer_values
+        self.buffer_values, self.fit_values = buffer_values, fit_values
         self.blocks = list(blocks) if blocks is not None else [(a, min(a + self.block_rows, self.n_file)) for a in range(0, self.n_file, self.block_rows)]
         self._n = sum(b - a for a, b in self.blocks)
 
@@ -149,6 +152,18 @@ class FileRows(Rows):
             d = self._read(a, b)
             yield d.x, d.cond
 
+    def fit_chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The blocks the preprocessing fits on: all of them up to ``fit_values`` values, else that many values of blocks drawn at random."""
+        budget = max(1, self.fit_values // self.width)
+        if len(self) <= budget:
+            yield from self.chunks()
+            return
+        order = np.random.default_rng([len(self), 2]).permutation(len(self.blocks))
+        for k in sorted(order[: max(1, budget // self.block_rows)]):
+            a, b = self.blocks[k]
+            d = self._read(a, b)
+            yield d.x, d.cond
+
     def subset(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         d = self.sample(n, seed)
         return d.x, d.cond
@@ -181,8 +196,8 @@ class FileRows(Rows):
         order = np.random.default_rng([seed, 1]).permutation(len(self.blocks))
         val_blocks = sorted(self.blocks[k] for k in order[:n_val])
         train_blocks = [self.blocks[k] for k in sorted(order[n_val:])]
-        rest = FileRows(self.path, block_rows=self.block_rows, buffer_values=self.buffer_values, format=self.format, blocks=train_blocks,
-                        **self.read_options)
+        rest = FileRows(self.path, block_rows=self.block_rows, buffer_values=self.buffer_values, fit_values=self.fit_values, format=self.format,
+                        blocks=train_blocks, **self.read_options)
         budget, kept = max(1, VALIDATION_VALUES // self.width), []
         for a, b in val_blocks:
             if budget <= 0:

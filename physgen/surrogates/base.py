@@ -26,8 +26,8 @@ from physgen.errors import CheckpointError, ConfigError, InvalidDataError
 from physgen.options import Options, option
 from physgen.surrogates._common import check_data, conditions, draw, iter_draw
 from physgen.training import TrainConfig, train
-from physgen.training.loop import calibration_events, training_source
 from physgen.training import checkpoint as ckpt
+from physgen.training.loop import calibration_events, training_source
 
 if TYPE_CHECKING:
     from physgen.training import TrainContext

@@ -79,3 +79,13 @@ def test_streaming_refuses_what_it_cannot_do(shower_file, zmumu_path):
         FileRows(zmumu_path)
     with pytest.raises(ConfigError, match="holds out every one"):
         FileRows(shower_file, block_rows=700).holdout(0.1)
+
+
+def test_a_large_file_fits_its_preprocessing_on_random_blocks_within_the_budget(shower_file, showers):
+    rows = FileRows(shower_file, block_rows=50, fit_values=200 * 768)
+    seen = torch.cat([x for x, _ in rows.fit_chunks()])
+    assert len(seen) == 200  # four blocks of 50
+    position = {r.numpy().tobytes(): i // 50 for i, r in enumerate(showers[:700].x)}
+    blocks = sorted({position[r.numpy().tobytes()] for r in seen})
+    assert len(blocks) == 4 and blocks != [0, 1, 2, 3]  # drawn at random, not the file's head
+    assert len(list(FileRows(shower_file, block_rows=50).fit_chunks())) == 14  # under the budget: every block
