@@ -25,6 +25,9 @@ def test_an_epoch_reads_every_event_once_in_a_seeded_shuffled_order(shower_file,
     rows = FileRows(shower_file, block_rows=50, buffer_values=120 * 768)
     assert len(rows) == 700 and len(rows.blocks) == 14
     whole = showers[:700]
+    idx = [699, 5, 120, 0, 6]
+    x, c = rows.take(idx)
+    assert torch.equal(x, whole.x[idx]) and torch.equal(c, whole.cond[idx])
     epoch0 = list(rows.batches(64, seed=3, epoch=0))
     x0 = torch.cat([x for x, _ in epoch0])
     c0 = torch.cat([c for _, c in epoch0])
