@@ -22,6 +22,8 @@ python benchmarks/heldout_eval.py benchmarks/suites/calo_wsi.toml runs/calo_wsi_
   --calochallenge 2 --cls-hidden 512 --out calo_wsi_evaluator
 # operations per training step (CPU), and the GPU time per operation of the GPU run
 python benchmarks/step_ops.py benchmarks/suites/calo_wsi_gpu.toml --gpu-result calo_wsi_gpu --out step_ops_wsi
+# the same, eager and with compile = true (docs/notes/compiled-training.md)
+python benchmarks/step_ops.py benchmarks/suites/calo_wsi_gpu.toml --modes eager,compile --out step_ops_wsi_compile
 # re-time the saved models on their own (the suites time them right after training)
 python benchmarks/generation_speed.py benchmarks/suites/calo_pbwo4.toml runs/calo_pbwo4 --out generation_speed_pbwo4
 python benchmarks/generation_speed.py benchmarks/suites/calo_wsi.toml runs/calo_wsi --out generation_speed_wsi

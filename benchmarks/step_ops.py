@@ -18,6 +18,9 @@ per operation means the step's cost is the operations' number, not their arithme
 
     python benchmarks/step_ops.py benchmarks/suites/calo_wsi_gpu.toml --gpu-result calo_wsi_gpu --out step_ops_wsi
 
+``--modes eager,compile`` measures each family twice: as torch runs it operation by
+operation, and with ``train.compile = true`` (``torch.compile``'s fused kernels).
+
 Writes ``benchmarks/results/OUT.json`` (and prints each row).
 """
 
@@ -46,7 +49,7 @@ def count_ops(fn: Any, *args: Any) -> int:
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
-def step_profile(spec: dict[str, Any], data: Any, batch_size: int, steps: int = 12, seed: int = 0) -> dict[str, Any]:
+def step_profile(spec: dict[str, Any], data: Any, batch_size: int, steps: int = 12, seed: int = 0, compile: bool = False) -> dict[str, Any]:
     """Train ``family`` for ``steps`` + 2 steps on the CPU; count one step's operations and time the rest.
 
     The counted step is an extra one after the timed steps (the profiler's overhead stays
@@ -78,7 +81,9 @@ def step_profile(spec: dict[str, Any], data: Any, batch_size: int, steps: int = 
     model.train_step = step.__get__(model)
     n_train = int(len(data) * 0.9)
     epochs = (steps + 4) * batch_size // max(1, n_train) + 2
-    model.fit(data, epochs=epochs, batch_size=batch_size, progress=False, seed=seed, val_fraction=0.1, device="cpu")
+    t0 = time.perf_counter()
+    model.fit(data, epochs=epochs, batch_size=batch_size, progress=False, seed=seed, val_fraction=0.1, device="cpu", compile=compile)
+    out["fit_s"] = time.perf_counter() - t0  # with compile=True: the compiler's time too
     if not out:
         raise SystemExit(f"{spec['family']}: fewer than {steps + 3} steps in {epochs} epochs; use more --events")
     out["ops_first_stage"] = out["ops_step"] - out["ops_family"]
@@ -92,6 +97,7 @@ def main() -> None:
     ap.add_argument("suite", help="suite file (its data set, families, configurations and batch sizes)")
     ap.add_argument("--events", type=int, default=1000, help="showers of the suite's data set to train on (default 1000)")
     ap.add_argument("--steps", type=int, default=12, help="steps timed per family (default 12)")
+    ap.add_argument("--modes", default="eager", help="comma-separated: eager (torch's operations one by one), compile (train.compile = true); default eager")
     ap.add_argument("--gpu-result", help="a suite result trained on a GPU (benchmarks/results/NAME.json): time per operation")
     ap.add_argument("--out", required=True, help="result name: writes benchmarks/results/OUT.json")
     args = ap.parse_args()
@@ -105,14 +111,15 @@ def main() -> None:
         gpu = {r["label"]: r for r in payload["results"] if "error" not in r}
     torch.manual_seed(0)
     rows = []
-    for spec in suite["surrogates"]:
+    modes = args.modes.split(",")
+    for spec, mode in ((s, m) for s in suite["surrogates"] for m in modes):
         if spec["family"] == "gaussian":
             continue  # a closed form: no training steps
         label = spec.get("label", spec["family"])
         batch_size = int(spec.get("train", {}).get("batch_size", 256))
-        row: dict[str, Any] = {"label": label, "family": spec["family"], "batch_size": batch_size,
-                               **step_profile(spec, data, batch_size, args.steps)}
-        g = gpu.get(label)
+        row: dict[str, Any] = {"label": label, "family": spec["family"], "batch_size": batch_size, "compile": mode == "compile",
+                               **step_profile(spec, data, batch_size, args.steps, compile=mode == "compile")}
+        g = gpu.get(label) if mode == "eager" else None  # the GPU result ran eagerly
         if g is not None and g["train"].get("samples_per_s"):
             ms = 1e3 * batch_size / g["train"]["samples_per_s"]
             row["gpu"] = {"device": g["train"].get("device"), "ms_per_step": ms, "us_per_op": 1e3 * ms / row["ops_step"],

@@ -60,7 +60,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     suite = load_suite(args.suite)
     spec = next(s for s in suite["surrogates"] if s.get("label", s["family"]) == args.label)
     settings = {k: v for k, v in spec.get("train", {}).items() if k not in ("epochs", "steps", "time_budget_s", "patience", "augment")}
-    settings.update(steps=args.steps, progress=False, seed=args.seed, val_fraction=0.0)
+    settings.update(steps=args.steps, progress=False, seed=args.seed, val_fraction=0.0, compile=args.compile)
     row_extra: dict[str, Any] = {}
     model = build_model(spec, "calorimeter")
     t0 = time.perf_counter()
@@ -77,7 +77,8 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         "mode": args.one, "label": args.label, "steps": args.steps, "file": Path(args.train_file).name,
         "file_gb": Path(args.train_file).stat().st_size / 2**30, "cap_gb": args.cap_gb,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "seconds": seconds,
-        "samples_per_s": sum(h["samples"] for h in trained) / sum(h["time_s"] for h in trained), "seed": args.seed, **row_extra,
+        "samples_per_s": sum(h["samples"] for h in trained) / sum(h["time_s"] for h in trained), "seed": args.seed,
+        "compile": args.compile, **row_extra,
     }
     if args.heldout:
         a, b = _range(args.heldout)
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--modes", default="memory,file")
     parser.add_argument("--cap-gb", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="train with compile = true (torch.compile)")
     parser.add_argument("--block-rows", type=int, default=None, help="FileRows' block size (default: its own)")
     parser.add_argument("--buffer-rows", type=int, default=None, help="FileRows' shuffle buffer, in events (default: its own, 2**27 values)")
     parser.add_argument("--out", default=None)
@@ -139,6 +141,7 @@ def main() -> None:
             cmd += ["--cap-gb", str(args.cap_gb)] if args.cap_gb else []
             cmd += ["--seed", str(args.seed)] + (["--block-rows", str(args.block_rows)] if args.block_rows else [])
             cmd += ["--buffer-rows", str(args.buffer_rows)] if args.buffer_rows else []
+            cmd += ["--compile"] if args.compile else []
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if out.returncode != 0:
                 raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
@@ -149,8 +152,13 @@ def main() -> None:
             rows.append(row)
     if args.out:
         previous = RESULTS / f"{args.out}.json"
-        kept = json.loads(previous.read_text())["results"] if args.append and previous.exists() else []
-        write_result(args.out, {"suite": args.suite, "label": args.label, "machine": machine(), "results": kept + rows})
+        kept: list[dict[str, Any]] = []
+        if args.append and previous.exists():
+            before = json.loads(previous.read_text())
+            # each row keeps the machine it ran on (appended runs may come from another host)
+            kept = [{"machine": before["machine"], **r} for r in before["results"]]
+        here = machine()
+        write_result(args.out, {"suite": args.suite, "label": args.label, "machine": here, "results": kept + [{"machine": here, **r} for r in rows]})
 
 
 if __name__ == "__main__":

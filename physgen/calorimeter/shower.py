@@ -58,6 +58,7 @@ from physgen.surrogates.flow import (
 from physgen.surrogates.registry import checkpoint_class, get
 from physgen.surrogates.structure import FeatureStructure
 from physgen.training import TrainConfig, TrainContext
+from physgen.training.optim import adam
 
 __all__ = ["ENERGY_FLOW_DEFAULTS", "ShowerModel", "ShowerOptions"]
 
@@ -342,7 +343,7 @@ class ShowerModel(Surrogate):
         assert self.inner is not None
         opts = self.inner.configure_optimizers(cfg)
         if self.layer_energy is not None:
-            opts.append(torch.optim.Adam(self.layer_energy.parameters(), lr=self.options.energy_lr))
+            opts.append(adam(self.layer_energy.parameters(), lr=self.options.energy_lr, compiled=cfg.compile))
         return opts
 
     def train_step(
@@ -356,22 +357,27 @@ class ShowerModel(Surrogate):
         logs = self.inner.train_step(model, ys, cs, optimizers[:-1], ctx)
         opt = optimizers[-1]
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        energy_nll = ctx.compiled("energy_nll", self.energy_nll)
+        params = list(self.layer_energy.parameters())
         for _ in range(self.options.energy_steps):
             opt.zero_grad(set_to_none=True)
-            nll = -self.layer_energy.log_prob_model(self.spread_energy_point_masses(ye), cond).mean() / ye.shape[1]
+            nll = energy_nll(ye, cond)
             nll.backward()
             if distributed:  # the first stage runs outside DDP's forward: average its gradients by hand
                 world = torch.distributed.get_world_size()
-                for p in self.layer_energy.parameters():
+                for p in params:
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= world
-            if ctx.cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(list(self.layer_energy.parameters()), ctx.cfg.grad_clip)
-            opt.step()
+            ctx.update(opt, params)
         logs["energy_nll"] = float(nll.detach())
         logs["loss"] = logs["loss"] + logs["energy_nll"]
         return logs
+
+    def energy_nll(self, ye: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """The first stage's training loss: NLL per layer variable of a batch, its point masses spread."""
+        assert self.layer_energy is not None
+        return -self.layer_energy.log_prob_model(self.spread_energy_point_masses(ye), cond).mean() / ye.shape[1]
 
     @torch.no_grad()
     def validation_metrics(self, y: torch.Tensor, cond: torch.Tensor | None) -> dict[str, float]:

@@ -29,8 +29,12 @@ INIT_VALUES = 1 << 26
 
 
 def init_rows(n: int, width: int) -> int:
-    """How many of ``n`` training rows of ``width`` values a family's initialisation fits on: up to ``INIT_VALUES`` values, at least 4,096 rows."""
-    return min(n, max(4096, INIT_VALUES // max(1, width)))
+    """How many of ``n`` training rows of ``width`` values a family's initialisation (and a streamed run's calibrations) fit on.
+
+    Up to ``INIT_VALUES`` values, and at least 1,024 rows: 10,356 W/Si showers, 1,657 on the
+    dataset-3 geometry, whose calibrations hold a few float64 copies of them and of as many samples.
+    """
+    return min(n, max(1024, INIT_VALUES // max(1, width)))
 
 
 def epoch_indices(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> Iterator[np.ndarray]:

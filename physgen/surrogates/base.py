@@ -28,6 +28,7 @@ from physgen.surrogates._common import check_data, conditions, draw, iter_draw
 from physgen.training import TrainConfig, train
 from physgen.training import checkpoint as ckpt
 from physgen.training.loop import calibration_events, training_source
+from physgen.training.optim import adam
 
 if TYPE_CHECKING:
     from physgen.training import TrainContext
@@ -97,7 +98,7 @@ class Surrogate(nn.Module):
         """Data-dependent initialisation on the model-space training tensors, after :meth:`build` (default: none)."""
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of a model-space batch ``x`` ``[B, dim]`` with ``cond`` ``[B, C]``, and numbers to log."""
+        """The training loss of a model-space batch ``x`` ``[B, dim]`` with ``cond`` ``[B, C]``, and numbers to log (floats or 0-d tensors)."""
         raise NotImplementedError
 
     def sample_model(self, n: int, cond: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -114,18 +115,16 @@ class Surrogate(nn.Module):
 
     def configure_optimizers(self, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
         """The optimisers the loop steps (one Adam(W) by default; a GAN returns two)."""
-        if cfg.weight_decay:
-            return [torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
-        return [torch.optim.Adam(self.parameters(), lr=cfg.lr)]
+        return [adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, compiled=cfg.compile)]
 
     def train_step(self, model: nn.Module, x: torch.Tensor, cond: torch.Tensor | None, optimizers: list[torch.optim.Optimizer], ctx: TrainContext) -> dict[str, float]:
         """One optimisation step; ``model`` is ``self``, a wrapper or its DDP shell (call it, not ``self``)."""
         optimizer = optimizers[0]
         optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
-            loss, logs = model(x, cond)
+            loss, logs = ctx.compiled("loss", model)(x, cond)
         ctx.step(loss, optimizer)
-        return {"loss": float(loss.detach()), **logs}
+        return {"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
 
     @torch.no_grad()
     def validation_loss(self, x: torch.Tensor, cond: torch.Tensor | None, batch_size: int = 4096) -> float:

@@ -123,11 +123,12 @@ class VAESurrogate(Surrogate):
         empty = y <= self.floor + point_mass.TOLERANCE
         return torch.where(empty, F.logsigmoid(-hit_logit), F.logsigmoid(hit_logit) + gauss).sum(-1)
 
-    def beta_now(self) -> float:
+    def beta_now(self) -> torch.Tensor:
+        """The KL weight at this step (a tensor: a compiled loss reads the step counter without a recompilation a step)."""
         warm, beta = self.options.kl_warmup_steps, self.options.beta
-        return beta * (min(1.0, float(self.steps) / warm) if warm > 0 else 1.0)
+        return beta * ((self.steps.double() / warm).clamp(max=1.0) if warm > 0 else torch.ones((), dtype=torch.float64, device=self.steps.device))
 
-    def elbo(self, y: torch.Tensor, cond: torch.Tensor | None, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def elbo(self, y: torch.Tensor, cond: torch.Tensor | None, beta: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-row (ELBO with KL weight ``beta``, reconstruction log-likelihood, KL)."""
         mu, logvar = self.encode(y, cond)
         h = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
@@ -142,9 +143,11 @@ class VAESurrogate(Surrogate):
             self.steps += 1
         with torch.no_grad():
             mu, _ = self.encode(x, cond)
-            active = float((mu.var(0) > 0.01).sum()) if len(x) > 1 else float("nan")
+            active = (mu.var(0) > 0.01).sum().float() if len(x) > 1 else x.new_full((), math.nan)
         d = x.shape[1]
-        return -elbo.mean() / d, {"kl": float(kl.mean().detach()) / d, "rec_nll": float(-rec.mean().detach()) / d, "beta": beta, "active_dims": active}
+        # the logs stay tensors (the loop reads them): a compiled loss does not stop at each float()
+        logs = {"kl": kl.mean().detach() / d, "rec_nll": -rec.mean().detach() / d, "beta": torch.as_tensor(beta), "active_dims": active}
+        return -elbo.mean() / d, logs
 
     def log_prob_model(self, x: torch.Tensor, cond: torch.Tensor | None, k: int = 1) -> torch.Tensor:
         """The ELBO (β = 1) of each row, or with ``k`` > 1 the importance-weighted bound log (1/K) Σₖ p(y, hₖ | c) / q(hₖ | y, c)."""

@@ -41,6 +41,7 @@ from physgen.surrogates import point_mass
 from physgen.surrogates._common import in_blocks, mlp
 from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
 from physgen.surrogates.structure import FeatureStructure, require
+from physgen.training.optim import adam
 
 __all__ = ["WGANOptions", "WGANSurrogate"]
 
@@ -226,8 +227,8 @@ class WGANSurrogate(Surrogate):
     def configure_optimizers(self, cfg: Any) -> list[torch.optim.Optimizer]:
         o = self.options
         return [
-            torch.optim.Adam(self.critic.parameters(), lr=o.lr_critic or cfg.lr, betas=(0.5, 0.9)),
-            torch.optim.Adam(self.generator_parameters(), lr=o.lr_generator or cfg.lr, betas=(0.5, 0.9)),
+            adam(self.critic.parameters(), lr=o.lr_critic or cfg.lr, betas=(0.5, 0.9), compiled=cfg.compile),
+            adam(self.generator_parameters(), lr=o.lr_generator or cfg.lr, betas=(0.5, 0.9), compiled=cfg.compile),
         ]
 
     def train_step(self, model: nn.Module, x: torch.Tensor, cond: torch.Tensor | None, optimizers: list[torch.optim.Optimizer], ctx: Any) -> dict[str, float]:
@@ -240,8 +241,8 @@ class WGANSurrogate(Surrogate):
         out = {"loss": float(critic_loss.detach()), "critic_loss": float(critic_loss.detach()), **logs}
         if int(self.steps) % self.options.n_critic == 0:
             gen_opt.zero_grad(set_to_none=True)
-            with ctx.autocast():
-                gen_loss, _ = model(x, cond, "generator")
+            with ctx.autocast():  # only the generator's loss compiles: the critic's gradient penalty differentiates twice
+                gen_loss, _ = ctx.compiled("generator_loss", model)(x, cond, "generator")
             ctx.step(gen_loss, gen_opt, self.generator_parameters())
             out["generator_loss"] = float(gen_loss.detach())
         return out

@@ -37,6 +37,7 @@ class TrainConfig(Options):
     divergence_factor: float = option(1e6, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the first batch's", gt=1)
     divergence_median_factor: float | None = option(1e3, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the median of the last 200 (None: off)", gt=1)
     progress: bool | None = option(None, "show a tqdm progress bar (None: only on a terminal)")
+    compile: bool = option(False, "compile each training step (its losses and its update) with torch.compile: a fraction of the operations a step, which a GPU's step time follows; the first steps wait for the compiler; a CPU needs a C++ compiler, a GPU Triton")
 
     def check(self, where: str) -> None:
         if self.resume and self.checkpoint_dir is None:

@@ -24,6 +24,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from physgen.errors import ConfigError, TrainingDivergedError
 from physgen.training import checkpoint as ckpt
 from physgen.training.config import TrainConfig
 from physgen.training.devices import autocast_dtype, resolve_device
+from physgen.training.optim import clip_and_step, set_lr
 
 if TYPE_CHECKING:
     from physgen.surrogates.base import Surrogate
@@ -107,14 +109,28 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class TrainContext:
-    """What a family's ``train_batch`` needs from the loop: autocast, backward+step, the config."""
+    """What a family's ``train_step`` needs from the loop: autocast, backward and update, compilation, the config."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, module: nn.Module):
         self.cfg, self.device, self.module = cfg, device, module
         self.amp_dtype = autocast_dtype(cfg.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self._compiled: dict[str, Callable[..., Any]] = {}
+
+    def compiled(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, compiled once per run with ``torch.compile`` where the config's ``compile`` asks for it (else ``fn``)."""
+        if not self.cfg.compile:
+            return fn
+        if name not in self._compiled:
+            # static shapes: an epoch's last, smaller batch gets a graph of its own (the losses draw noise
+            # shaped like the batch, which torch.compile cannot yet trace with a symbolic batch size)
+            with warnings.catch_warnings():  # torch's compiler imports its deprecated TorchScript modules
+                warnings.filterwarnings("ignore", message=".*torch.jit.script", category=DeprecationWarning)
+                self._compiled[name] = torch.compile(fn, dynamic=False)
+        return self._compiled[name]
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """The config's mixed precision (``precision``) for a loss computed inside it."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
@@ -125,15 +141,39 @@ class TrainContext:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        if self.scaler is not None:
+            if self.cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            optimizer.step()
+            loss.backward()
+            self.update(optimizer, params)
+
+    def update(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+        """Clip the gradients of ``params`` to ``grad_clip`` and step ``optimizer``: compiled into one function with ``compile``.
+
+        Only an optimiser whose learning rates are tensors (``physgen.training.optim.adam(compiled=True)``)
+        is compiled; with a plain number, each change of the schedule would recompile.
+        """
+        if self.cfg.compile and all(isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups):
+            self.compiled(f"update-{id(optimizer)}", clip_and_step)(optimizer, params, self.cfg.grad_clip)
+            return
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        optimizer.step()
+
+
+def check_compiler(device: torch.device) -> None:
+    """Raise :class:`ConfigError` where ``compile=True`` cannot work: no C++ compiler for a CPU, no Triton for a GPU."""
+    import importlib.util
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+        raise ConfigError("compile=true on the CPU needs a C++ compiler (g++ or clang++, or $CXX) for torch.compile's "
+                          "kernels; install one (Debian: apt install g++) or set compile=false", where="train", key="compile")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise ConfigError("compile=true on a CUDA device needs Triton (it comes with torch's CUDA wheels); "
+                          "install it or set compile=false", where="train", key="compile")
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -302,7 +342,7 @@ def train(
     if cfg.steps is not None and (cap := _epoch_cap()) is not None:
         n_epochs = min(n_epochs, cap)
     total_steps = cfg.steps if cfg.steps is not None else n_epochs * steps_per_epoch
-    base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
+    base_lrs = [[float(g["lr"]) for g in opt.param_groups] for opt in optimizers]
     params = [p for p in model.parameters() if p.requires_grad]
     ema = [p.detach().clone() for p in params] if cfg.ema_decay else None
 
@@ -336,6 +376,8 @@ def train(
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=bool(getattr(model, "ddp_find_unused_parameters", False)),
             )
+        if cfg.compile:
+            check_compiler(device)  # the family's train_step compiles what it can through ctx.compiled
 
         def swap_in_ema() -> list[torch.Tensor] | None:
             if ema is None:
@@ -368,7 +410,7 @@ def train(
                 factor = _lr_factor(cfg, state["step"], total_steps, steps_per_epoch, time.perf_counter() - start_time)
                 for opt, lrs in zip(optimizers, base_lrs, strict=True):
                     for g, lr0 in zip(opt.param_groups, lrs, strict=True):
-                        g["lr"] = lr0 * factor
+                        set_lr(g, lr0 * factor)
                 logs = model.train_step(ddp_model, xb, cb, optimizers, ctx)
                 loss_value = logs["loss"]
                 if state["loss_scale0"] is None:  # the first batch's loss, from the initial weights
@@ -388,7 +430,7 @@ def train(
                     break  # long (augmented) epochs end at the budget too; ranks of a DDP run stop together at the epoch's end
             record: dict[str, Any] = {k: v / max(n_batches, 1) for k, v in sums.items()}
             elapsed = time.perf_counter() - t0
-            record.update(epoch=epoch + 1, lr=optimizers[0].param_groups[0]["lr"], time_s=elapsed, samples=n_samples * world, samples_per_s=n_samples * world / max(elapsed, 1e-9))
+            record.update(epoch=epoch + 1, lr=float(optimizers[0].param_groups[0]["lr"]), time_s=elapsed, samples=n_samples * world, samples_per_s=n_samples * world / max(elapsed, 1e-9))
             if yv is not None:
                 backup = swap_in_ema()
                 record.update(model.validation_metrics(yv, cv))

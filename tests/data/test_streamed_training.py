@@ -92,3 +92,13 @@ def test_a_large_file_fits_its_preprocessing_on_random_blocks_within_the_budget(
     blocks = sorted({position[r.numpy().tobytes()] for r in seen})
     assert len(blocks) == 4 and blocks != [0, 1, 2, 3]  # drawn at random, not the file's head
     assert len(list(FileRows(shower_file, block_rows=50).fit_chunks())) == 14  # under the budget: every block
+
+
+def test_initialisation_and_calibration_samples_are_bounded_in_values_not_rows():
+    """Dataset-3 showers (40,500 voxels) get 1,657 rows (2²⁶ values), not a fixed row count that outgrows memory."""
+    from physgen.data.rows import INIT_VALUES, init_rows
+
+    assert init_rows(100_000, 40_500) == INIT_VALUES // 40_500 == 1657
+    assert init_rows(100_000, 6480) == 10_356  # W/Si: 2²⁶ values
+    assert init_rows(100_000, 200_000) == 1024  # at least 1,024 rows, however wide
+    assert init_rows(500, 40_500) == 500
