@@ -199,10 +199,27 @@ class WGANSurrogate(Surrogate):
         hit = (logits > 0).float() + soft - soft.detach()  # straight through: exact 0/1, the sigmoid's slope
         return self.floor + hit * (value - self.floor)
 
-    def score(self, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def score(self, y: torch.Tensor, cond: torch.Tensor | None, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The critic's score of each row (with ``params``: the critic evaluated with those weights instead of its own)."""
         if self.options.summaries:
             y = torch.cat([y, self.summaries(y)], 1)
-        return self.critic(self._cat(y, cond))[:, 0]
+        inputs = self._cat(y, cond)
+        return (self.critic(inputs) if params is None else torch.func.functional_call(self.critic, params, (inputs,)))[:, 0]
+
+    def gradient_penalty(self, mix: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """WGAN-GP's penalty E[(‖∇ₓ critic(x)‖ − 1)²] at the rows ``mix``, differentiable in the critic's weights.
+
+        Eager, by ``torch.autograd.grad(create_graph=True)``; under ``torch.compile``, which cannot
+        differentiate that graph again, by ``torch.func.grad`` of the critic called with its weights as
+        inputs, which it traces (the same values: a test compares both and their gradients).
+        """
+        if torch.compiler.is_compiling():
+            params = dict(self.critic.named_parameters())
+            grad = torch.func.grad(lambda p, m: self.score(m, cond, p).sum(), argnums=1)(params, mix)
+        else:
+            mix = mix.detach().requires_grad_(True)
+            grad = torch.autograd.grad(self.score(mix, cond).sum(), mix, create_graph=True)[0]
+        return ((grad.norm(dim=1) - 1) ** 2).mean()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, part: str = "critic") -> tuple[torch.Tensor, dict[str, float]]:
         """The critic loss (``part="critic"``) or the generator loss (``part="generator"``) of a batch."""
@@ -213,11 +230,9 @@ class WGANSurrogate(Surrogate):
             fake = self.generate(z, cond)
         real_score, fake_score = self.score(x, cond), self.score(fake, cond)
         eps = torch.rand(len(x), 1, device=x.device)
-        mix = (eps * x + (1 - eps) * fake).requires_grad_(True)
-        grad = torch.autograd.grad(self.score(mix, cond).sum(), mix, create_graph=True)[0]
-        gp = ((grad.norm(dim=1) - 1) ** 2).mean()
+        gp = self.gradient_penalty(eps * x + (1 - eps) * fake, cond)
         w = real_score.mean() - fake_score.mean()
-        return -w + self.options.gp_weight * gp, {"wasserstein": float(w.detach()), "gp": float(gp.detach())}
+        return -w + self.options.gp_weight * gp, {"wasserstein": w.detach(), "gp": gp.detach()}
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """The generator's weights and, with ``point_mass``, the features' noise scales, condition slopes and group spreads."""
@@ -235,13 +250,13 @@ class WGANSurrogate(Surrogate):
         critic_opt, gen_opt = optimizers
         critic_opt.zero_grad(set_to_none=True)
         with ctx.autocast():
-            critic_loss, logs = model(x, cond, "critic")
+            critic_loss, logs = ctx.compiled("critic_loss", model)(x, cond, "critic")
         ctx.step(critic_loss, critic_opt, self.critic.parameters())
         self.steps += 1
-        out = {"loss": float(critic_loss.detach()), "critic_loss": float(critic_loss.detach()), **logs}
+        out = {"loss": float(critic_loss.detach()), "critic_loss": float(critic_loss.detach()), **{k: float(v) for k, v in logs.items()}}
         if int(self.steps) % self.options.n_critic == 0:
             gen_opt.zero_grad(set_to_none=True)
-            with ctx.autocast():  # only the generator's loss compiles: the critic's gradient penalty differentiates twice
+            with ctx.autocast():
                 gen_loss, _ = ctx.compiled("generator_loss", model)(x, cond, "generator")
             ctx.step(gen_loss, gen_opt, self.generator_parameters())
             out["generator_loss"] = float(gen_loss.detach())
