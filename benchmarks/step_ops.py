@@ -27,6 +27,7 @@ Writes ``benchmarks/results/OUT.json`` (and prints each row).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import statistics
 import sys
@@ -101,6 +102,11 @@ def main() -> None:
     ap.add_argument("--gpu-result", help="a suite result trained on a GPU (benchmarks/results/NAME.json): time per operation")
     ap.add_argument("--out", required=True, help="result name: writes benchmarks/results/OUT.json")
     args = ap.parse_args()
+    modes = args.modes.split(",")
+    for mode in modes:
+        if mode not in ("eager", "compile"):
+            near = difflib.get_close_matches(mode, ["eager", "compile"], n=1)
+            ap.error(f"--modes: unknown mode {mode!r}" + (f"; did you mean {near[0]!r}?" if near else "; the modes are eager and compile"))
     suite = load_suite(args.suite)
     base = Path(suite["_path"]).parent if "_path" in suite else None
     ds = suite["datasets"][0]
@@ -111,7 +117,6 @@ def main() -> None:
         gpu = {r["label"]: r for r in payload["results"] if "error" not in r}
     torch.manual_seed(0)
     rows = []
-    modes = args.modes.split(",")
     for spec, mode in ((s, m) for s in suite["surrogates"] for m in modes):
         if spec["family"] == "gaussian":
             continue  # a closed form: no training steps

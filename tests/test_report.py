@@ -277,6 +277,15 @@ def test_step_ops_splits_a_step_into_the_family_and_its_first_stage_steps(shower
     assert one["cpu_ms_per_step"] > 0
 
 
+def test_step_ops_names_the_nearest_mode_for_a_typo():
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "step_ops.py"
+    r = subprocess.run([sys.executable, str(script), "suite.toml", "--modes", "eager,compiled", "--out", "x"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown mode 'compiled'; did you mean 'compile'?" in r.stderr
+
+
 
 
 def test_heldout_evaluation_adds_the_calochallenge_protocol_with_its_floor(tmp_path, monkeypatch):
