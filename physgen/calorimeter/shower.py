@@ -263,10 +263,10 @@ class ShowerModel(Surrogate):
         return None
 
     def structure(self, n_voxels: int) -> FeatureStructure:
-        """What the second stage is told about its ``n_voxels`` features: floors, layers, moments (where they apply)."""
+        """What the second stage is told about its ``n_voxels`` features: floors, layers, moments, grid (where they apply)."""
         tail = self._logit_standardise_tail()
         geometry = None if self.schema is None else self.schema.geometry
-        floor = groups = summaries = None
+        floor = groups = summaries = grid = None
         if tail is not None and self.two_stage:  # the empty value; offered with the first stage, which gives each layer's energy
             logit, std = tail
             width = len(std.params()[0])
@@ -276,7 +276,10 @@ class ShowerModel(Surrogate):
             fractions = [] if self.preprocessing is None else [t for t in self.preprocessing.x_transforms if isinstance(t, LayerFractions)]
             if tail is not None and self.two_stage and len(fractions) == 1 and fractions[0].n_voxels == n_voxels:
                 summaries = ShowerMoments(geometry, tail[0], tail[1], n_voxels)
-        return FeatureStructure(floor=floor, groups=groups, summaries=summaries)
+            shapes = {(la.n_alpha, la.n_r) for la in geometry.layers}
+            if geometry.kind == "polar" and len(shapes) == 1:
+                grid = (geometry.n_layers, *shapes.pop())
+        return FeatureStructure(floor=floor, groups=groups, summaries=summaries, grid=grid)
 
     def _build(self, inner_options: dict[str, Any] | None) -> None:
         n = self.dims["energy_dim"]
@@ -322,7 +325,7 @@ class ShowerModel(Surrogate):
         assert self.inner is not None
         return self.inner(*args, **kwargs)
 
-    def training_rows(self, data: Data, copies: int, seed: int = 0) -> Rows:
+    def training_rows(self, data: Data | Rows, copies: int, seed: int = 0) -> Rows:
         """``data`` and ``copies − 1`` rotated or mirrored versions of each shower, gathered per batch (:func:`~physgen.calorimeter.symmetry.azimuthal_rows`)."""
         return azimuthal_rows(data, copies, seed=seed)
 

@@ -17,7 +17,7 @@ import torch
 
 from physgen.data.container import Data
 from physgen.data.geometry import CalorimeterGeometry
-from physgen.data.rows import PermutedRows, Rows
+from physgen.data.rows import PermutedRows, PermutedStream, Rows
 from physgen.errors import ConfigError, InvalidDataError
 
 __all__ = ["azimuthal_copies", "azimuthal_orbits", "azimuthal_rows"]
@@ -37,7 +37,7 @@ def azimuthal_orbits(geometry: CalorimeterGeometry | None, n_voxels: int) -> tor
     return torch.unique(perms.min(0).values, return_inverse=True)[1]  # the orbit's first voxel, relabelled 0…G−1
 
 
-def azimuthal_rows(data: Data, copies: int, seed: int = 0) -> Rows:
+def azimuthal_rows(data: Data | Rows, copies: int, seed: int = 0) -> Rows:
     """``data`` and ``copies − 1`` rotated or mirrored versions of each shower, gathered batch by batch.
 
     Each shower's versions are distinct elements of the symmetry group (rotations by whole
@@ -45,24 +45,31 @@ def azimuthal_rows(data: Data, copies: int, seed: int = 0) -> Rows:
     ``0 … N−1`` are ``data`` itself. Conditions and aux columns are the shower's. Nothing is
     copied: a :class:`~physgen.data.rows.PermutedRows` gathers the voxels when the training
     loop asks for a batch. ``copies=1`` gives the rows of ``data`` as they are, whatever its kind.
+    A streamed set (:class:`~physgen.io.rows.FileRows`) is read ``copies`` times an epoch, each
+    shower rotated or mirrored at random on every read after the first
+    (:class:`~physgen.data.rows.PermutedStream`).
 
     Raises:
         InvalidDataError: ``data`` is not calorimeter data with a polar geometry binned in α.
         ConfigError: ``copies`` is not between 1 and the group's size.
     """
+    streamed = isinstance(data, Rows)
     if copies == 1:
-        return Rows(data)
-    geometry = data.geometry
-    if data.schema.kind != "calorimeter" or geometry is None or geometry.kind != "polar" or not geometry.layers_binned_in_alpha:
+        return data if streamed else Rows(data)
+    events = data.data if streamed else data
+    geometry = events.geometry
+    if events.schema.kind != "calorimeter" or geometry is None or geometry.kind != "polar" or not geometry.layers_binned_in_alpha:
         raise InvalidDataError(
             "azimuthal augmentation needs calorimeter data with a polar geometry binned in alpha; "
-            f"got kind={data.schema.kind!r}, geometry={'none' if geometry is None else geometry.kind}"
+            f"got kind={events.schema.kind!r}, geometry={'none' if geometry is None else geometry.kind}"
         )
     order = geometry.azimuthal_order
     size = 2 * order  # rotations, each with and without the mirror
     if not 1 <= copies <= size:
         raise ConfigError(f"augment copies must be in [1, {size}] for {order} rotations and their mirrors; got {copies}", where="train", key="augment")
     perms = torch.stack([torch.from_numpy(geometry.azimuthal_permutation(k % order, reflect=k >= order)) for k in range(size)])
+    if streamed:
+        return PermutedStream(data, perms, copies, seed)
     rng = np.random.default_rng(seed)
     # per shower, the identity (element 0) and copies - 1 distinct non-identity elements
     others = rng.permuted(np.tile(np.arange(1, size), (len(data), 1)), axis=1)[:, : copies - 1]

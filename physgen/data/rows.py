@@ -6,7 +6,10 @@ fits the preprocessing on a streamed pass over it (:meth:`Rows.chunks`). A
 its features permuted (a calorimeter's rotations and mirrors about its axis,
 :mod:`physgen.calorimeter.symmetry`): row ``j · N + i`` is event ``i`` under its ``j``-th
 permutation, gathered when a batch asks for it. Augmenting ``k``-fold then costs the
-memory of one batch, not ``k`` copies of the training set.
+memory of one batch, not ``k`` copies of the training set. A :class:`PermutedStream` does the
+same for a set read block by block from a file (:class:`~physgen.io.rows.FileRows`), whose
+events have no fixed place in an epoch: each epoch reads it ``copies`` times, the first time as
+it is and each further time with every event under a permutation drawn at random.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from physgen.data.container import Data
 from physgen.data.transforms import Pipeline
 from physgen.errors import InvalidDataError
 
-__all__ = ["INIT_VALUES", "PermutedRows", "Rows", "epoch_indices", "fit_on_rows", "init_rows"]
+__all__ = ["INIT_VALUES", "PermutedRows", "PermutedStream", "Rows", "epoch_indices", "fit_on_rows", "init_rows"]
 
 #: values per chunk of a streamed pass (a [chunk, features] float64 block and its gather index: about 64 MB each)
 CHUNK_VALUES = 1 << 23
@@ -183,3 +186,68 @@ class PermutedRows(Rows):
         cond = None if d.cond is None else d.cond.repeat(self.copies, 1)
         mask = None if d.mask is None else d.mask.repeat((self.copies,) + (1,) * (d.mask.ndim - 1))
         return Data(x, d.schema, cond=cond, mask=mask, aux={k: np.tile(v, self.copies) for k, v in d.aux.items()}, validate=False)
+
+
+class PermutedStream(Rows):
+    """``copies`` passes a epoch over a streamed set: the first as read, the others with each event permuted at random.
+
+    Args:
+        source: the streamed training set (its ``batches`` shuffle by block and buffer).
+        permutations: ``[G, F]`` feature gather indices; row 0 must be the identity.
+        copies: passes over ``source`` per epoch (the ``augment`` of in-memory training).
+        seed: seeds the draws with the epoch and the pass.
+
+    Pass ``j ≥ 1`` of epoch ``e`` reads ``source``'s batches of its epoch ``e · copies + j`` (another order of
+    blocks) and gives each event one of permutations ``1 … G−1``, drawn uniformly. Unlike :class:`PermutedRows`,
+    an event's versions within an epoch are drawn independently, so two may coincide. The preprocessing fits
+    on the same mixture: each event of a fitting pass is itself with probability ``1 / copies``, else permuted.
+    """
+
+    def __init__(self, source: Rows, permutations: torch.Tensor, copies: int, seed: int = 0):
+        super().__init__(source.data)
+        permutations = torch.as_tensor(permutations, dtype=torch.long)
+        if permutations.ndim != 2 or permutations.shape[1] != source.width or len(permutations) < 2:
+            raise InvalidDataError(f"permutations must be [G ≥ 2, {source.width}]; got {tuple(permutations.shape)}")
+        if not torch.equal(permutations[0], torch.arange(source.width)):
+            raise InvalidDataError("the first permutation must be the identity (pass 0 reads the events as they are)")
+        self.source, self.permutations, self.copies, self.seed = source, permutations, int(copies), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.source) * self.copies
+
+    @property
+    def width(self) -> int:
+        return self.source.width
+
+    def _permuted(self, x: torch.Tensor, rng: np.random.Generator, p_identity: float = 0.0) -> torch.Tensor:
+        chosen = torch.as_tensor(rng.integers(1, len(self.permutations), len(x)))
+        if p_identity > 0:
+            chosen[torch.as_tensor(rng.random(len(x)) < p_identity)] = 0
+        return x.gather(1, self.permutations[chosen])
+
+    def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for j in range(self.copies):
+            rng = np.random.default_rng([self.seed, seed, epoch, j, rank])
+            for x, cond in self.source.batches(batch_size, seed, epoch * self.copies + j, rank, world):
+                yield (x if j == 0 else self._permuted(x, rng)), cond
+
+    def fit_chunks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        rng = np.random.default_rng([self.seed, 3])
+        for x, cond in self.source.fit_chunks():
+            yield self._permuted(x, rng, p_identity=1 / self.copies), cond
+
+    def take(self, idx: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise InvalidDataError("a permuted stream is read by batches (or fit_chunks), not by row index")
+
+    def subset(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` events of the source as they are (initialisation and calibrations)."""
+        return self.source.subset(n, seed)
+
+    def sample(self, n: int, seed: int = 0) -> Data:
+        return self.source.sample(n, seed)
+
+    def cond_range(self) -> list[list[float]] | None:
+        return self.source.cond_range()
+
+    def holdout(self, fraction: float, seed: int = 0) -> tuple[Rows, Data | None]:
+        raise InvalidDataError("hold out events before permuting: PermutedStream(source.holdout(...)[0], ...)")

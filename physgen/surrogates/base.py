@@ -144,10 +144,10 @@ class Surrogate(nn.Module):
         """A closed-form fit on the prepared tensors, returning its history; None (default): train with the loop."""
         return None
 
-    def training_rows(self, data: Data, copies: int, seed: int = 0) -> Rows:
-        """The training set the loop reads: ``data`` and, with ``copies > 1`` (``augment``), versions of each event under the data's symmetry."""
+    def training_rows(self, data: Data | Rows, copies: int, seed: int = 0) -> Rows:
+        """The training set the loop reads: ``data`` (events, or a streamed set) and, with ``copies > 1`` (``augment``), versions under the data's symmetry."""
         if copies == 1:
-            return Rows(data)
+            return data if isinstance(data, Rows) else Rows(data)
         raise ConfigError(f"augment={copies} needs a symmetry of the data; the bare {self.family} surrogate knows none "
                           "(calorimeter showers: physgen.calorimeter.ShowerModel)", where="train", key="augment")
 

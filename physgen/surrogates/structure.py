@@ -9,7 +9,9 @@ family's options) use it:
   calorimeter's preprocessing), for families that model "at the floor or not" explicitly;
 * ``groups``: the features as consecutive groups (a calorimeter's layers);
 * ``summaries``: a differentiable map ``[B, D] → [B, S]`` to statistics a critic may also see
-  (a shower's per-layer centroids and widths).
+  (a shower's per-layer centroids and widths);
+* ``grid``: the features as ``(layers, angle, radius)`` maps in that order, periodic in angle
+  (a calorimeter whose layers share one polar binning), for layer-structured networks.
 """
 
 from __future__ import annotations
@@ -34,14 +36,17 @@ class FeatureStructure:
         floor: ``[D]`` each feature's value at its point mass.
         groups: the features as runs of consecutive groups.
         summaries: a module mapping ``[B, D]`` model-space features to ``[B, S]`` summary statistics.
+        grid: ``(L, A, R)`` with ``L·A·R = D``: feature ``l·A·R + a·R + r`` sits in layer ``l``, angular bin ``a``
+            (periodic) and radial bin ``r``.
     """
 
     floor: torch.Tensor | None = None
     groups: FeatureGroups | None = None
     summaries: nn.Module | None = None
+    grid: tuple[int, int, int] | None = None
 
     def provides(self, need: str) -> bool:
-        """Whether this structure has what an option ``needs`` (``"floor"``, ``"groups"``, ``"summaries"``)."""
+        """Whether this structure has what an option ``needs`` (``"floor"``, ``"groups"``, ``"summaries"``, ``"grid"``)."""
         return getattr(self, need, None) is not None
 
     def group_index(self) -> torch.Tensor | None:

@@ -46,7 +46,8 @@ from physgen.options import option
 from physgen.surrogates import point_mass
 from physgen.surrogates._common import in_blocks, mlp
 from physgen.surrogates.base import Capabilities, Surrogate, SurrogateOptions
-from physgen.surrogates.structure import FeatureStructure
+from physgen.surrogates.layered import LayeredDecoder, LayeredEncoder
+from physgen.surrogates.structure import FeatureStructure, require
 
 __all__ = ["VAEOptions", "VAESurrogate", "gaussian_kl"]
 
@@ -58,8 +59,11 @@ class VAEOptions(SurrogateOptions):
     renamed = {"empty_mass": "point_mass", "fold_hits": "fold", "one_hit_per_layer": "one_per_group"}
 
     latent: int = option(32, "latent dimensions", ge=1)
-    hidden: int = option(512, "width of the encoder and decoder MLPs", ge=1)
-    layers: int = option(3, "hidden layers of the encoder and of the decoder", ge=1)
+    network: Literal["dense", "layered"] = option("dense", "encoder and decoder: MLPs over all features, or layer-structured networks whose weights do not grow with the number of layers times their size (needs a grid: showers whose layers share one polar binning)")
+    hidden: int = option(512, "width of the encoder and decoder MLPs (dense)", ge=1)
+    layers: int = option(3, "hidden layers of the encoder and of the decoder (dense)", ge=1)
+    layer_width: int = option(64, "width of each layer's code (layered)", ge=1)
+    channels: int = option(8, "convolution channels over each layer's (angle, radius) map (layered)", ge=1)
     beta: float = option(1.0, "weight of the KL term (1: the ELBO)", ge=0)
     kl_warmup_steps: int = option(2000, "optimiser steps over which the KL weight ramps up from 0 (0: no warm-up)", ge=0)
     likelihood: Literal["learned", "fixed"] = option("learned", "the decoder's Gaussian: a learned variance per feature, or a fixed σ")
@@ -92,8 +96,14 @@ class VAESurrogate(Surrogate):
     def build(self, dim: int, cond_dim: int, structure: FeatureStructure | None = None) -> None:
         o = self.options
         point_mass.build_buffers(self, dim, structure)
-        self.encoder = mlp(dim + cond_dim, 2 * o.latent, o.hidden, o.layers)
-        self.decoder = mlp(o.latent + cond_dim, dim * (2 if o.point_mass else 1), o.hidden, o.layers)
+        outputs = 2 if o.point_mass else 1
+        if o.network == "layered":
+            grid = require(structure, "grid", "network", self.family)
+            self.encoder = LayeredEncoder(grid, cond_dim, 2 * o.latent, o.layer_width, o.channels)
+            self.decoder = LayeredDecoder(grid, o.latent + cond_dim, outputs, o.layer_width, o.channels)
+        else:
+            self.encoder = mlp(dim + cond_dim, 2 * o.latent, o.hidden, o.layers)
+            self.decoder = mlp(o.latent + cond_dim, dim * outputs, o.hidden, o.layers)
         self.log_sigma = nn.Parameter(torch.zeros(dim), requires_grad=o.likelihood == "learned")
         if o.likelihood == "fixed":
             with torch.no_grad():
@@ -104,7 +114,10 @@ class VAESurrogate(Surrogate):
         return torch.cat([a, cond], 1) if cond is not None and self.dims.get("cond_dim") else a
 
     def encode(self, y: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(self._cat(y, cond)).chunk(2, dim=1)
+        if self.options.network == "layered":
+            mu, logvar = self.encoder(y, cond if self.dims.get("cond_dim") else None).chunk(2, dim=1)
+        else:
+            mu, logvar = self.encoder(self._cat(y, cond)).chunk(2, dim=1)
         return mu, logvar.clamp(-12, 8)
 
     def decode(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:

@@ -264,7 +264,8 @@ def train(
     """Train ``model`` on ``data`` with the shared loop (or its closed form); returns (and stores) the history.
 
     ``data`` in memory is split for validation (``val_fraction``) and augmented (``augment``); a
-    streamed source (:class:`~physgen.io.rows.FileRows`) holds out blocks and is read batch by batch.
+    streamed source (:class:`~physgen.io.rows.FileRows`) holds out blocks and is read batch by batch,
+    ``augment`` times an epoch (:class:`~physgen.data.rows.PermutedStream`).
 
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint.
     """
@@ -277,11 +278,10 @@ def train(
         device = torch.device("cuda", local_rank)
     rows: Rows
     if isinstance(data, Rows):  # a streamed source (a file larger than memory): held-out blocks validate
-        if cfg.augment != 1:
-            raise ConfigError("augment needs the events in memory; a streamed source is read as it is", where="train", key="augment")
         if model.capabilities.closed_form:
             raise ConfigError(f"the {model.name} surrogate solves a closed form on every event at once: read the data into memory", where="train", key="data")
         rows, val_data = data.holdout(cfg.val_fraction, seed=cfg.seed)
+        rows = model.training_rows(rows, cfg.augment, seed=cfg.seed)  # augment: the file read k times an epoch, permuted after the first
         sample = rows.sample(init_rows(len(rows), rows.width), seed=cfg.seed)
         lazy = True
     else:

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import physgen
 from physgen.calorimeter import ShowerModel
-from physgen.errors import ConfigError
+from physgen.errors import ConfigError, InvalidDataError
 from physgen.io.rows import FileRows
 
 
@@ -75,9 +76,46 @@ def test_a_model_fits_a_file_without_reading_it_whole(shower_file, showers):
     assert out.x.shape == (5, 768) and bool(torch.isfinite(out.x).all())
 
 
+def test_a_streamed_file_is_augmented_by_reading_it_again_rotated(shower_file, showers):
+    """augment=k on a file: k passes an epoch, the first the file's events, the others each event under a drawn non-identity rotation or mirror."""
+    from physgen.calorimeter import azimuthal_rows
+    from physgen.data.rows import PermutedStream
+
+    source = FileRows(shower_file, block_rows=50)
+    rows = azimuthal_rows(source, 3, seed=0)
+    assert isinstance(rows, PermutedStream) and len(rows) == 3 * 700
+    perms = rows.permutations.numpy()
+    inverse = np.argsort(perms, axis=1)
+    assert len(perms) == 8  # 4 rotations of the PbWO4 readout, each with and without the mirror
+    events = showers[:700].x.numpy()
+    where = {r.tobytes(): i for i, r in enumerate(events)}
+    passes = [[], [], []]
+    for j, (x, _) in enumerate(rows.batches(128, seed=1, epoch=0)):
+        passes[min(2, j // 6)].append(x.numpy())  # 700 events: 6 batches of at most 128 a pass
+    first = np.concatenate(passes[0])
+    assert sorted(where[r.tobytes()] for r in first) == list(range(700))
+    used = np.zeros(8, dtype=int)
+    for later in (np.concatenate(passes[1]), np.concatenate(passes[2])):
+        assert len(later) == 700
+        for row in later:  # the group elements that map some event of the file to this row
+            elements = [g for g in range(8) if row[inverse[g]].tobytes() in where]
+            assert elements
+            if len(elements) == 1:  # (a shower symmetric under some element matches several)
+                used[elements[0]] += 1
+    assert used[0] == 0 and used.sum() > 1300 and stats.chisquare(used[1:]).pvalue > 1e-3  # uniform among the 7 others
+    with pytest.raises(InvalidDataError, match="first permutation must be the identity"):
+        PermutedStream(source, rows.permutations[1:], 2)
+    with pytest.raises(InvalidDataError, match="read by batches"):
+        rows.take(np.arange(3))
+    # trained end to end: epochs of 3 passes, a step budget, finite losses
+    model = ShowerModel("vae", latent=4, hidden=16, layers=1)
+    hist = model.fit(shower_file, steps=30, batch_size=128, augment=3, val_fraction=0.2, progress=False)
+    assert hist[-1]["stopped_by"] == "steps" and np.isfinite(hist[-1]["loss"])
+
+
 def test_streaming_refuses_what_it_cannot_do(shower_file, zmumu_path):
-    with pytest.raises(ConfigError, match="augment needs the events in memory"):
-        ShowerModel("vae", latent=4, hidden=16, layers=1).fit(shower_file, steps=2, augment=2, progress=False)
+    with pytest.raises(ConfigError, match="augment copies must be in"):
+        ShowerModel("vae", latent=4, hidden=16, layers=1).fit(shower_file, steps=2, augment=9, progress=False)
     with pytest.raises(ConfigError, match="read it into memory"):
         FileRows(zmumu_path)
     with pytest.raises(ConfigError, match="holds out every one"):

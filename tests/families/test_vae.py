@@ -200,3 +200,60 @@ def test_vae_quality_on_a_small_real_sample(showers):
     vae.calibrate_readout(train, seed=0)
     mean_only = mean_separation(high_level_features(vae.sample(test.cond, seed=0)))
     assert with_noise < 0.1 and with_noise < mean_only, (with_noise, mean_only)  # measured 0.079 against 0.092
+
+
+def test_periodic_convolution_is_a_circularly_padded_one():
+    """PeriodicConv against torch's own circular padding (angle) and zero padding (radius), at strides 1 and 2."""
+    from physgen.surrogates.layered import PeriodicConv
+
+    x = torch.randn(5, 3, 16, 9, generator=torch.Generator().manual_seed(0))
+    for stride in (1, 2):
+        conv = PeriodicConv(3, 4, stride=stride)
+        expected = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 0, 1, 1), mode="circular"), conv.conv.weight, conv.conv.bias, stride=stride, padding=(0, 1))
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+        # a rotation by two angular bins rotates the output by 2 / stride bins
+        torch.testing.assert_close(conv(x.roll(2, 2)), conv(x).roll(2 // stride, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_layered_networks_read_and_write_the_calorimeters_voxel_order(showers):
+    """The layered VAE's maps are the geometry's angular bins: rotating a shower (the geometry's own voxel permutation)
+    rotates the encoder's first maps, and rotating the decoder's last maps rotates its voxels the same way."""
+    geometry = showers.geometry
+    vae = ShowerModel("vae", network="layered", latent=4, layer_width=8, channels=4)
+    vae.prepare(showers[:200])
+    fam = vae.inner
+    assert fam.encoder.grid == (24, 4, 8) == vae.structure(768).grid
+    rotate = torch.as_tensor(geometry.azimuthal_permutation(2))  # two of the 4 angular bins: one at half resolution
+    y = torch.randn(6, 768, generator=torch.Generator().manual_seed(1))
+    seen = []
+    hook = fam.encoder.conv1.register_forward_hook(lambda mod, args, out: seen.append(out))
+    cond = torch.zeros(6, fam.dims["cond_dim"])
+    fam.encoder(y, cond)
+    fam.encoder(y[:, rotate], cond)
+    hook.remove()
+    torch.testing.assert_close(seen[1], seen[0].roll(1, 2), rtol=1e-5, atol=1e-5)
+    h = torch.randn(6, fam.decoder.to_codes[0].in_features, generator=torch.Generator().manual_seed(2))
+    plain = fam.decoder(h) - fam.decoder.bias.flatten()
+    hook = fam.decoder.conv2.register_forward_hook(lambda mod, args, out: out.roll(1, 2))
+    rolled = fam.decoder(h) - fam.decoder.bias.flatten()
+    hook.remove()
+    for k in range(2):  # the means, then the hit logits
+        block = slice(k * 768, (k + 1) * 768)
+        torch.testing.assert_close(rolled[:, block], plain[:, block][:, rotate], rtol=1e-5, atol=1e-5)
+
+
+def test_layered_vae_needs_a_grid_and_learns_real_showers(showers):
+    with pytest.raises(ConfigError, match="'network' needs the features' grid"):
+        create("vae", network="layered").setup(10, 1)
+    with pytest.raises(ConfigError, match="layered"):
+        create("vae", network="layerd")
+    train, test = showers.split((0.75, 0.25), seed=0)
+    vae = ShowerModel("vae", network="layered", latent=16, kl_warmup_steps=200)
+    dense = ShowerModel("vae", latent=16, kl_warmup_steps=200)
+    dense.prepare(train)
+    vae.fit(train, epochs=30, batch_size=128, lr=1e-3, progress=False, seed=0)
+    assert sum(p.numel() for p in vae.inner.parameters()) < sum(p.numel() for p in dense.inner.parameters()) / 2
+    fr, fg = high_level_features(test), high_level_features(vae.sample(test.cond, seed=0))
+    assert abs(fg["E_ratio"].mean() - fr["E_ratio"].mean()) < 0.05
+    assert abs(fg["shower_depth"].mean() - fr["shower_depth"].mean()) < 1.0
+    assert float(np.mean([separation_power(fr[k], fg[k]).value for k in fr])) < 0.1
