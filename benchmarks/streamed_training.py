@@ -3,7 +3,7 @@
 ``model.fit(path)`` reads a file's events a block at a time in a shuffled order of blocks,
 mixing the events of a buffer of blocks (``physgen.io.rows.FileRows``); ``model.fit(data)``
 shuffles events held in memory. Each run here is a fresh process that trains one family of a
-suite (its preset and settings, no augmentation) for ``--steps`` optimiser steps on events
+suite (its preset and settings, no augmentation unless ``--augment``) for ``--steps`` optimiser steps on events
 ``--train START:STOP`` of ``--file``, either read into memory first (``memory``) or streamed
 (``file``), optionally under an address-space cap (``--cap-gb``: ``RLIMIT_AS``, what ``ulimit -v``
 sets), and records peak resident memory, training rate and, with ``--heldout START:STOP``, the
@@ -60,7 +60,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
     suite = load_suite(args.suite)
     spec = next(s for s in suite["surrogates"] if s.get("label", s["family"]) == args.label)
     settings = {k: v for k, v in spec.get("train", {}).items() if k not in ("epochs", "steps", "time_budget_s", "patience", "augment")}
-    settings.update(steps=args.steps, progress=False, seed=args.seed, val_fraction=0.0, compile=args.compile)
+    settings.update(steps=args.steps, progress=False, seed=args.seed, val_fraction=0.0, compile=args.compile, augment=args.augment)
     row_extra: dict[str, Any] = {}
     model = build_model(spec, "calorimeter")
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         "file_gb": Path(args.train_file).stat().st_size / 2**30, "cap_gb": args.cap_gb,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "seconds": seconds,
         "samples_per_s": sum(h["samples"] for h in trained) / sum(h["time_s"] for h in trained), "seed": args.seed,
-        "compile": args.compile, **row_extra,
+        "compile": args.compile, "augment": args.augment, **row_extra,
     }
     if args.heldout:
         a, b = _range(args.heldout)
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--cap-gb", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="train with compile = true (torch.compile)")
+    parser.add_argument("--augment", type=int, default=1, help="train with augment = K (default 1: none; streamed: the file read K times an epoch)")
     parser.add_argument("--block-rows", type=int, default=None, help="FileRows' block size (default: its own)")
     parser.add_argument("--buffer-rows", type=int, default=None, help="FileRows' shuffle buffer, in events (default: its own, 2**27 values)")
     parser.add_argument("--out", default=None)
@@ -142,6 +143,7 @@ def main() -> None:
             cmd += ["--seed", str(args.seed)] + (["--block-rows", str(args.block_rows)] if args.block_rows else [])
             cmd += ["--buffer-rows", str(args.buffer_rows)] if args.buffer_rows else []
             cmd += ["--compile"] if args.compile else []
+            cmd += ["--augment", str(args.augment)]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if out.returncode != 0:
                 raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
