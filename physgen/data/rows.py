@@ -189,7 +189,7 @@ class PermutedRows(Rows):
 
 
 class PermutedStream(Rows):
-    """``copies`` passes a epoch over a streamed set: the first as read, the others with each event permuted at random.
+    """``copies`` passes an epoch over a streamed set: the first as read, the others with each event permuted at random.
 
     Args:
         source: the streamed training set (its ``batches`` shuffle by block and buffer).

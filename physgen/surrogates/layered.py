@@ -88,7 +88,7 @@ class LayeredEncoder(nn.Module):
 
 
 class LayeredDecoder(nn.Module):
-    """``[B, n_in]`` → ``[B, channels·L·A·R]`` (output channel first, then the features in grid order)."""
+    """``[B, n_in]`` → ``[B, out_channels·L·A·R]`` (output channel first, then the features in grid order)."""
 
     def __init__(self, grid: tuple[int, int, int], n_in: int, out_channels: int, width: int = 64, channels: int = 8) -> None:
         super().__init__()
@@ -112,6 +112,7 @@ class LayeredDecoder(nn.Module):
         codes = F.silu(self.across(codes.transpose(1, 2)).transpose(1, 2))
         maps = self.to_map(codes).view(b * n_layers, self.channels, *self.half)
         maps = torch.cat([maps, self.radius.to(maps.dtype).expand(b * n_layers, 1, *self.half)], 1)
+        # each half-resolution position gives its 2×2 voxels; an odd size drops the last row (exactly periodic for even A)
         out = F.pixel_shuffle(self.conv2(F.silu(self.conv1(maps))), 2)[:, :, :n_a, :n_r]  # [B·L, out, A, R]
         out = out.reshape(b, n_layers, self.out_channels, n_a * n_r).transpose(1, 2).reshape(b, self.out_channels, -1)
         return (out + self.bias).flatten(1)

@@ -99,6 +99,8 @@ class VAESurrogate(Surrogate):
         outputs = 2 if o.point_mass else 1
         if o.network == "layered":
             grid = require(structure, "grid", "network", self.family)
+            if math.prod(grid) != dim:
+                raise ConfigError(f"network='layered' needs a grid of {dim} features; got {tuple(grid)} ({math.prod(grid)})", where=self.family, key="network")
             self.encoder = LayeredEncoder(grid, cond_dim, 2 * o.latent, o.layer_width, o.channels)
             self.decoder = LayeredDecoder(grid, o.latent + cond_dim, outputs, o.layer_width, o.channels)
         else:

@@ -247,6 +247,8 @@ def test_layered_vae_needs_a_grid_and_learns_real_showers(showers):
         create("vae", network="layered").setup(10, 1)
     with pytest.raises(ConfigError, match="layered"):
         create("vae", network="layerd")
+    with pytest.raises(ConfigError, match=r"a grid of 10 features; got \(2, 2, 3\)"):
+        create("vae", network="layered").setup(10, 1, FeatureStructure(grid=(2, 2, 3)))
     train, test = showers.split((0.75, 0.25), seed=0)
     vae = ShowerModel("vae", network="layered", latent=16, kl_warmup_steps=200)
     dense = ShowerModel("vae", latent=16, kl_warmup_steps=200)
