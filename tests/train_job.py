@@ -2,7 +2,7 @@
 
     python tests/train_job.py OUT [--epochs N] [--kill-after K] [--resume] [--no-checkpoints]
     torchrun --standalone --nproc_per_node=2 tests/train_job.py OUT --no-checkpoints
-    ... [--family flow --config '{"two_stage": true}'] [--every-rank] [--stream FILE]
+    ... [--family flow --config '{"two_stage": true}'] [--every-rank] [--stream FILE] [--compile]
 
 Trains a shower model (the gradient-solved Gaussian by default) on the first 800 embedded Geant4 showers and
 writes OUT/final (a saved surrogate) and OUT/result.json (final validation loss).
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--config", default="{}", help="the family's hyperparameters as JSON")
     ap.add_argument("--every-rank", action="store_true", help="each rank saves OUT/final-rank{R}")
     ap.add_argument("--stream", type=Path, default=None, help="train on this HDF5 file, streamed block by block, instead")
+    ap.add_argument("--compile", action="store_true", help="train with compile=True")
     args = ap.parse_args()
     torch.set_num_threads(1)  # identical summation order in every process
     data = physgen.load_default()[:800]
@@ -53,6 +54,7 @@ def main() -> None:
         checkpoint_dir=None if args.no_checkpoints else args.out / "run",
         resume=args.resume,
         on_epoch_end=maybe_die,
+        compile=args.compile,
     )
     if args.every_rank:
         model.save(args.out / f"final-rank{os.environ.get('RANK', '0')}")
