@@ -206,6 +206,19 @@ def test_a_budget_in_steps_gives_the_same_model_however_fast_the_machine(showers
     assert len(capped) == 1 and capped[0]["stopped_by"] == "time_budget" and capped[0]["samples"] == 64
 
 
+def test_a_wall_time_cap_on_a_budget_in_steps_only_cuts_it_short():
+    """With ``steps``, ``time_budget_s`` does not bend the schedule (the run stays the same on a slow machine); alone, it anneals it."""
+    from physgen.training import TrainConfig
+    from physgen.training.loop import _lr_factor
+
+    by_steps = _lr_factor(TrainConfig(steps=100), 30, 100, 10)
+    assert math.isclose(by_steps, 0.5 * (1 + math.cos(math.pi * 0.3)), rel_tol=1e-12)
+    for elapsed in (0.0, 50.0, 99.0):  # the cap's clock is ahead of the steps: the schedule does not follow it
+        assert _lr_factor(TrainConfig(steps=100, time_budget_s=100.0), 30, 100, 10, elapsed_s=elapsed) == by_steps
+    timed = _lr_factor(TrainConfig(epochs=10, time_budget_s=100.0), 30, 100, 10, elapsed_s=50.0)
+    assert math.isclose(timed, 0.5 * (1 + math.cos(math.pi * 0.5)), rel_tol=1e-12)
+
+
 def test_the_epoch_cap_of_a_smoke_run_also_caps_a_budget_in_steps(monkeypatch, showers):
     monkeypatch.setenv("PHYSGEN_MAX_EPOCHS", "1")
     hist = ShowerModel("gaussian", solver="gradient").fit(showers[:300], steps=100, batch_size=64, progress=False)

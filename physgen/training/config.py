@@ -33,7 +33,7 @@ class TrainConfig(Options):
     checkpoint_dir: str | None = option(None, "write resumable epoch-NNNNNN checkpoints and LATEST here (None: none)")
     checkpoint_every: int = option(1, "epochs between checkpoints", ge=1)
     resume: bool = option(False, "continue from checkpoint_dir's latest checkpoint if there is one")
-    time_budget_s: float | None = option(None, "stop cleanly after this much wall time, a cap that makes the result depend on the machine's speed; the cosine schedule anneals over it (None: no cap)", gt=0)
+    time_budget_s: float | None = option(None, "stop cleanly after this much wall time, a cap that makes the result depend on the machine's speed where it cuts the run short; without steps the cosine schedule anneals over it too (None: no cap)", gt=0)
     divergence_factor: float = option(1e6, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the first batch's", gt=1)
     divergence_median_factor: float | None = option(1e3, "stop with TrainingDivergedError when a batch's loss exceeds this multiple of the median of the last 200 (None: off)", gt=1)
     progress: bool | None = option(None, "show a tqdm progress bar (None: only on a terminal)")

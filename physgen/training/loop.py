@@ -251,8 +251,9 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int, el
     if cfg.schedule == "constant":
         return 1.0
     progress = (step - warm) / max(1, total - warm)
-    if cfg.time_budget_s:
-        # anneal over whichever runs out first: the epochs or the wall-clock budget
+    if cfg.time_budget_s and cfg.steps is None:
+        # anneal over whichever runs out first: the epochs or the wall-clock budget; with a budget in steps the
+        # wall time only cuts the run short, so a run that ends by its steps is the same on any machine
         progress = max(progress, elapsed_s / cfg.time_budget_s)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
