@@ -20,7 +20,8 @@ README = ROOT / "README.md"
 PAGE = ROOT / "docs" / "results.md"
 START, END = "<!-- results:start (benchmarks/results_page.py writes this table) -->", "<!-- results:end -->"
 FAMILIES = ["gaussian", "flow", "diffusion", "vae", "wgan"]
-NAMES = {"gaussian": "Gaussian (baseline)", "flow": "flow", "diffusion": "diffusion", "vae": "VAE", "wgan": "WGAN"}
+NAMES = {"gaussian": "Gaussian (baseline)", "flow": "flow", "diffusion": "diffusion", "vae": "VAE", "wgan": "WGAN",
+         "vae_layered": "VAE, layered networks"}
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -46,16 +47,19 @@ def calorimeter_table() -> tuple[str, dict[str, Any]]:
     speed_pb = _by_label(_load("generation_speed_pbwo4"), "rows")
     speed_pb["flow"] = _by_label(_load("generation_speed_pbwo4_flow_small"), "rows")["flow_h128"]  # the suite's 128-wide flow
     lines = [
-        "| family | W/Si AUC | W/Si FPD | PbWO4 AUC | PbWO4 FPD | × Geant4 at 1–10 GeV (W/Si / PbWO4) |",
-        "|---|---|---|---|---|---|",
+        "| family | W/Si cls-low | W/Si cls-high | W/Si AUC | W/Si FPD | PbWO4 AUC | PbWO4 FPD | × Geant4 at 1–10 GeV (W/Si / PbWO4) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for f in FAMILIES:
         w, p = wsi[f], pbwo4[f]
+        cls = [f"{w['calochallenge'][m]['auc']['value']:.3f} ± {w['calochallenge'][m]['auc']['error']:.3f}" for m in ("cls-low", "cls-high")]
         lines.append(
-            f"| {NAMES[f]} | {_auc(w)} | {w['evaluation']['summary']['fpd']['value']:.3g} | {_auc(p)} "
+            f"| {NAMES[f]} | {cls[0]} | {cls[1]} | {_auc(w)} | {w['evaluation']['summary']['fpd']['value']:.3g} | {_auc(p)} "
             f"| {p['evaluation']['summary']['fpd']['value']:.3g} | {_speedup(speed_wsi[f]):.0f} / {_speedup(speed_pb[f]):.0f} |"
         )
+    cc_floor = _load("calo_wsi_heldout")["calochallenge_floor"][wsi["gaussian"]["dataset"]]
     floors = {
+        "wsi_low": cc_floor["cls-low"]["auc"]["value"], "wsi_high": cc_floor["cls-high"]["auc"]["value"],
         "wsi_auc": wsi["gaussian"]["evaluation"]["summary"]["classifier_auc"]["floor"], "wsi_fpd": wsi["gaussian"]["evaluation"]["summary"]["fpd"]["floor"],
         "pb_auc": pbwo4["gaussian"]["evaluation"]["summary"]["classifier_auc"]["floor"], "pb_fpd": pbwo4["gaussian"]["evaluation"]["summary"]["fpd"]["floor"],
         "n_wsi": _load("calo_wsi_heldout")["n_events"],
@@ -71,15 +75,16 @@ def readme_block() -> str:
         "",
         f"Classifier AUC (0.5: indistinguishable from Geant4) and FPD on held-out Geant4 showers, next to their truth-vs-truth "
         f"floors: W/Si {fl['wsi_auc']:.3f} and {fl['wsi_fpd']:.3g} ({fl['n_wsi']:,} showers no run trained or chose on), PbWO4 "
-        f"{fl['pb_auc']:.3f} and {fl['pb_fpd']:.3g}. Speed: one CPU core, batch 10,000, against Geant4's CPU time per event "
-        "for the same energies. Sources: `benchmarks/results/` ([results](docs/results.md)).",
+        f"{fl['pb_auc']:.3f} and {fl['pb_fpd']:.3g}. cls-low and cls-high: the CaloChallenge evaluator's classifier protocol "
+        f"on the same W/Si showers (floors {fl['wsi_low']:.3f} and {fl['wsi_high']:.3f}). Speed: one CPU core, batch 10,000, "
+        "against Geant4's CPU time per event for the same energies. Sources: `benchmarks/results/` ([results](docs/results.md)).",
         END,
     ])
 
 
 def evaluator_section() -> list[str]:
-    """The CaloChallenge evaluator's protocol on the W/Si models re-trained with the current code (``calo_wsi_evaluator.json``)."""
-    ev = _load("calo_wsi_evaluator")
+    """The CaloChallenge evaluator's protocol on the W/Si models (``calo_wsi_heldout.json``)."""
+    ev = _load("calo_wsi_heldout")
     rows = [r for r in ev["results"] if "calochallenge" in r]
     floor = ev["calochallenge_floor"][rows[0]["dataset"]]
     p = rows[0]["calochallenge"]["protocol"]
@@ -87,10 +92,11 @@ def evaluator_section() -> list[str]:
         "",
         "### Under the CaloChallenge evaluator's protocol",
         "",
-        f"`calo_wsi_evaluator.json`: `calo_wsi`'s {' and '.join(NAMES[r['label']] for r in rows)} trained again with the suite's settings and",
-        f"judged on the same {ev['n_events']:,} held-out showers with `heldout_eval.py --calochallenge 2`: the evaluator's classifier",
-        f"({p['n_hidden']} wide, to fit a CPU; the evaluator's default is 2048), split {' / '.join(f'{x:g}' for x in p['split'])} and isotonic calibration,",
-        "its FPD and KPD; physgen's quick classifier beside them. Floors: two halves of the held-out showers.",
+        f"`calo_wsi_heldout.json`: the same models on the same {ev['n_events']:,} held-out showers with `heldout_eval.py --calochallenge 2`:",
+        f"the evaluator's classifier ({p['n_hidden']} wide, to fit a CPU; the evaluator's default is 2048), split",
+        f"{' / '.join(f'{x:g}' for x in p['split'])} and isotonic calibration, its FPD and KPD; physgen's quick classifier beside them.",
+        "`vae_layered` is the VAE with layer-structured networks ([layered networks](notes/layered-networks.md)).",
+        "Floors: two halves of the held-out showers.",
         "",
         "| family | cls-low AUC (floor) | cls-high AUC (floor) | cls-low JSD | FPD (evaluator) | KPD (evaluator) | quick classifier AUC (floor) |",
         "|---|---|---|---|---|---|---|",
