@@ -60,26 +60,26 @@ def test_a_streamed_run_resumes_to_the_same_weights_and_shares_its_file_between_
     a, b = _weights(straight / "final"), _weights(crashed / "final")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PHYSGEN_DIST_BACKEND": "gloo"}
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(JOB), str(ddp), "--epochs", "4", "--no-checkpoints", "--stream", str(path)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _torchrun(ddp, "--epochs", "4", "--no-checkpoints", "--stream", str(path))
     rs, rd = (json.loads((d / "result.json").read_text()) for d in (straight, ddp))
     assert rd["world"] == 2 and math.isclose(rd["val_loss"], rs["val_loss"], rel_tol=0.03), (rs, rd)
     assert rd["val_loss"] < 1.35  # trained: the untrained identity Gaussian is at 1.45 a dimension
 
 
-def test_torchrun_two_processes_match_single_process_quality(tmp_path):
+def _torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``tests/train_job.py OUT ARGS`` on two gloo ranks under torchrun; asserts it succeeded."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PHYSGEN_DIST_BACKEND": "gloo"}
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(JOB), str(out), *args],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_torchrun_two_processes_match_single_process_quality(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     _run(str(single), "--epochs", "6", "--no-checkpoints")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PHYSGEN_DIST_BACKEND": "gloo"}
-    r = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", str(JOB), str(ddp), "--epochs", "6", "--no-checkpoints"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    _torchrun(ddp, "--epochs", "6", "--no-checkpoints")
     rs, rd = (json.loads((d / "result.json").read_text()) for d in (single, ddp))
     assert rd["world"] == 2
     # same global batch, gradients averaged across ranks: same quality to within 2 %
@@ -90,15 +90,9 @@ def test_torchrun_two_processes_match_single_process_quality(tmp_path):
 
 def test_compiled_training_under_torchrun_takes_the_single_process_steps(tmp_path):
     """``compile=True`` on DDP ranks (torch.compile of the DistributedDataParallel module): the eager single-process result."""
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     _run(str(single), "--epochs", "3", "--no-checkpoints")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PHYSGEN_DIST_BACKEND": "gloo"}
-    r = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", str(JOB), str(ddp), "--epochs", "3", "--no-checkpoints", "--compile"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    _torchrun(ddp, "--epochs", "3", "--no-checkpoints", "--compile")
     rs, rd = (json.loads((d / "result.json").read_text()) for d in (single, ddp))
     assert rd["world"] == 2 and rd["epochs"] == 3
     assert math.isclose(rd["val_loss"], rs["val_loss"], rel_tol=1e-4), (rs, rd)
